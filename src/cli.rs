@@ -1,0 +1,198 @@
+//! The command line: `kvlab run`, `kvlab inspect`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::engine::{self, LoadOptions, LoadedModel};
+use crate::experiment::{ExperimentSpec, grid};
+use crate::runner::{self, RunEvent, RunOptions};
+
+/// kvlab: KV-cache surgery on local LLMs.
+#[derive(Debug, Parser)]
+#[command(name = "kvlab", version = version_line(), about, long_about = None)]
+pub struct Cli {
+    /// More log output (-v: llama.cpp warnings, -vv: everything). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an experiment and print the outcome grid.
+    Run {
+        /// The experiment (JSON), e.g. assets/experiments/seed-short.json.
+        spec: PathBuf,
+        /// The GGUF model file.
+        #[arg(long, short, env = "KVLAB_MODEL")]
+        model: PathBuf,
+        /// Write the full results (JSON) here.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// How to print the grid.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// CPU threads for llama.cpp.
+        #[arg(long)]
+        threads: Option<i32>,
+        /// Also record one layer's full K/V difference rows between the first two variants.
+        #[arg(long)]
+        delta_layer: Option<usize>,
+    },
+    /// Show a model's metadata and how it tokenizes a text.
+    Inspect {
+        /// The GGUF model file.
+        model: PathBuf,
+        /// Text to tokenize.
+        #[arg(long)]
+        text: Option<String>,
+        /// Recognize special-token text such as <|im_start|> in --text.
+        #[arg(long)]
+        special: bool,
+    },
+}
+
+/// Grid output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned text for a terminal.
+    Table,
+    /// A Markdown table.
+    Markdown,
+    /// The full results as JSON.
+    Json,
+}
+
+fn version_line() -> String {
+    format!(
+        "{} (llama-cpp-2 {}, backends: {})",
+        env!("CARGO_PKG_VERSION"),
+        engine::LLAMA_CPP_2_VERSION,
+        engine::compiled_backends().join(", ")
+    )
+}
+
+fn load(path: &Path) -> Result<LoadedModel> {
+    eprintln!("loading {} …", path.display());
+    Ok(LoadedModel::load(
+        path,
+        &LoadOptions::default(),
+        None,
+        |_| {},
+    )?)
+}
+
+/// Runs a parsed command line.
+pub fn execute(cli: Cli) -> Result<()> {
+    engine::log::init(cli.verbose);
+    match cli.command {
+        Command::Run {
+            spec,
+            model,
+            out,
+            format,
+            threads,
+            delta_layer,
+        } => {
+            let text = std::fs::read_to_string(&spec)
+                .with_context(|| format!("cannot read the experiment {}", spec.display()))?;
+            let spec = ExperimentSpec::from_json(&text)
+                .with_context(|| format!("in {}", spec.display()))?;
+            let model = load(&model)?;
+            let options = RunOptions {
+                threads: threads.unwrap_or_else(runner::default_threads),
+                delta_layer,
+                ..RunOptions::default()
+            };
+            let results = runner::run(&model, &spec, &options, |e| {
+                if let RunEvent::Stage(s) = e {
+                    eprintln!("{s} …");
+                }
+            })?;
+            eprintln!(
+                "done: {:.1} tokens/s generating, {:.2}s scoring",
+                results.timings.tokens_per_s, results.timings.score_s
+            );
+            let json = serde_json::to_string_pretty(&results)?;
+            if let Some(out) = &out {
+                std::fs::write(out, &json)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                eprintln!("results written to {}", out.display());
+            }
+            let printed = match format {
+                Format::Table => grid::to_table(&results),
+                Format::Markdown => grid::to_markdown(&results),
+                Format::Json => json,
+            };
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{printed}")?;
+            Ok(())
+        }
+        Command::Inspect {
+            model,
+            text,
+            special,
+        } => {
+            let m = load(&model)?;
+            let info = m.info();
+            let fp = m.fingerprint();
+            println!(
+                "file           {} ({:.1} MiB)",
+                fp.file_name,
+                fp.file_size as f64 / (1 << 20) as f64
+            );
+            println!("architecture   {}", info.architecture);
+            if let Some(name) = &info.name {
+                println!("name           {name}");
+            }
+            println!("quantization   {}", info.quantization);
+            println!("parameters     {:.1} M", info.n_params as f64 / 1e6);
+            println!("layers         {}", info.n_layer);
+            println!(
+                "heads          {} (KV heads {})",
+                info.n_head, info.n_head_kv
+            );
+            println!("embedding      {}", info.n_embd);
+            println!("context        {} (trained)", info.n_ctx_train);
+            println!("vocabulary     {}", info.n_vocab);
+            println!(
+                "chat template  {}",
+                if info.has_chat_template { "yes" } else { "no" }
+            );
+            println!(
+                "adds BOS       {}",
+                if info.adds_bos { "yes" } else { "no" }
+            );
+            match m.check_kv_surgery_supported() {
+                Ok(()) => println!("KV surgery     supported"),
+                Err(e) => println!("KV surgery     not supported: {e}"),
+            }
+            if let Some(text) = text {
+                let tokens = m.tokenize(&text, true, special)?;
+                println!("\n{} tokens:", tokens.len());
+                for (i, t) in tokens.iter().enumerate() {
+                    println!("{i:>5}  {:>7}  {:?}", t.id, t.piece);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Entry point for `main`: parses, runs, and turns errors into a message and exit code 1.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match execute(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! One inference context for an experiment: several sequences, one KV stream each.
+//!
+//! With `kv_unified = false` every sequence gets its own stream, so a sequence restored from
+//! state bytes has the same cell layout as the one it was copied from, and an unmodified copy
+//! reproduces the original token for token (a unified cache changes the floating-point reduction
+//! order and small models flip on near-ties; see the shared note).
+
+use std::num::NonZeroU32;
+
+use llama_cpp_2::LlamaStateSeqFlags;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+
+use super::kv_state::{LayoutHints, SeqState};
+use super::{EngineError, LoadedModel, backend, log};
+
+/// The shape of a [`Lab`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabOptions {
+    /// Sequences (one KV stream each).
+    pub n_seq: u32,
+    /// Cells per sequence (rounded up to 256 by llama.cpp).
+    pub n_ctx_per_seq: u32,
+    /// CPU threads.
+    pub threads: i32,
+    /// Most tokens evaluated per llama.cpp call.
+    pub n_batch: u32,
+}
+
+/// A token to evaluate: which sequence, at which position, and whether its logits are wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchItem {
+    /// The sequence.
+    pub seq: i32,
+    /// The token id.
+    pub token: i32,
+    /// Its position.
+    pub pos: i32,
+    /// Whether to return the logits after this token.
+    pub logits: bool,
+}
+
+/// An inference context over a loaded model.
+pub struct Lab<'m> {
+    model: &'m LoadedModel,
+    ctx: LlamaContext<'m>,
+    options: LabOptions,
+    hints: LayoutHints,
+}
+
+impl<'m> Lab<'m> {
+    /// Creates a context with `options.n_seq` independent sequences.
+    pub fn new(model: &'m LoadedModel, options: LabOptions) -> Result<Lab<'m>, EngineError> {
+        model.check_kv_surgery_supported()?;
+        let n_ctx_per_seq = options.n_ctx_per_seq.div_ceil(256) * 256;
+        let n_ctx =
+            n_ctx_per_seq
+                .checked_mul(options.n_seq)
+                .ok_or_else(|| EngineError::ContextFailed {
+                    detail: "context size overflows".into(),
+                })?;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(options.n_batch)
+            .with_n_ubatch(options.n_batch)
+            .with_n_seq_max(options.n_seq)
+            .with_kv_unified(false)
+            .with_n_threads(options.threads)
+            .with_n_threads_batch(options.threads);
+        log::clear_recent();
+        let ctx = model.model.new_context(backend()?, params).map_err(|e| {
+            EngineError::ContextFailed {
+                detail: {
+                    let recent = log::recent();
+                    if recent.is_empty() {
+                        e.to_string()
+                    } else {
+                        recent.join("; ")
+                    }
+                },
+            }
+        })?;
+        Ok(Lab {
+            model,
+            ctx,
+            options: LabOptions {
+                n_ctx_per_seq,
+                ..options
+            },
+            hints: LayoutHints {
+                cell_ext: model.cells_have_ext(),
+            },
+        })
+    }
+
+    /// The options in force (cells per sequence after rounding).
+    pub fn options(&self) -> LabOptions {
+        self.options
+    }
+
+    /// The model this lab runs.
+    pub fn model(&self) -> &'m LoadedModel {
+        self.model
+    }
+
+    /// Evaluates tokens, `n_batch` at a time, handing the logits of every item that asked for
+    /// them to `on_logits(item_index, logits)`. Items of one sequence must come in position order.
+    pub fn eval(
+        &mut self,
+        items: &[BatchItem],
+        mut on_logits: impl FnMut(usize, &[f32]),
+    ) -> Result<(), EngineError> {
+        let n_batch = self.options.n_batch.max(1) as usize;
+        let mut batch = LlamaBatch::new(n_batch, 1);
+        for (c, chunk) in items.chunks(n_batch).enumerate() {
+            batch.clear();
+            for it in chunk {
+                batch
+                    .add(LlamaToken(it.token), it.pos, &[it.seq], it.logits)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+            }
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+            for (i, it) in chunk.iter().enumerate() {
+                if it.logits {
+                    on_logits(c * n_batch + i, self.ctx.get_logits_ith(i as i32));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The raw state bytes of a sequence (host memory, whatever device holds the cache).
+    pub fn state_bytes(&self, seq: i32) -> Result<Vec<u8>, EngineError> {
+        let flags = LlamaStateSeqFlags::empty();
+        let size = self.ctx.state_seq_get_size_ext(seq, flags);
+        let mut buf = vec![0u8; size];
+        // SAFETY: the buffer has the size llama.cpp asked for.
+        let n = unsafe {
+            self.ctx
+                .state_seq_get_data_ext(buf.as_mut_ptr(), seq, flags)
+        };
+        if n != size || size == 0 {
+            return Err(EngineError::State {
+                seq,
+                detail: format!("llama.cpp wrote {n} of {size} bytes"),
+            });
+        }
+        Ok(buf)
+    }
+
+    /// The parsed state of a sequence.
+    pub fn state(&self, seq: i32) -> Result<SeqState, EngineError> {
+        Ok(SeqState::parse(&self.state_bytes(seq)?, self.hints)?)
+    }
+
+    /// Replaces everything `seq` holds with `state`.
+    pub fn set_state(&mut self, seq: i32, state: &SeqState) -> Result<(), EngineError> {
+        self.set_state_bytes(seq, &state.serialize())
+    }
+
+    /// Replaces everything `seq` holds with raw state bytes (which must have parsed).
+    pub fn set_state_bytes(&mut self, seq: i32, bytes: &[u8]) -> Result<(), EngineError> {
+        SeqState::parse(bytes, self.hints)?;
+        if seq < 0 || seq as u32 >= self.options.n_seq {
+            return Err(EngineError::State {
+                seq,
+                detail: format!("only {} sequences exist", self.options.n_seq),
+            });
+        }
+        log::clear_recent();
+        // SAFETY: the bytes parsed as a state of this model's layout.
+        let ok = unsafe {
+            self.ctx
+                .state_seq_set_data_ext(bytes, seq, LlamaStateSeqFlags::empty())
+        };
+        if !ok {
+            return Err(EngineError::State {
+                seq,
+                detail: format!("llama.cpp refused the state: {}", log::recent().join("; ")),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes the cells of positions `p0..p1` from `seq` (later cells keep their positions).
+    pub fn remove(&mut self, seq: i32, p0: i32, p1: i32) -> Result<(), EngineError> {
+        let ok = self
+            .ctx
+            .clear_kv_cache_seq(
+                Some(seq as u32),
+                Some(p0.max(0) as u32),
+                Some(p1.max(0) as u32),
+            )
+            .map_err(|e| EngineError::State {
+                seq,
+                detail: e.to_string(),
+            })?;
+        if !ok {
+            return Err(EngineError::State {
+                seq,
+                detail: format!("llama.cpp could not remove positions {p0}..{p1}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Empties a sequence.
+    pub fn clear(&mut self, seq: i32) {
+        let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+    }
+
+    /// The number of KV layers the states of this model have (= transformer layers for llama).
+    pub fn n_kv_layer(&self) -> usize {
+        self.model.info().n_layer as usize
+    }
+}

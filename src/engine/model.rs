@@ -1,0 +1,413 @@
+//! Loading a GGUF model and what kvlab needs from it: metadata, tokens, prompt rendering.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel, RopeType};
+use llama_cpp_2::token::LlamaToken;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{EngineError, backend, log};
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Layers to offload to a GPU (`None`: llama.cpp's default, all when a GPU backend exists).
+    pub n_gpu_layers: Option<u32>,
+}
+
+/// What a user wants to know about a model before and after loading it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// `general.architecture` (llama, qwen2, …).
+    pub architecture: String,
+    /// `general.name`, when present.
+    pub name: Option<String>,
+    /// Transformer layers.
+    pub n_layer: u32,
+    /// Attention heads.
+    pub n_head: u32,
+    /// KV heads (fewer than `n_head` with grouped-query attention).
+    pub n_head_kv: u32,
+    /// Embedding size.
+    pub n_embd: u32,
+    /// Context length the model was trained with.
+    pub n_ctx_train: u32,
+    /// Vocabulary size.
+    pub n_vocab: u32,
+    /// Parameter count.
+    pub n_params: u64,
+    /// The file's quantization (`general.file_type` as a name).
+    pub quantization: String,
+    /// Whether the GGUF carries a chat template.
+    pub has_chat_template: bool,
+    /// Whether the tokenizer asks for a BOS token at the start.
+    pub adds_bos: bool,
+}
+
+/// Identifies a model file cheaply: name, size and a hash of its first and last MiB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFingerprint {
+    /// File name without folders.
+    pub file_name: String,
+    /// Size in bytes.
+    pub file_size: u64,
+    /// sha256 (hex) of the first MiB, the last MiB and the size.
+    pub sha256_head_tail: String,
+}
+
+/// One token with the text it stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenPiece {
+    /// The token id.
+    pub id: i32,
+    /// Its text (lossy UTF-8; special tokens rendered by name).
+    pub piece: String,
+}
+
+/// A loaded model, ready to tokenize and to open [`super::Lab`]s on.
+pub struct LoadedModel {
+    pub(crate) model: LlamaModel,
+    path: PathBuf,
+    info: ModelInfo,
+    fingerprint: ModelFingerprint,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("path", &self.path)
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+/// Reads the 4-byte magic and version of a GGUF file, explaining what is wrong otherwise.
+pub fn check_gguf_header(path: &Path) -> Result<(), EngineError> {
+    let shown = path.display().to_string();
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            EngineError::ModelNotFound(shown.clone())
+        } else {
+            EngineError::Io {
+                path: shown.clone(),
+                source: e,
+            }
+        }
+    })?;
+    let meta = f.metadata().map_err(|e| EngineError::Io {
+        path: shown.clone(),
+        source: e,
+    })?;
+    if meta.is_dir() {
+        return Err(EngineError::NotGguf {
+            path: shown,
+            reason: "it is a folder".into(),
+        });
+    }
+    let mut head = [0u8; 8];
+    let n = read_up_to(&mut f, &mut head).map_err(|e| EngineError::Io {
+        path: shown.clone(),
+        source: e,
+    })?;
+    if n < 8 {
+        return Err(EngineError::NotGguf {
+            path: shown,
+            reason: format!("the file has only {} bytes", meta.len()),
+        });
+    }
+    if &head[..4] != b"GGUF" {
+        let start: String = head[..4]
+            .iter()
+            .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+            .collect();
+        return Err(EngineError::NotGguf {
+            path: shown,
+            reason: format!("it starts with {start:?}, not \"GGUF\""),
+        });
+    }
+    let version = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if !(2..=3).contains(&version) {
+        return Err(EngineError::NotGguf {
+            path: shown,
+            reason: format!("GGUF version {version} is not one llama.cpp reads (2 or 3)"),
+        });
+    }
+    Ok(())
+}
+
+fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = f.read(&mut buf[n..])?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
+
+/// Name, size and head/tail hash of a file.
+pub fn fingerprint(path: &Path) -> Result<ModelFingerprint, EngineError> {
+    const MIB: u64 = 1 << 20;
+    let io = |e| EngineError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let size = f.metadata().map_err(io)?.len();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; MIB.min(size) as usize];
+    let n = read_up_to(&mut f, &mut buf).map_err(io)?;
+    h.update(&buf[..n]);
+    if size > MIB {
+        f.seek(SeekFrom::Start(size.saturating_sub(MIB).max(MIB)))
+            .map_err(io)?;
+        let n = read_up_to(&mut f, &mut buf).map_err(io)?;
+        h.update(&buf[..n]);
+    }
+    h.update(size.to_le_bytes());
+    let hex = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(ModelFingerprint {
+        file_name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        file_size: size,
+        sha256_head_tail: hex,
+    })
+}
+
+/// llama.cpp's `llama_ftype` as the names people use.
+fn file_type_name(ftype: u32) -> String {
+    let name = match ftype {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        19 => "IQ2_XXS",
+        20 => "IQ2_XS",
+        21 => "Q2_K_S",
+        22 => "IQ3_XS",
+        23 => "IQ3_XXS",
+        24 => "IQ1_S",
+        25 => "IQ4_NL",
+        26 => "IQ3_S",
+        27 => "IQ3_M",
+        28 => "IQ2_S",
+        29 => "IQ2_M",
+        30 => "IQ4_XS",
+        31 => "IQ1_M",
+        32 => "BF16",
+        36 => "TQ1_0",
+        37 => "TQ2_0",
+        38 => "MXFP4_MOE",
+        other => return format!("file type {other}"),
+    };
+    name.to_string()
+}
+
+impl LoadedModel {
+    /// Loads a GGUF file. `progress` gets values in 0..=1; setting `cancel` stops the load.
+    pub fn load(
+        path: &Path,
+        options: &LoadOptions,
+        cancel: Option<Arc<AtomicBool>>,
+        mut progress: impl FnMut(f32) + Send + 'static,
+    ) -> Result<LoadedModel, EngineError> {
+        check_gguf_header(path)?;
+        let fingerprint = fingerprint(path)?;
+        let backend = backend()?;
+        let mut params = LlamaModelParams::default();
+        if let Some(n) = options.n_gpu_layers {
+            params = params.with_n_gpu_layers(n);
+        }
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let cancelled_in_cb = cancelled.clone();
+        let params = params.with_progress_callback(move |p| {
+            progress(p);
+            let stop = cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
+            if stop {
+                cancelled_in_cb.store(true, Ordering::Relaxed);
+            }
+            !stop
+        });
+        log::clear_recent();
+        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
+            if cancelled.load(Ordering::Relaxed) {
+                return EngineError::LoadCancelled;
+            }
+            let recent = log::recent();
+            let detail = if recent.is_empty() {
+                format!("{e}; the file may be truncated or of an architecture this llama.cpp does not know")
+            } else {
+                recent.join("; ")
+            };
+            EngineError::LoadFailed {
+                path: path.display().to_string(),
+                detail,
+            }
+        })?;
+        let meta = |k: &str| model.meta_val_str(k).ok();
+        let architecture = meta("general.architecture").unwrap_or_else(|| "unknown".into());
+        let info = ModelInfo {
+            name: meta("general.name"),
+            n_layer: model.n_layer(),
+            n_head: model.n_head(),
+            n_head_kv: model.n_head_kv(),
+            n_embd: model.n_embd().max(0) as u32,
+            n_ctx_train: model.n_ctx_train(),
+            n_vocab: model.n_vocab().max(0) as u32,
+            n_params: model.n_params(),
+            quantization: meta("general.file_type")
+                .and_then(|s| s.parse::<u32>().ok())
+                .map(file_type_name)
+                .unwrap_or_else(|| "unknown".into()),
+            has_chat_template: model.chat_template(None).is_ok(),
+            adds_bos: model.vocab().should_add_bos(),
+            architecture,
+        };
+        Ok(LoadedModel {
+            model,
+            path: path.to_path_buf(),
+            info,
+            fingerprint,
+        })
+    }
+
+    /// The file this model came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The model's metadata.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The file's fingerprint.
+    pub fn fingerprint(&self) -> &ModelFingerprint {
+        &self.fingerprint
+    }
+
+    /// Refuses models whose memory kvlab cannot edit cell by cell; says why.
+    pub fn check_kv_surgery_supported(&self) -> Result<(), EngineError> {
+        if self.model.is_recurrent() || self.model.is_hybrid() {
+            return Err(EngineError::Unsupported(format!(
+                "{} keeps a recurrent state, not only a KV cache: KV surgery is not supported for it",
+                self.info.architecture
+            )));
+        }
+        if self
+            .model
+            .meta_val_str(&format!(
+                "{}.attention.sliding_window",
+                self.info.architecture
+            ))
+            .is_ok()
+        {
+            return Err(EngineError::Unsupported(format!(
+                "{} uses sliding-window attention (two KV caches): KV surgery is not supported for it yet",
+                self.info.architecture
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether cache cells carry llama.cpp's cell extension (M-RoPE models).
+    pub(crate) fn cells_have_ext(&self) -> bool {
+        matches!(
+            self.model.rope_type(),
+            Some(RopeType::MRope | RopeType::IMRope | RopeType::Vision)
+        )
+    }
+
+    /// The text of one token (special tokens by name).
+    pub fn piece(&self, id: i32) -> String {
+        let bytes = self
+            .model
+            .vocab()
+            .token_to_piece(LlamaToken(id), true, None);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The text of a token sequence, decoded as a whole (so multi-byte characters split across
+    /// tokens come out right); special tokens are left out.
+    pub fn detokenize(&self, ids: &[i32]) -> String {
+        let mut bytes = Vec::new();
+        let vocab = self.model.vocab();
+        for &id in ids {
+            bytes.extend(vocab.token_to_piece(LlamaToken(id), false, None));
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Tokenizes `text`. `add_bos`: prepend BOS when the model asks for it; `parse_special`:
+    /// recognize special-token text such as `<|im_start|>` (chat-template prompts).
+    pub fn tokenize(
+        &self,
+        text: &str,
+        add_bos: bool,
+        parse_special: bool,
+    ) -> Result<Vec<TokenPiece>, EngineError> {
+        let ids: Vec<i32> = self
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), add_bos, parse_special)
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
+        Ok(ids
+            .into_iter()
+            .map(|id| TokenPiece {
+                id,
+                piece: self.piece(id),
+            })
+            .collect())
+    }
+
+    /// Renders a conversation with the model's chat template, through llama.cpp's built-in
+    /// template handling (which recognizes common template families; it never executes the
+    /// template's code). The result ends with the assistant's opening.
+    pub fn render_chat(&self, turns: &[(String, String)]) -> Result<String, EngineError> {
+        let template = self.model.chat_template(None).map_err(|_| {
+            EngineError::Prompt(
+                "this model has no chat template; use the plain-text prompt mode".into(),
+            )
+        })?;
+        let messages = turns
+            .iter()
+            .map(|(role, content)| LlamaChatMessage::new(role.clone(), content.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EngineError::Prompt(format!("a turn cannot be rendered: {e}")))?;
+        self.model
+            .apply_chat_template(&template, &messages, true)
+            .map_err(|e| {
+                EngineError::Prompt(format!(
+                    "llama.cpp does not recognize this model's chat template ({e}); use plain text"
+                ))
+            })
+    }
+
+    /// Whether the token ends generation (EOS, EOT, …).
+    pub fn is_end_of_generation(&self, id: i32) -> bool {
+        self.model.vocab().is_eog(LlamaToken(id))
+    }
+}

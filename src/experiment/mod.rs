@@ -1,0 +1,11 @@
+//! Pure experiment logic, testable without a model or a window: the spec users write, needle
+//! finding, metrics, the results a run produces and the outcome grid.
+
+pub mod grid;
+pub mod metrics;
+pub mod needle;
+pub mod results;
+pub mod spec;
+
+pub use results::RunResults;
+pub use spec::{Condition, ExperimentSpec, Intervention, LayerSet, PromptMode, Span, Variant};

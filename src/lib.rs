@@ -1,0 +1,11 @@
+//! kvlab: KV-cache surgery on local LLMs through llama.cpp.
+//!
+//! - [`engine`]: the only code that touches llama.cpp (model, inference, KV state bytes).
+//! - [`experiment`]: pure logic: the experiment spec, needle finding, metrics, results, grid.
+//! - [`runner`]: runs an experiment on a loaded model (the seed's protocol).
+//! - [`cli`]: the headless command line.
+
+pub mod cli;
+pub mod engine;
+pub mod experiment;
+pub mod runner;

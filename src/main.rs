@@ -1,0 +1,5 @@
+//! The `kvlab` binary.
+
+fn main() -> std::process::ExitCode {
+    kvlab::cli::main()
+}

@@ -1,0 +1,637 @@
+//! Runs an experiment on a loaded model, exactly as the seed did:
+//! cache prompt[:-1] → intervene → feed the last prompt token → generate.
+//!
+//! Each variant's prompt is evaluated once; every condition starts from a copy of that cache
+//! (state bytes, edited by the codec). Baselines continue the evaluated prompt in place, with no
+//! state round trip, so "the `none` condition equals the baseline" is a real check of the
+//! copy path. All sequences decode together, one batch per step.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use thiserror::Error;
+
+use crate::engine::lab::BatchItem;
+use crate::engine::{EngineError, Lab, LabOptions, LoadedModel, SeqState, TokenPiece};
+use crate::experiment::metrics::{self, LogProbs, Rng};
+use crate::experiment::needle::{check_span_in_cache, differing_span};
+use crate::experiment::results::*;
+use crate::experiment::spec::{ExperimentSpec, Intervention, PromptMode, Span, SpecError};
+
+/// Why a run failed.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The spec does not fit the model or itself.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// llama.cpp or the state codec failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Run-time settings that are not part of the experiment.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// CPU threads for llama.cpp.
+    pub threads: i32,
+    /// Tokens per llama.cpp call.
+    pub n_batch: u32,
+    /// Compute one layer's full K/V difference rows between the first two variants.
+    pub delta_layer: Option<usize>,
+    /// Set to stop the run; what was generated so far is returned, marked incomplete.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            threads: default_threads(),
+            n_batch: 512,
+            delta_layer: None,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// The physical cores llama.cpp should use by default (at most 8).
+pub fn default_threads() -> i32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get().min(8) as i32)
+        .unwrap_or(4)
+}
+
+/// What a run reports while it works (for progress bars and live grids).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    /// A stage began.
+    Stage(String),
+    /// A token was generated. `row`: `Baseline(variant)` or `Condition(index)`.
+    Token {
+        /// Whose token.
+        row: RowRef,
+        /// Step index.
+        step: usize,
+        /// Its text.
+        piece: String,
+    },
+    /// Steps done out of total (generation and scoring).
+    Progress {
+        /// Done.
+        done: usize,
+        /// Total.
+        total: usize,
+    },
+}
+
+/// A sequence of the grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowRef {
+    /// The baseline of variant i.
+    Baseline(usize),
+    /// Condition i.
+    Condition(usize),
+}
+
+/// A variant's prompt, rendered and tokenized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedPrompt {
+    /// The variant's name.
+    pub name: String,
+    /// The rendered text.
+    pub text: String,
+    /// Its tokens.
+    pub tokens: Vec<TokenPiece>,
+}
+
+impl PreparedPrompt {
+    fn ids(&self) -> Vec<i32> {
+        self.tokens.iter().map(|t| t.id).collect()
+    }
+}
+
+/// Renders and tokenizes every variant's prompt and finds the needle span.
+pub fn prepare_prompts(
+    model: &LoadedModel,
+    spec: &ExperimentSpec,
+) -> Result<(Vec<PreparedPrompt>, Span), RunError> {
+    spec.validate()?;
+    let mut prompts = Vec::new();
+    for v in &spec.variants {
+        let (text, parse_special) = match spec.prompt.mode {
+            PromptMode::Plain => (spec.plain_prompt(v), false),
+            PromptMode::ChatTemplate => (model.render_chat(&spec.filled_turns(v))?, true),
+        };
+        let tokens = model.tokenize(&text, true, parse_special)?;
+        if tokens.len() < 2 {
+            return Err(SpecError::Span(format!(
+                "the prompt of {} has {} token(s); it needs at least 2",
+                v.name,
+                tokens.len()
+            ))
+            .into());
+        }
+        prompts.push(PreparedPrompt {
+            name: v.name.clone(),
+            text,
+            tokens,
+        });
+    }
+    let span = match spec.needle_span {
+        Some(s) => s,
+        None => {
+            let ids: Vec<Vec<i32>> = prompts.iter().map(|p| p.ids()).collect();
+            let refs: Vec<&[i32]> = ids.iter().map(|v| v.as_slice()).collect();
+            differing_span(&refs).ok_or_else(|| {
+                SpecError::Span(
+                    "the variants tokenize identically, so there is no needle to find: give \
+                     the variants different needle texts or set the span explicitly"
+                        .into(),
+                )
+            })?
+        }
+    };
+    for p in &prompts {
+        check_span_in_cache(
+            span,
+            p.tokens.len(),
+            &format!("the needle span (in {})", p.name),
+        )?;
+    }
+    Ok((prompts, span))
+}
+
+/// Checks the conditions against the model and the prompts; returns each condition's span.
+fn check_conditions(
+    spec: &ExperimentSpec,
+    prompts: &[PreparedPrompt],
+    needle: Span,
+    n_layer: u32,
+) -> Result<Vec<Span>, SpecError> {
+    let mut spans = Vec::new();
+    for (index, c) in spec.conditions.iter().enumerate() {
+        let err = |reason: String| SpecError::Condition {
+            index,
+            label: c.row_label(),
+            reason,
+        };
+        let vi = spec.variant_index(&c.variant).expect("validated");
+        let span = c.span.unwrap_or(needle);
+        check_span_in_cache(span, prompts[vi].tokens.len(), "the span")
+            .map_err(|e| err(e.to_string()))?;
+        if let Some(max) = c.layers.max()
+            && max >= n_layer
+        {
+            return Err(err(format!(
+                "layer {max} is out of range: the model has {n_layer} layers (0..{})",
+                n_layer - 1
+            )));
+        }
+        if let Intervention::Transplant { from } = &c.intervention {
+            let di = spec.variant_index(from).expect("validated");
+            let (a, b) = (&prompts[vi], &prompts[di]);
+            if a.tokens.len() != b.tokens.len() {
+                return Err(err(format!(
+                    "the prompts of {} ({} tokens) and {} ({} tokens) do not align: a transplant \
+                     copies the donor's cache at the same positions, so the variants must \
+                     tokenize to the same length",
+                    a.name,
+                    a.tokens.len(),
+                    b.name,
+                    b.tokens.len()
+                )));
+            }
+        }
+        spans.push(span);
+    }
+    Ok(spans)
+}
+
+/// Applies a condition's edit to a copy of its variant's prompt state.
+fn edited_state(
+    spec: &ExperimentSpec,
+    c_index: usize,
+    span: Span,
+    prompt_states: &[SeqState],
+    n_layer: u32,
+) -> Result<SeqState, EngineError> {
+    let c = &spec.conditions[c_index];
+    let vi = spec.variant_index(&c.variant).expect("validated");
+    let mut state = prompt_states[vi].clone();
+    let layers = c.layers.resolve(n_layer);
+    match &c.intervention {
+        Intervention::None | Intervention::Remove => {}
+        Intervention::Zero => {
+            for pos in span.positions() {
+                for cell in state.cells_at(pos as i32) {
+                    for &l in &layers {
+                        state.zero_cell(l as usize, cell, c.part)?;
+                    }
+                }
+            }
+        }
+        Intervention::Transplant { from } => {
+            let donor = &prompt_states[spec.variant_index(from).expect("validated")];
+            for pos in span.positions() {
+                let src = *donor
+                    .cells_at(pos as i32)
+                    .first()
+                    .ok_or(crate::engine::KvStateError::NoSuchPosition(pos as i32))?;
+                for cell in state.cells_at(pos as i32) {
+                    for &l in &layers {
+                        state.copy_cell_from(donor, l as usize, cell, src, c.part)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// Per-sequence generation bookkeeping.
+struct Live {
+    row: RowRef,
+    seq: i32,
+    next_token: i32,
+    next_pos: i32,
+    generation: Generation,
+    rng: Rng,
+    done: bool,
+}
+
+/// Runs `spec` on `model`.
+pub fn run(
+    model: &LoadedModel,
+    spec: &ExperimentSpec,
+    options: &RunOptions,
+    mut on_event: impl FnMut(RunEvent),
+) -> Result<RunResults, RunError> {
+    on_event(RunEvent::Stage("preparing prompts".into()));
+    let (prompts, needle) = prepare_prompts(model, spec)?;
+    let n_layer = model.info().n_layer;
+    let spans = check_conditions(spec, &prompts, needle, n_layer)?;
+
+    let n_var = prompts.len();
+    let n_cond = spec.conditions.len();
+    let n_seq = (n_var + n_cond) as u32;
+    let max_prompt = prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(0);
+    let n_ctx_per_seq = (max_prompt + spec.generation.max_tokens + 8) as u32;
+    let mut lab = Lab::new(
+        model,
+        LabOptions {
+            n_seq,
+            n_ctx_per_seq,
+            threads: options.threads,
+            n_batch: options.n_batch,
+        },
+    )?;
+    let settings = RunSettings {
+        threads: options.threads,
+        n_ctx_per_seq: lab.options().n_ctx_per_seq,
+        n_seq,
+        n_batch: options.n_batch,
+    };
+    let mut timings = Timings::default();
+
+    // 1. Every variant's prompt but its last token, in one batch: variant i in sequence i.
+    on_event(RunEvent::Stage("evaluating prompts".into()));
+    let t0 = Instant::now();
+    let mut items = Vec::new();
+    for (vi, p) in prompts.iter().enumerate() {
+        for (pos, t) in p.tokens[..p.tokens.len() - 1].iter().enumerate() {
+            items.push(BatchItem {
+                seq: vi as i32,
+                token: t.id,
+                pos: pos as i32,
+                logits: false,
+            });
+        }
+    }
+    lab.eval(&items, |_, _| {})?;
+    let prompt_states: Vec<SeqState> = (0..n_var)
+        .map(|vi| lab.state(vi as i32))
+        .collect::<Result<_, _>>()?;
+    timings.prompt_s = t0.elapsed().as_secs_f64();
+
+    // 2. Every condition: its variant's cache, edited, in its own sequence.
+    on_event(RunEvent::Stage("applying interventions".into()));
+    let mut condition_states = Vec::with_capacity(n_cond);
+    for (ci, c) in spec.conditions.iter().enumerate() {
+        let seq = (n_var + ci) as i32;
+        let state = edited_state(spec, ci, spans[ci], &prompt_states, n_layer)?;
+        lab.set_state(seq, &state)?;
+        if c.intervention == Intervention::Remove {
+            lab.remove(seq, spans[ci].start as i32, spans[ci].end as i32)?;
+        }
+        // The exact cache the generation starts from, re-used for scoring.
+        condition_states.push(lab.state_bytes(seq)?);
+    }
+
+    // 3. Generate, all sequences in one batch per step.
+    on_event(RunEvent::Stage("generating".into()));
+    let seed = match spec.generation.sampling {
+        crate::experiment::spec::Sampling::Sample { seed, .. } => seed,
+        _ => 0,
+    };
+    let mut live: Vec<Live> = Vec::new();
+    for (vi, p) in prompts.iter().enumerate() {
+        live.push(Live {
+            row: RowRef::Baseline(vi),
+            seq: vi as i32,
+            next_token: p.tokens.last().expect("len >= 2").id,
+            next_pos: (p.tokens.len() - 1) as i32,
+            generation: Generation::default(),
+            rng: Rng::new(seed),
+            done: false,
+        });
+    }
+    for (ci, c) in spec.conditions.iter().enumerate() {
+        let p = &prompts[spec.variant_index(&c.variant).expect("validated")];
+        live.push(Live {
+            row: RowRef::Condition(ci),
+            seq: (n_var + ci) as i32,
+            next_token: p.tokens.last().expect("len >= 2").id,
+            next_pos: (p.tokens.len() - 1) as i32,
+            generation: Generation::default(),
+            rng: Rng::new(seed),
+            done: false,
+        });
+    }
+    let probe_ids: Vec<Option<usize>> = spec
+        .probes
+        .iter()
+        .map(|p| {
+            model
+                .tokenize(p, false, false)
+                .ok()
+                .and_then(|t| t.first().map(|t| t.id as usize))
+        })
+        .collect();
+    let mut pieces: HashMap<i32, String> = HashMap::new();
+    let mut piece =
+        |id: i32| -> String { pieces.entry(id).or_insert_with(|| model.piece(id)).clone() };
+    let max_tokens = spec.generation.max_tokens;
+    let score_total = n_cond * n_var;
+    let total_work = max_tokens + score_total;
+    let t1 = Instant::now();
+    let mut generated = 0usize;
+    let mut complete = true;
+    for step in 0..max_tokens {
+        if options.cancel.load(Ordering::Relaxed) {
+            complete = false;
+            break;
+        }
+        let active: Vec<usize> = (0..live.len()).filter(|&i| !live[i].done).collect();
+        if active.is_empty() {
+            break;
+        }
+        let items: Vec<BatchItem> = active
+            .iter()
+            .map(|&i| BatchItem {
+                seq: live[i].seq,
+                token: live[i].next_token,
+                pos: live[i].next_pos,
+                logits: true,
+            })
+            .collect();
+        let mut chosen: Vec<(usize, Step)> = Vec::with_capacity(active.len());
+        lab.eval(&items, |k, logits| {
+            let l = &mut live[active[k]];
+            let lp = LogProbs::new(logits);
+            let id = metrics::choose(logits, &spec.generation.sampling, &mut l.rng);
+            let top = metrics::top_k(logits, spec.top_k)
+                .into_iter()
+                .map(|(id, logprob)| (id as i32, logprob))
+                .collect::<Vec<_>>();
+            let probes = probe_ids
+                .iter()
+                .map(|p| p.map_or(f32::NAN, |id| lp.of(logits, id)))
+                .collect();
+            chosen.push((
+                active[k],
+                Step {
+                    token: Alternative {
+                        id: id as i32,
+                        piece: String::new(),
+                        logprob: lp.of(logits, id),
+                    },
+                    top: top
+                        .into_iter()
+                        .map(|(id, logprob)| Alternative {
+                            id,
+                            piece: String::new(),
+                            logprob,
+                        })
+                        .collect(),
+                    probes,
+                },
+            ));
+        })?;
+        for (i, mut st) in chosen {
+            st.token.piece = piece(st.token.id);
+            for a in &mut st.top {
+                a.piece = piece(a.id);
+            }
+            let l = &mut live[i];
+            l.generation.tokens.push(st.token.id);
+            on_event(RunEvent::Token {
+                row: l.row,
+                step,
+                piece: st.token.piece.clone(),
+            });
+            if spec.generation.stop_at_eog && model.is_end_of_generation(st.token.id) {
+                l.done = true;
+            }
+            l.next_token = st.token.id;
+            l.next_pos += 1;
+            l.generation.steps.push(st);
+            generated += 1;
+        }
+        on_event(RunEvent::Progress {
+            done: step + 1,
+            total: total_work,
+        });
+    }
+    timings.generate_s = t1.elapsed().as_secs_f64();
+    timings.tokens_per_s = generated as f64 / timings.generate_s.max(1e-9);
+    for l in &mut live {
+        l.generation.text = model.detokenize(&l.generation.tokens);
+    }
+    let (baselines, cond_gens) = live.split_at(n_var);
+
+    // 4. Teacher-forced scores: each variant's baseline continuation under each condition's cache.
+    let t2 = Instant::now();
+    let mut scores: Vec<Vec<ContinuationScore>> = vec![Vec::new(); n_cond];
+    if complete {
+        on_event(RunEvent::Stage("scoring continuations".into()));
+        let jobs: Vec<(usize, usize)> = (0..n_cond)
+            .flat_map(|ci| (0..n_var).map(move |vi| (ci, vi)))
+            .collect();
+        let mut done = 0;
+        for wave in jobs.chunks(n_seq as usize) {
+            if options.cancel.load(Ordering::Relaxed) {
+                complete = false;
+                break;
+            }
+            let mut items = Vec::new();
+            let mut targets: Vec<(usize, i32)> = Vec::new(); // (job in wave, token to score)
+            for (slot, &(ci, vi)) in wave.iter().enumerate() {
+                let seq = slot as i32;
+                lab.set_state_bytes(seq, &condition_states[ci])?;
+                let p = &prompts[spec
+                    .variant_index(&spec.conditions[ci].variant)
+                    .expect("validated")];
+                let cont = &baselines[vi].generation.tokens;
+                let mut token = p.tokens.last().expect("len >= 2").id;
+                let first_pos = (p.tokens.len() - 1) as i32;
+                for (pos, &next) in (first_pos..).zip(cont) {
+                    items.push(BatchItem {
+                        seq,
+                        token,
+                        pos,
+                        logits: true,
+                    });
+                    targets.push((slot, next));
+                    token = next;
+                }
+            }
+            let mut sums = vec![(0f64, 0usize); wave.len()];
+            lab.eval(&items, |k, logits| {
+                let (slot, target) = targets[k];
+                let lp = LogProbs::new(logits).of(logits, target as usize) as f64;
+                sums[slot].0 += lp;
+                sums[slot].1 += 1;
+            })?;
+            for (slot, &(ci, vi)) in wave.iter().enumerate() {
+                let (sum, n) = sums[slot];
+                scores[ci].push(ContinuationScore {
+                    of_variant: prompts[vi].name.clone(),
+                    sum,
+                    mean: if n > 0 { sum / n as f64 } else { 0.0 },
+                    n_tokens: n,
+                });
+            }
+            done += wave.len();
+            on_event(RunEvent::Progress {
+                done: max_tokens + done,
+                total: total_work,
+            });
+        }
+        if !complete {
+            scores.iter_mut().for_each(Vec::clear);
+        }
+    }
+    timings.score_s = t2.elapsed().as_secs_f64();
+
+    // 5. KV delta between the first two variants.
+    let kv_delta = if n_var >= 2 && prompts[0].tokens.len() == prompts[1].tokens.len() {
+        Some(kv_delta(
+            &prompt_states[0],
+            &prompt_states[1],
+            &prompts[0].name,
+            &prompts[1].name,
+            options.delta_layer,
+        )?)
+    } else {
+        None
+    };
+
+    let variants = prompts
+        .iter()
+        .zip(baselines)
+        .map(|(p, l)| VariantResult {
+            name: p.name.clone(),
+            prompt_text: p.text.clone(),
+            tokens: p.tokens.clone(),
+            baseline: l.generation.clone(),
+        })
+        .collect();
+    let conditions = spec
+        .conditions
+        .iter()
+        .enumerate()
+        .map(|(ci, c)| {
+            let vi = spec.variant_index(&c.variant).expect("validated");
+            let generation = cond_gens[ci].generation.clone();
+            let first_divergence =
+                metrics::first_divergence(&generation.tokens, &baselines[vi].generation.tokens);
+            ConditionResult {
+                label: c.row_label(),
+                variant: c.variant.clone(),
+                intervention: c.intervention.short(),
+                span: spans[ci],
+                layers: c.layers.to_string(),
+                part: format!("{:?}", c.part).to_lowercase(),
+                generation,
+                first_divergence,
+                scores: std::mem::take(&mut scores[ci]),
+            }
+        })
+        .collect();
+    Ok(RunResults {
+        kvlab_version: env!("CARGO_PKG_VERSION").into(),
+        llama_cpp_2_version: crate::engine::LLAMA_CPP_2_VERSION.into(),
+        model: model.fingerprint().clone(),
+        model_info: model.info().clone(),
+        spec: spec.clone(),
+        settings,
+        needle_span: needle,
+        variants,
+        conditions,
+        kv_delta,
+        complete,
+        timings,
+    })
+}
+
+/// Per layer and position, the L2 norm of the K and V differences between two prompt states.
+pub fn kv_delta(
+    a: &SeqState,
+    b: &SeqState,
+    name_a: &str,
+    name_b: &str,
+    full_layer: Option<usize>,
+) -> Result<KvDelta, EngineError> {
+    let positions = a.positions();
+    let n_layer = a.n_layer();
+    let mut k_l2 = vec![Vec::with_capacity(positions.len()); n_layer];
+    let mut v_l2 = vec![Vec::with_capacity(positions.len()); n_layer];
+    let mut layer_rows = full_layer.map(|layer| LayerDelta {
+        layer,
+        k: Vec::new(),
+        v: Vec::new(),
+    });
+    if let Some(l) = full_layer
+        && l >= n_layer
+    {
+        return Err(crate::engine::KvStateError::LayerOutOfRange { layer: l, n_layer }.into());
+    }
+    for &pos in &positions {
+        let ca = a.cells_at(pos)[0];
+        let Some(&cb) = b.cells_at(pos).first() else {
+            return Err(crate::engine::KvStateError::NoSuchPosition(pos).into());
+        };
+        for layer in 0..n_layer {
+            let (ka, kb) = (a.k_row_f32(layer, ca)?, b.k_row_f32(layer, cb)?);
+            let (va, vb) = (a.v_row_f32(layer, ca)?, b.v_row_f32(layer, cb)?);
+            k_l2[layer].push(metrics::l2_diff(&ka, &kb));
+            v_l2[layer].push(metrics::l2_diff(&va, &vb));
+            if let Some(rows) = layer_rows.as_mut()
+                && rows.layer == layer
+            {
+                rows.k
+                    .push(ka.iter().zip(&kb).map(|(x, y)| x - y).collect());
+                rows.v
+                    .push(va.iter().zip(&vb).map(|(x, y)| x - y).collect());
+            }
+        }
+    }
+    Ok(KvDelta {
+        variant_a: name_a.into(),
+        variant_b: name_b.into(),
+        k_l2,
+        v_l2,
+        layer_rows,
+    })
+}

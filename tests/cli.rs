@@ -1,0 +1,194 @@
+//! The `kvlab` command line end to end, as a user runs it: the seed experiment, and bad input
+//! that must end in a clear message and a non-zero exit, never a panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::model_path;
+use serde_json::Value;
+
+fn kvlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvlab"))
+        .args(args)
+        .env_remove("KVLAB_MODEL")
+        .output()
+        .expect("kvlab runs")
+}
+
+/// Runs kvlab expecting failure; returns stderr after checking it is a message, not a panic.
+fn fails(args: &[&str]) -> String {
+    let out = kvlab(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "kvlab {args:?} should fail; stderr: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "kvlab {args:?} panicked: {stderr}"
+    );
+    assert!(stderr.contains("error: "), "{stderr}");
+    stderr
+}
+
+fn seed_path() -> String {
+    format!(
+        "{}/assets/experiments/seed-short.json",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// The seed spec, edited, written to a temporary file.
+fn edited_seed(dir: &Path, name: &str, edit: impl FnOnce(&mut Value)) -> String {
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(seed_path()).unwrap()).unwrap();
+    edit(&mut v);
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn seed_experiment_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_json = dir.path().join("results.json");
+    let model = model_path();
+    let out = kvlab(&[
+        "run",
+        &seed_path(),
+        "--model",
+        model.to_str().unwrap(),
+        "--format",
+        "markdown",
+        "--out",
+        out_json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| condition | SF | NY |"), "{stdout}");
+    for row in [
+        "| baseline |",
+        "| none |",
+        "| zero |",
+        "| transplant (other city) |",
+        "| remove |",
+    ] {
+        assert!(stdout.contains(row), "missing row {row}: {stdout}");
+    }
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
+    assert_eq!(
+        results["needle_span"],
+        serde_json::json!({"start": 6, "end": 7})
+    );
+    let conditions = results["conditions"].as_array().unwrap();
+    assert_eq!(conditions.len(), 8);
+    for c in conditions {
+        assert_eq!(
+            c["generation"]["tokens"].as_array().unwrap().len(),
+            100,
+            "100 tokens, as the seed"
+        );
+        assert_eq!(
+            c["generation"]["steps"][0]["top"].as_array().unwrap().len(),
+            10
+        );
+        assert_eq!(
+            c["generation"]["steps"][0]["probes"]
+                .as_array()
+                .unwrap()
+                .len(),
+            4
+        );
+    }
+    let baseline_sf = &results["variants"][0]["baseline"]["tokens"];
+    assert_eq!(
+        &conditions[0]["generation"]["tokens"], baseline_sf,
+        "control = baseline"
+    );
+}
+
+#[test]
+fn inspect_shows_metadata_and_tokens() {
+    let model = model_path();
+    let out = kvlab(&[
+        "inspect",
+        model.to_str().unwrap(),
+        "--text",
+        "I am flying to SF city",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("architecture   llama"), "{stdout}");
+    assert!(stdout.contains("layers         30"), "{stdout}");
+    assert!(stdout.contains("quantization   Q4_1"), "{stdout}");
+    assert!(stdout.contains("\" SF\""), "{stdout}");
+}
+
+#[test]
+fn bad_model_files_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = seed_path();
+
+    let e = fails(&["run", &seed, "--model", "/nonexistent/model.gguf"]);
+    assert!(e.contains("model file not found"), "{e}");
+
+    let text = dir.path().join("notes.gguf");
+    std::fs::write(&text, "these are my notes, not a model\n").unwrap();
+    let e = fails(&["run", &seed, "--model", text.to_str().unwrap()]);
+    assert!(e.contains("is not a GGUF model file"), "{e}");
+
+    let truncated = dir.path().join("truncated.gguf");
+    let bytes = std::fs::read(model_path()).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let e = fails(&["inspect", truncated.to_str().unwrap()]);
+    assert!(
+        e.contains("could not load") && e.contains("incomplete"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_experiments_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_path();
+    let model = model.to_str().unwrap();
+    let run = |spec: &str| fails(&["run", spec, "--model", model]);
+
+    let p = edited_seed(dir.path(), "no-needle.json", |v| {
+        v["prompt"]["turns"][0]["content"] = "I am flying somewhere.".into();
+    });
+    assert!(run(&p).contains("no {needle} placeholder"));
+
+    let p = dir.path().join("broken.json");
+    std::fs::write(&p, "{ \"variants\": [").unwrap();
+    assert!(run(p.to_str().unwrap()).contains("not valid"));
+
+    let p = edited_seed(dir.path(), "lengths.json", |v| {
+        v["variants"][1]["needle"] = "New York".into();
+    });
+    assert!(run(&p).contains("do not align"));
+
+    let p = edited_seed(dir.path(), "layers.json", |v| {
+        v["conditions"][2]["layers"] = "0-99".into();
+    });
+    let e = run(&p);
+    assert!(e.contains("layer 99 is out of range"), "{e}");
+
+    let p = edited_seed(dir.path(), "span.json", |v| {
+        v["needle_span"] = serde_json::json!({"start": 900, "end": 901});
+    });
+    assert!(run(&p).contains("outside the prompt"));
+
+    let p = edited_seed(dir.path(), "remove-layers.json", |v| {
+        v["conditions"][6]["layers"] = "0-3".into();
+    });
+    assert!(run(&p).contains("all layers"));
+}

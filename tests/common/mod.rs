@@ -1,0 +1,44 @@
+//! Shared set-up for the integration tests: the real test model, loaded once per test binary.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use kvlab::engine::{LoadOptions, LoadedModel};
+use kvlab::experiment::ExperimentSpec;
+
+/// The test model's path: `KVLAB_TEST_MODEL` (set by `make test`) or the default cache.
+pub fn model_path() -> PathBuf {
+    if let Ok(p) = std::env::var("KVLAB_TEST_MODEL") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cache = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
+    let p = PathBuf::from(cache).join("kvlab/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "the test model is missing: run `make test` (it fetches it) or set KVLAB_TEST_MODEL"
+    );
+    p
+}
+
+/// The test model, loaded once.
+pub fn model() -> &'static LoadedModel {
+    static MODEL: OnceLock<LoadedModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        kvlab::engine::log::init(0);
+        LoadedModel::load(&model_path(), &LoadOptions::default(), None, |_| {})
+            .expect("the test model loads")
+    })
+}
+
+/// A shipped experiment.
+pub fn asset_spec(name: &str) -> ExperimentSpec {
+    let path = format!(
+        "{}/assets/experiments/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    ExperimentSpec::from_json(&std::fs::read_to_string(&path).expect("asset exists"))
+        .expect("asset parses")
+}

@@ -1,0 +1,346 @@
+//! The engine and the runner on the real test model (SmolLM2-135M-Instruct Q4_1).
+
+mod common;
+
+use common::{asset_spec, model};
+use kvlab::engine::lab::BatchItem;
+use kvlab::engine::{KvPart, Lab, LabOptions, SeqState};
+use kvlab::experiment::metrics::argmax;
+use kvlab::experiment::{Intervention, LayerSet, Span};
+use kvlab::runner::{self, RunOptions, prepare_prompts};
+
+fn lab(n_seq: u32) -> Lab<'static> {
+    Lab::new(
+        model(),
+        LabOptions {
+            n_seq,
+            n_ctx_per_seq: 256,
+            threads: 2,
+            n_batch: 512,
+        },
+    )
+    .expect("context")
+}
+
+/// The seed prompt's tokens for a variant.
+fn seed_tokens(variant: usize) -> Vec<i32> {
+    let (prompts, _) = prepare_prompts(model(), &asset_spec("seed-short")).unwrap();
+    prompts[variant].tokens.iter().map(|t| t.id).collect()
+}
+
+/// Evaluates `tokens[..n-1]` into `seq`.
+fn eval_prompt(lab: &mut Lab<'_>, seq: i32, tokens: &[i32]) {
+    let items: Vec<BatchItem> = tokens[..tokens.len() - 1]
+        .iter()
+        .enumerate()
+        .map(|(pos, &token)| BatchItem {
+            seq,
+            token,
+            pos: pos as i32,
+            logits: false,
+        })
+        .collect();
+    lab.eval(&items, |_, _| {}).unwrap();
+}
+
+#[test]
+fn needle_is_found_where_the_variants_differ() {
+    let spec = asset_spec("seed-short");
+    let (prompts, span) = prepare_prompts(model(), &spec).unwrap();
+    assert_eq!(
+        span,
+        Span { start: 6, end: 7 },
+        "the test model's needle is token 6"
+    );
+    assert_eq!(
+        prompts[0].tokens.len(),
+        prompts[1].tokens.len(),
+        "SF and NY prompts align"
+    );
+    assert_eq!(prompts[0].tokens[6].piece, " SF");
+    assert_eq!(prompts[1].tokens[6].piece, " NY");
+    for (i, (a, b)) in prompts[0].tokens.iter().zip(&prompts[1].tokens).enumerate() {
+        if i != 6 {
+            assert_eq!(a, b, "token {i} differs outside the needle");
+        }
+    }
+    assert!(prompts[0].text.starts_with("User: I am flying to SF city"));
+    assert!(
+        prompts[0]
+            .text
+            .ends_with("tell me the full answer.\n\nAssistant:")
+    );
+}
+
+#[test]
+fn chat_template_prompt_finds_its_own_needle() {
+    let (prompts, span) = prepare_prompts(model(), &asset_spec("seed-chat")).unwrap();
+    assert!(prompts[0].text.contains("<|im_start|>user"));
+    assert_eq!(span.len(), 1);
+    assert_eq!(prompts[0].tokens[span.start].piece, " SF");
+}
+
+#[test]
+fn a_state_copy_reproduces_the_original_logit_for_logit() {
+    let tokens = seed_tokens(0);
+    let mut lab = lab(2);
+    eval_prompt(&mut lab, 0, &tokens);
+    let bytes = lab.state_bytes(0).unwrap();
+    let parsed = SeqState::parse(&bytes, Default::default()).unwrap();
+    assert_eq!(
+        parsed.serialize(),
+        bytes,
+        "parse → serialize is byte-identical on a real state"
+    );
+    lab.set_state(1, &parsed).unwrap();
+    let mut next = [*tokens.last().unwrap(); 2];
+    let mut pos = (tokens.len() - 1) as i32;
+    for step in 0..12 {
+        let items = [0, 1].map(|s| BatchItem {
+            seq: s,
+            token: next[s as usize],
+            pos,
+            logits: true,
+        });
+        let mut logits: Vec<Vec<f32>> = Vec::new();
+        lab.eval(&items, |_, l| logits.push(l.to_vec())).unwrap();
+        let max_abs = logits[0]
+            .iter()
+            .zip(&logits[1])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert_eq!(
+            max_abs, 0.0,
+            "step {step}: the copy's logits differ by {max_abs}"
+        );
+        next = [argmax(&logits[0]) as i32, argmax(&logits[1]) as i32];
+        pos += 1;
+    }
+}
+
+#[test]
+fn zero_changes_exactly_the_chosen_rows() {
+    let tokens = seed_tokens(0);
+    let mut lab = lab(2);
+    eval_prompt(&mut lab, 0, &tokens);
+    let orig = lab.state(0).unwrap();
+    let mut edited = orig.clone();
+    let cell = edited.cells_at(6)[0];
+    for layer in 0..5 {
+        edited.zero_cell(layer, cell, KvPart::K).unwrap();
+    }
+    lab.set_state(1, &edited).unwrap();
+    let back = lab.state(1).unwrap();
+    assert_eq!(back.positions(), orig.positions());
+    let mut zeroed = 0;
+    for (r, meta) in orig.cells() {
+        // The copy lives in its own stream: find its cells by position.
+        let rb = back.cells_at(meta.pos)[0];
+        for layer in 0..orig.n_layer() {
+            let k = back.k_row_f32(layer, rb).unwrap();
+            if meta.pos == 6 && layer < 5 {
+                assert!(
+                    k.iter().all(|&x| x == 0.0),
+                    "layer {layer} K at the needle is zero"
+                );
+                zeroed += 1;
+            } else {
+                assert_eq!(
+                    k,
+                    orig.k_row_f32(layer, r).unwrap(),
+                    "K layer {layer} pos {}",
+                    meta.pos
+                );
+            }
+            assert_eq!(
+                back.v_row_f32(layer, rb).unwrap(),
+                orig.v_row_f32(layer, r).unwrap()
+            );
+        }
+    }
+    assert_eq!(zeroed, 5);
+    assert!(
+        orig.k_row_f32(0, cell).unwrap().iter().any(|&x| x != 0.0),
+        "the original row was not zero"
+    );
+}
+
+#[test]
+fn transplant_copies_the_donor_bytes() {
+    let (sf, ny) = (seed_tokens(0), seed_tokens(1));
+    let mut lab = lab(3);
+    eval_prompt(&mut lab, 0, &sf);
+    eval_prompt(&mut lab, 1, &ny);
+    let (a, donor) = (lab.state(0).unwrap(), lab.state(1).unwrap());
+    let mut edited = a.clone();
+    let (dst, src) = (edited.cells_at(6)[0], donor.cells_at(6)[0]);
+    for layer in 0..edited.n_layer() {
+        edited
+            .copy_cell_from(&donor, layer, dst, src, KvPart::Both)
+            .unwrap();
+    }
+    lab.set_state(2, &edited).unwrap();
+    let back = lab.state(2).unwrap();
+    let got = back.cells_at(6)[0];
+    for layer in 0..a.n_layer() {
+        assert_eq!(
+            back.k_row_bytes(layer, got).unwrap(),
+            donor.k_row_bytes(layer, src).unwrap()
+        );
+        assert_eq!(
+            back.v_row_bytes(layer, got).unwrap(),
+            donor.v_row_bytes(layer, src).unwrap()
+        );
+        assert_ne!(
+            a.k_row_bytes(layer, dst).unwrap(),
+            donor.k_row_bytes(layer, src).unwrap()
+        );
+        // Position 7 (after the needle) keeps the recipient's own rows.
+        let (c7, b7) = (a.cells_at(7)[0], back.cells_at(7)[0]);
+        assert_eq!(
+            back.k_row_bytes(layer, b7).unwrap(),
+            a.k_row_bytes(layer, c7).unwrap()
+        );
+        // ...which differ from the donor's from layer 1 on (layer 0 sees only the token itself).
+        if layer > 0 {
+            let d7 = donor.cells_at(7)[0];
+            assert_ne!(
+                back.k_row_bytes(layer, b7).unwrap(),
+                donor.k_row_bytes(layer, d7).unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn remove_takes_out_the_span_and_keeps_the_rest() {
+    let tokens = seed_tokens(0);
+    let mut lab = lab(2);
+    eval_prompt(&mut lab, 0, &tokens);
+    let orig = lab.state(0).unwrap();
+    lab.set_state(1, &orig).unwrap();
+    lab.remove(1, 6, 8).unwrap();
+    let back = lab.state(1).unwrap();
+    let expect: Vec<i32> = orig
+        .positions()
+        .into_iter()
+        .filter(|p| !(6..8).contains(p))
+        .collect();
+    assert_eq!(back.positions(), expect);
+    for &pos in &expect {
+        let (a, b) = (orig.cells_at(pos)[0], back.cells_at(pos)[0]);
+        for layer in 0..orig.n_layer() {
+            assert_eq!(
+                orig.k_row_bytes(layer, a).unwrap(),
+                back.k_row_bytes(layer, b).unwrap()
+            );
+            assert_eq!(
+                orig.v_row_bytes(layer, a).unwrap(),
+                back.v_row_bytes(layer, b).unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn runs_are_reproducible_and_the_control_equals_the_baseline() {
+    let mut spec = asset_spec("seed-short");
+    spec.generation.max_tokens = 24;
+    let opts = RunOptions {
+        delta_layer: Some(3),
+        ..RunOptions::default()
+    };
+    let a = runner::run(model(), &spec, &opts, |_| {}).unwrap();
+    let b = runner::run(model(), &spec, &opts, |_| {}).unwrap();
+    assert!(a.complete);
+    for c in a.conditions.iter().filter(|c| c.intervention == "none") {
+        let base = &a.variant(&c.variant).unwrap().baseline;
+        assert_eq!(
+            c.generation.tokens, base.tokens,
+            "{}: control differs from baseline",
+            c.variant
+        );
+        assert_eq!(
+            c.generation.steps, base.steps,
+            "{}: control's log-probs differ",
+            c.variant
+        );
+        assert_eq!(c.first_divergence, None);
+    }
+    // Everything but the timings is identical across runs.
+    let strip = |mut r: kvlab::experiment::RunResults| {
+        r.timings = Default::default();
+        serde_json::to_value(r).unwrap()
+    };
+    assert_eq!(strip(a.clone()), strip(b));
+    // Every condition is scored against both baselines, and the K/V delta is non-zero only from
+    // the needle on (earlier positions see the same tokens).
+    assert!(
+        a.conditions
+            .iter()
+            .all(|c| c.scores.len() == 2 && c.scores.iter().all(|s| s.n_tokens == 24))
+    );
+    let delta = a.kv_delta.as_ref().unwrap();
+    assert_eq!(delta.k_l2.len(), 30);
+    for layer in &delta.k_l2 {
+        assert!(layer[..6].iter().all(|&x| x == 0.0));
+        assert!(layer[6] > 0.0);
+    }
+    assert_eq!(
+        delta.layer_rows.as_ref().unwrap().k.len(),
+        delta.k_l2[0].len()
+    );
+    assert_eq!(a.model.file_name, "SmolLM2-135M-Instruct.Q4_1.gguf");
+}
+
+#[test]
+fn bad_conditions_are_refused_with_reasons() {
+    let base = asset_spec("seed-short");
+    let run = |spec: &kvlab::experiment::ExperimentSpec| {
+        runner::run(model(), spec, &RunOptions::default(), |_| {})
+            .unwrap_err()
+            .to_string()
+    };
+
+    let mut spec = base.clone();
+    spec.conditions.truncate(1);
+    spec.conditions[0].intervention = Intervention::Zero;
+    spec.conditions[0].layers = LayerSet::parse("0-40").unwrap();
+    let msg = run(&spec);
+    assert!(
+        msg.contains("layer 40 is out of range") && msg.contains("30 layers"),
+        "{msg}"
+    );
+
+    let mut spec = base.clone();
+    spec.needle_span = Some(Span {
+        start: 500,
+        end: 501,
+    });
+    let msg = run(&spec);
+    assert!(msg.contains("outside the prompt"), "{msg}");
+
+    let mut spec = base.clone();
+    spec.variants[1].needle = "New York".into();
+    spec.conditions
+        .retain(|c| matches!(c.intervention, Intervention::Transplant { .. }));
+    let msg = run(&spec);
+    assert!(msg.contains("do not align"), "{msg}");
+}
+
+#[test]
+fn long_seed_prompt_has_an_early_needle_never_repeated() {
+    let (prompts, span) = prepare_prompts(model(), &asset_spec("seed-long")).unwrap();
+    let n = prompts[0].tokens.len();
+    assert!((150..=180).contains(&n), "about 160 tokens, got {n}");
+    assert!(span.start < 10, "needle early, at {span}");
+    let needle = &prompts[0].tokens[span.start];
+    assert_eq!(
+        prompts[0]
+            .tokens
+            .iter()
+            .filter(|t| t.id == needle.id)
+            .count(),
+        1
+    );
+}
