@@ -1,6 +1,6 @@
 //! The command line: `kvlab run`, `kvlab inspect`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -115,6 +115,9 @@ pub fn execute(cli: Cli) -> Result<()> {
                     eprintln!("{s} …");
                 }
             })?;
+            for w in &results.warnings {
+                eprintln!("warning: {w}");
+            }
             eprintln!(
                 "done: {:.1} tokens/s generating, {:.2}s scoring",
                 results.timings.tokens_per_s, results.timings.score_s
@@ -126,7 +129,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 eprintln!("results written to {}", out.display());
             }
             let printed = match format {
-                Format::Table => grid::to_table(&results),
+                Format::Table => grid::to_table(&results, std::io::stdout().is_terminal()),
                 Format::Markdown => grid::to_markdown(&results),
                 Format::Json => json,
             };

@@ -15,8 +15,10 @@ use thiserror::Error;
 
 use crate::engine::lab::BatchItem;
 use crate::engine::{EngineError, Lab, LabOptions, LoadedModel, SeqState, TokenPiece};
+use crate::experiment::jinja;
 use crate::experiment::metrics::{self, LogProbs, Rng};
 use crate::experiment::needle::{check_span_in_cache, differing_span};
+use crate::experiment::outcome::{self, ExpectedScore};
 use crate::experiment::results::*;
 use crate::experiment::spec::{ExperimentSpec, Intervention, PromptMode, Span, SpecError};
 
@@ -111,17 +113,64 @@ impl PreparedPrompt {
     }
 }
 
+/// Every variant's prompt, rendered and tokenized, the needle span, and warnings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// One per variant, in spec order.
+    pub prompts: Vec<PreparedPrompt>,
+    /// The needle span (given or found).
+    pub span: Span,
+    /// What the user should know about the rendering.
+    pub warnings: Vec<String>,
+}
+
+/// Renders the conversation of one variant with the model's Jinja template.
+fn render_jinja(model: &LoadedModel, turns: &[(String, String)]) -> Result<String, RunError> {
+    let template = model.chat_template_source().ok_or_else(|| {
+        SpecError::Generation(
+            "this model has no chat template; use the plain-text prompt mode".into(),
+        )
+    })?;
+    let messages: Vec<jinja::Message<'_>> = turns
+        .iter()
+        .map(|(role, content)| jinja::Message { role, content })
+        .collect();
+    let (bos, eos) = model.bos_eos_text();
+    jinja::render(&template, &messages, &bos, &eos)
+        .map_err(|e| RunError::Engine(EngineError::Prompt(e.to_string())))
+}
+
 /// Renders and tokenizes every variant's prompt and finds the needle span.
-pub fn prepare_prompts(
-    model: &LoadedModel,
-    spec: &ExperimentSpec,
-) -> Result<(Vec<PreparedPrompt>, Span), RunError> {
+pub fn prepare_prompts(model: &LoadedModel, spec: &ExperimentSpec) -> Result<Prepared, RunError> {
     spec.validate()?;
     let mut prompts = Vec::new();
+    let mut warnings = Vec::new();
     for v in &spec.variants {
+        let turns = spec.filled_turns(v);
         let (text, parse_special) = match spec.prompt.mode {
             PromptMode::Plain => (spec.plain_prompt(v), false),
-            PromptMode::ChatTemplate => (model.render_chat(&spec.filled_turns(v))?, true),
+            PromptMode::ChatBuiltin => (model.render_chat(&turns)?, true),
+            PromptMode::ChatTemplate => {
+                let text = render_jinja(model, &turns)?;
+                if warnings.is_empty()
+                    && let Ok(builtin) = model.render_chat(&turns)
+                    && builtin != text
+                {
+                    warnings.push(format!(
+                        "llama.cpp's built-in renderer and the model's Jinja template render this \
+                         conversation differently ({} vs {} characters{}); kvlab uses the Jinja \
+                         rendering, as the model's authors intended",
+                        builtin.len(),
+                        text.len(),
+                        if text.contains("system") && !builtin.contains("system") {
+                            ", the template adds a default system prompt"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                (text, true)
+            }
         };
         let tokens = model.tokenize(&text, true, parse_special)?;
         if tokens.len() < 2 {
@@ -159,7 +208,11 @@ pub fn prepare_prompts(
             &format!("the needle span (in {})", p.name),
         )?;
     }
-    Ok((prompts, span))
+    Ok(Prepared {
+        prompts,
+        span,
+        warnings,
+    })
 }
 
 /// Checks the conditions against the model and the prompts; returns each condition's span.
@@ -268,7 +321,11 @@ pub fn run(
     mut on_event: impl FnMut(RunEvent),
 ) -> Result<RunResults, RunError> {
     on_event(RunEvent::Stage("preparing prompts".into()));
-    let (prompts, needle) = prepare_prompts(model, spec)?;
+    let Prepared {
+        prompts,
+        span: needle,
+        warnings,
+    } = prepare_prompts(model, spec)?;
     let n_layer = model.info().n_layer;
     let spans = check_conditions(spec, &prompts, needle, n_layer)?;
 
@@ -372,8 +429,8 @@ pub fn run(
     let mut piece =
         |id: i32| -> String { pieces.entry(id).or_insert_with(|| model.piece(id)).clone() };
     let max_tokens = spec.generation.max_tokens;
-    let score_total = n_cond * n_var;
-    let total_work = max_tokens + score_total;
+    // Scoring counts as much work as generating.
+    let total_work = 2 * max_tokens;
     let t1 = Instant::now();
     let mut generated = 0usize;
     let mut complete = true;
@@ -400,7 +457,7 @@ pub fn run(
             let l = &mut live[active[k]];
             let lp = LogProbs::new(logits);
             let id = metrics::choose(logits, &spec.generation.sampling, &mut l.rng);
-            let top = metrics::top_k(logits, spec.top_k)
+            let mut top = metrics::top_k(logits, spec.top_k.max(2))
                 .into_iter()
                 .map(|(id, logprob)| (id as i32, logprob))
                 .collect::<Vec<_>>();
@@ -408,6 +465,11 @@ pub fn run(
                 .iter()
                 .map(|p| p.map_or(f32::NAN, |id| lp.of(logits, id)))
                 .collect();
+            let gap = match top.as_slice() {
+                [a, b, ..] => a.1 - b.1,
+                _ => f32::INFINITY,
+            };
+            top.truncate(spec.top_k);
             chosen.push((
                 active[k],
                 Step {
@@ -425,6 +487,7 @@ pub fn run(
                         })
                         .collect(),
                     probes,
+                    gap,
                 },
             ));
         })?;
@@ -460,66 +523,76 @@ pub fn run(
     }
     let (baselines, cond_gens) = live.split_at(n_var);
 
-    // 4. Teacher-forced scores: each variant's baseline continuation under each condition's cache.
+    // 4. Teacher-forced scores under each condition's cache, batched: every variant's baseline
+    //    continuation, and every expected answer.
     let t2 = Instant::now();
+    let mut jobs: Vec<ScoreJob> = Vec::new();
+    for ci in 0..n_cond {
+        for (vi, b) in baselines.iter().enumerate() {
+            jobs.push(ScoreJob {
+                condition: ci,
+                target: ScoreTarget::Baseline(vi),
+                tokens: b.generation.tokens.clone(),
+            });
+        }
+        for (vi, v) in spec.variants.iter().enumerate() {
+            for (ai, answer) in v.expected.iter().enumerate() {
+                let tokens: Vec<i32> = model
+                    .tokenize(answer, false, false)?
+                    .iter()
+                    .map(|t| t.id)
+                    .collect();
+                jobs.push(ScoreJob {
+                    condition: ci,
+                    target: ScoreTarget::Expected(vi, ai),
+                    tokens,
+                });
+            }
+        }
+    }
     let mut scores: Vec<Vec<ContinuationScore>> = vec![Vec::new(); n_cond];
+    let mut expected: Vec<Vec<ExpectedScore>> = vec![Vec::new(); n_cond];
     if complete {
         on_event(RunEvent::Stage("scoring continuations".into()));
-        let jobs: Vec<(usize, usize)> = (0..n_cond)
-            .flat_map(|ci| (0..n_var).map(move |vi| (ci, vi)))
-            .collect();
         let mut done = 0;
         for wave in jobs.chunks(n_seq as usize) {
             if options.cancel.load(Ordering::Relaxed) {
                 complete = false;
                 break;
             }
-            let mut items = Vec::new();
-            let mut targets: Vec<(usize, i32)> = Vec::new(); // (job in wave, token to score)
-            for (slot, &(ci, vi)) in wave.iter().enumerate() {
-                let seq = slot as i32;
-                lab.set_state_bytes(seq, &condition_states[ci])?;
-                let p = &prompts[spec
-                    .variant_index(&spec.conditions[ci].variant)
-                    .expect("validated")];
-                let cont = &baselines[vi].generation.tokens;
-                let mut token = p.tokens.last().expect("len >= 2").id;
-                let first_pos = (p.tokens.len() - 1) as i32;
-                for (pos, &next) in (first_pos..).zip(cont) {
-                    items.push(BatchItem {
-                        seq,
-                        token,
-                        pos,
-                        logits: true,
-                    });
-                    targets.push((slot, next));
-                    token = next;
+            let per_token = score_wave(&mut lab, spec, &prompts, &condition_states, wave)?;
+            for (job, lps) in wave.iter().zip(per_token) {
+                let sum: f64 = lps.iter().map(|&x| x as f64).sum();
+                let mean = if lps.is_empty() {
+                    0.0
+                } else {
+                    sum / lps.len() as f64
+                };
+                match job.target {
+                    ScoreTarget::Baseline(vi) => scores[job.condition].push(ContinuationScore {
+                        of_variant: prompts[vi].name.clone(),
+                        sum,
+                        mean,
+                        n_tokens: lps.len(),
+                    }),
+                    ScoreTarget::Expected(vi, ai) => expected[job.condition].push(ExpectedScore {
+                        variant: spec.variants[vi].name.clone(),
+                        answer: spec.variants[vi].expected[ai].clone(),
+                        sum,
+                        mean,
+                        per_token: lps,
+                    }),
                 }
-            }
-            let mut sums = vec![(0f64, 0usize); wave.len()];
-            lab.eval(&items, |k, logits| {
-                let (slot, target) = targets[k];
-                let lp = LogProbs::new(logits).of(logits, target as usize) as f64;
-                sums[slot].0 += lp;
-                sums[slot].1 += 1;
-            })?;
-            for (slot, &(ci, vi)) in wave.iter().enumerate() {
-                let (sum, n) = sums[slot];
-                scores[ci].push(ContinuationScore {
-                    of_variant: prompts[vi].name.clone(),
-                    sum,
-                    mean: if n > 0 { sum / n as f64 } else { 0.0 },
-                    n_tokens: n,
-                });
             }
             done += wave.len();
             on_event(RunEvent::Progress {
-                done: max_tokens + done,
+                done: max_tokens + done * max_tokens / jobs.len().max(1),
                 total: total_work,
             });
         }
         if !complete {
             scores.iter_mut().for_each(Vec::clear);
+            expected.iter_mut().for_each(Vec::clear);
         }
     }
     timings.score_s = t2.elapsed().as_secs_f64();
@@ -554,8 +627,29 @@ pub fn run(
         .map(|(ci, c)| {
             let vi = spec.variant_index(&c.variant).expect("validated");
             let generation = cond_gens[ci].generation.clone();
-            let first_divergence =
-                metrics::first_divergence(&generation.tokens, &baselines[vi].generation.tokens);
+            let base = &baselines[vi].generation;
+            let first_divergence = metrics::first_divergence(&generation.tokens, &base.tokens);
+            let fragile = first_divergence.is_some_and(|i| {
+                let gaps: Vec<f32> = [generation.steps.get(i), base.steps.get(i)]
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s.gap)
+                    .collect();
+                outcome::is_fragile(&gaps)
+            });
+            let expected = std::mem::take(&mut expected[ci]);
+            let names: Vec<&str> = spec.variants.iter().map(|v| v.name.as_str()).collect();
+            let pref = outcome::preference(&expected, &c.variant, &names);
+            let keyword_lists: Vec<(&str, &[String])> = spec
+                .variants
+                .iter()
+                .map(|v| (v.name.as_str(), v.keywords.as_slice()))
+                .collect();
+            let keywords = if spec.variants.iter().any(|v| !v.keywords.is_empty()) {
+                outcome::keyword_tally(&generation.text, &keyword_lists)
+            } else {
+                Vec::new()
+            };
             ConditionResult {
                 label: c.row_label(),
                 variant: c.variant.clone(),
@@ -566,6 +660,13 @@ pub fn run(
                 generation,
                 first_divergence,
                 scores: std::mem::take(&mut scores[ci]),
+                verdict: pref
+                    .as_ref()
+                    .map(|(p, other)| outcome::verdict(&c.variant, *p, other)),
+                preference: pref.map(|(p, _)| p),
+                expected,
+                keywords,
+                fragile,
             }
         })
         .collect();
@@ -581,8 +682,66 @@ pub fn run(
         conditions,
         kv_delta,
         complete,
+        warnings,
         timings,
     })
+}
+
+/// What a scoring job measures.
+#[derive(Debug, Clone, Copy)]
+enum ScoreTarget {
+    /// A variant's baseline continuation.
+    Baseline(usize),
+    /// A variant's expected answer.
+    Expected(usize, usize),
+}
+
+/// One continuation to score under one condition's cache.
+#[derive(Debug, Clone)]
+struct ScoreJob {
+    condition: usize,
+    target: ScoreTarget,
+    tokens: Vec<i32>,
+}
+
+/// Scores a wave of jobs (at most one per sequence) in one batched evaluation: each sequence
+/// gets its condition's cache, then the last prompt token and the continuation but its last
+/// token; the logits at each step give the next continuation token's log-prob.
+fn score_wave(
+    lab: &mut Lab<'_>,
+    spec: &ExperimentSpec,
+    prompts: &[PreparedPrompt],
+    condition_states: &[Vec<u8>],
+    wave: &[ScoreJob],
+) -> Result<Vec<Vec<f32>>, RunError> {
+    let mut items = Vec::new();
+    let mut targets: Vec<(usize, i32)> = Vec::new();
+    for (slot, job) in wave.iter().enumerate() {
+        let seq = slot as i32;
+        lab.set_state_bytes(seq, &condition_states[job.condition])?;
+        let vi = spec
+            .variant_index(&spec.conditions[job.condition].variant)
+            .expect("validated");
+        let p = &prompts[vi];
+        let mut token = p.tokens.last().expect("len >= 2").id;
+        let first_pos = (p.tokens.len() - 1) as i32;
+        for (pos, &next) in (first_pos..).zip(&job.tokens) {
+            items.push(BatchItem {
+                seq,
+                token,
+                pos,
+                logits: true,
+            });
+            targets.push((slot, next));
+            token = next;
+        }
+    }
+    let mut out = vec![Vec::new(); wave.len()];
+    lab.eval(&items, |k, logits| {
+        let (slot, target) = targets[k];
+        out[slot].push(LogProbs::new(logits).of(logits, target as usize));
+    })?;
+    Ok(out)
 }
 
 /// Per layer and position, the L2 norm of the K and V differences between two prompt states.

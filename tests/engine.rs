@@ -24,7 +24,9 @@ fn lab(n_seq: u32) -> Lab<'static> {
 
 /// The seed prompt's tokens for a variant.
 fn seed_tokens(variant: usize) -> Vec<i32> {
-    let (prompts, _) = prepare_prompts(model(), &asset_spec("seed-short")).unwrap();
+    let prompts = prepare_prompts(model(), &asset_spec("seed-short"))
+        .unwrap()
+        .prompts;
     prompts[variant].tokens.iter().map(|t| t.id).collect()
 }
 
@@ -46,7 +48,7 @@ fn eval_prompt(lab: &mut Lab<'_>, seq: i32, tokens: &[i32]) {
 #[test]
 fn needle_is_found_where_the_variants_differ() {
     let spec = asset_spec("seed-short");
-    let (prompts, span) = prepare_prompts(model(), &spec).unwrap();
+    let runner::Prepared { prompts, span, .. } = prepare_prompts(model(), &spec).unwrap();
     assert_eq!(
         span,
         Span { start: 6, end: 7 },
@@ -74,10 +76,40 @@ fn needle_is_found_where_the_variants_differ() {
 
 #[test]
 fn chat_template_prompt_finds_its_own_needle() {
-    let (prompts, span) = prepare_prompts(model(), &asset_spec("seed-chat")).unwrap();
-    assert!(prompts[0].text.contains("<|im_start|>user"));
+    let runner::Prepared {
+        prompts,
+        span,
+        warnings,
+    } = prepare_prompts(model(), &asset_spec("seed-chat")).unwrap();
+    // The model's Jinja template adds its default system prompt; llama.cpp's built-in one does not.
+    assert!(
+        prompts[0].text.starts_with("<|im_start|>system\n"),
+        "{}",
+        prompts[0].text
+    );
+    assert!(prompts[0].text.ends_with("<|im_start|>assistant\n"));
     assert_eq!(span.len(), 1);
     assert_eq!(prompts[0].tokens[span.start].piece, " SF");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("default system prompt"),
+        "{warnings:?}"
+    );
+    let expected = include_str!("data/seed-chat-jinja.txt");
+    assert_eq!(
+        prompts[0].text, expected,
+        "the Jinja rendering of the seed conversation changed"
+    );
+
+    let mut builtin = asset_spec("seed-chat");
+    builtin.prompt.mode = kvlab::experiment::PromptMode::ChatBuiltin;
+    let b = prepare_prompts(model(), &builtin).unwrap();
+    assert!(b.prompts[0].text.starts_with("<|im_start|>user\n"));
+    assert!(
+        b.span.start < span.start,
+        "no system turn, so the needle comes earlier"
+    );
+    assert!(b.warnings.is_empty());
 }
 
 #[test]
@@ -330,7 +362,8 @@ fn bad_conditions_are_refused_with_reasons() {
 
 #[test]
 fn long_seed_prompt_has_an_early_needle_never_repeated() {
-    let (prompts, span) = prepare_prompts(model(), &asset_spec("seed-long")).unwrap();
+    let runner::Prepared { prompts, span, .. } =
+        prepare_prompts(model(), &asset_spec("seed-long")).unwrap();
     let n = prompts[0].tokens.len();
     assert!((150..=180).contains(&n), "about 160 tokens, got {n}");
     assert!(span.start < 10, "needle early, at {span}");

@@ -406,6 +406,17 @@ impl LoadedModel {
             })
     }
 
+    /// The GGUF's Jinja chat template source, if it has one.
+    pub fn chat_template_source(&self) -> Option<String> {
+        self.model.chat_template(None).ok()?.to_string().ok()
+    }
+
+    /// The text of the BOS and EOS tokens (for chat templates).
+    pub fn bos_eos_text(&self) -> (String, String) {
+        let v = self.model.vocab();
+        (self.piece(v.bos().0), self.piece(v.eos().0))
+    }
+
     /// Whether the token ends generation (EOS, EOT, …).
     pub fn is_end_of_generation(&self, id: i32) -> bool {
         self.model.vocab().is_eog(LlamaToken(id))

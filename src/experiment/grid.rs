@@ -58,26 +58,56 @@ pub fn preview(text: &str, max: usize) -> String {
     }
 }
 
-/// The scores of a cell: the mean log-prob of each variant's baseline answer under its cache.
+/// The measurements of a cell: the verdict (when expected answers exist), the mean log-prob
+/// of each variant's baseline answer under its cache, the keyword tally, and where the text
+/// departs from the baseline (marked fragile at a near-tie).
 pub fn score_line(results: &RunResults, c: &ConditionResult) -> String {
-    if c.scores.is_empty() {
-        return "(not scored)".into();
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(v) = &c.verdict {
+        parts.push(v.clone());
     }
-    let parts: Vec<String> = results
+    if c.scores.is_empty() {
+        parts.push("(not scored)".into());
+    }
+    let lps: Vec<String> = results
         .variants
         .iter()
         .filter_map(|v| c.score_of(&v.name))
         .map(|s| format!("lp({})={:.3}", s.of_variant, s.mean))
         .collect();
-    let div = match c.first_divergence {
+    if !lps.is_empty() {
+        parts.push(lps.join(" "));
+    }
+    if !c.keywords.is_empty() {
+        let k: Vec<String> = c
+            .keywords
+            .iter()
+            .map(|k| format!("{}×{}", k.variant, k.count))
+            .collect();
+        parts.push(format!("keywords {}", k.join(" ")));
+    }
+    parts.push(match c.first_divergence {
         None => "same as baseline".to_string(),
+        Some(i) if c.fragile => format!("departs at token {i} (near-tie: fragile)"),
         Some(i) => format!("departs at token {i}"),
-    };
-    format!("{} · {div}", parts.join(" "))
+    });
+    parts.join(" · ")
 }
 
-/// A terminal-friendly rendering.
-pub fn to_table(results: &RunResults) -> String {
+/// Wraps a cell's measurement line in ANSI colors by its verdict: green when the cache keeps
+/// its own city, red when it flips, yellow when undecided.
+fn colorize(line: String, c: &ConditionResult) -> String {
+    let code = match c.verdict.as_deref() {
+        Some(v) if v.starts_with("keeps") => "32",
+        Some(v) if v.starts_with("flips") => "31",
+        Some(_) => "33",
+        None => return line,
+    };
+    format!("\x1b[{code}m{line}\x1b[0m")
+}
+
+/// A terminal-friendly rendering; `color` adds ANSI colors by verdict.
+pub fn to_table(results: &RunResults, color: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -118,7 +148,11 @@ pub fn to_table(results: &RunResults) -> String {
                         v.name,
                         preview(&c.generation.text, CELL_CHARS),
                         "",
-                        score_line(results, c)
+                        if color {
+                            colorize(score_line(results, c), c)
+                        } else {
+                            score_line(results, c)
+                        }
                     );
                 }
                 None => {

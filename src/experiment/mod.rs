@@ -2,8 +2,10 @@
 //! finding, metrics, the results a run produces and the outcome grid.
 
 pub mod grid;
+pub mod jinja;
 pub mod metrics;
 pub mod needle;
+pub mod outcome;
 pub mod results;
 pub mod spec;
 

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::outcome::{ExpectedScore, KeywordCount};
 use super::spec::{ExperimentSpec, Span};
 use crate::engine::{ModelFingerprint, ModelInfo, TokenPiece};
 
@@ -26,6 +27,8 @@ pub struct Step {
     pub top: Vec<Alternative>,
     /// Log-probability of each probe's token (in the spec's probe order).
     pub probes: Vec<f32>,
+    /// Top-1 minus top-2 log-prob: below 0.1 the choice is a near-tie.
+    pub gap: f32,
 }
 
 /// A generated continuation.
@@ -86,6 +89,22 @@ pub struct ConditionResult {
     pub first_divergence: Option<usize>,
     /// Each variant's baseline continuation scored under this condition's cache.
     pub scores: Vec<ContinuationScore>,
+    /// Each variant's expected answers scored under this condition's cache.
+    #[serde(default)]
+    pub expected: Vec<ExpectedScore>,
+    /// Own variant's expected-answer score minus the best other variant's (needs expected answers).
+    #[serde(default)]
+    pub preference: Option<f64>,
+    /// The preference in words: "keeps SF, +2.10", "flips to NY, −8.50".
+    #[serde(default)]
+    pub verdict: Option<String>,
+    /// Each variant's keywords counted in the generated text.
+    #[serde(default)]
+    pub keywords: Vec<KeywordCount>,
+    /// The first divergence happened at a near-tie (top-1/top-2 gap below 0.1 in this condition or
+    /// its baseline): numerical noise could have caused it.
+    #[serde(default)]
+    pub fragile: bool,
 }
 
 impl ConditionResult {
@@ -174,6 +193,9 @@ pub struct RunResults {
     pub kv_delta: Option<KvDelta>,
     /// False when the run was stopped before the end (scores are then missing).
     pub complete: bool,
+    /// Things the user should know (e.g. renderers that disagree about the prompt).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// How long it took.
     pub timings: Timings,
 }

@@ -53,8 +53,12 @@ pub enum PromptMode {
     /// `User: …\n\nAssistant: …\n\nAssistant:`.
     #[default]
     Plain,
-    /// The model's own chat template (llama.cpp's built-in renderer).
+    /// The model's own Jinja chat template from the GGUF, rendered in a sandbox (with its
+    /// default system prompt, if it has one), as the model's authors intended.
     ChatTemplate,
+    /// llama.cpp's built-in renderer for the template's family (it recognizes common families
+    /// and formats them itself; it may leave out a template's default system prompt).
+    ChatBuiltin,
 }
 
 /// One turn of the conversation.
@@ -95,6 +99,14 @@ pub struct Variant {
     pub name: String,
     /// The text put in place of `{needle}`.
     pub needle: String,
+    /// Answers this variant's prompt should get, e.g. `" Here are some historical places to
+    /// visit in San Francisco:"`; scored teacher-forced under every condition. Tokenized as
+    /// written: a leading space matters after a plain `Assistant:` label.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected: Vec<String>,
+    /// Words that mark this variant in generated text (counted case-insensitively).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keywords: Vec<String>,
 }
 
 /// A half-open range of token positions `start..end`.
@@ -547,10 +559,14 @@ mod tests {
                 Variant {
                     name: "SF".into(),
                     needle: "SF".into(),
+                    expected: vec![],
+                    keywords: vec![],
                 },
                 Variant {
                     name: "NY".into(),
                     needle: "NY".into(),
+                    expected: vec![],
+                    keywords: vec![],
                 },
             ],
             ..Default::default()

@@ -1,0 +1,167 @@
+//! Quantitative outcomes on the real model: expected-answer scores, preferences, near-ties.
+
+mod common;
+
+use common::{asset_spec, model};
+use kvlab::engine::lab::BatchItem;
+use kvlab::engine::{KvPart, Lab, LabOptions};
+use kvlab::experiment::metrics::LogProbs;
+use kvlab::experiment::{Intervention, RunResults};
+use kvlab::runner::{self, RunOptions, prepare_prompts};
+
+fn seed_run(max_tokens: usize) -> RunResults {
+    let mut spec = asset_spec("seed-short");
+    spec.generation.max_tokens = max_tokens;
+    runner::run(model(), &spec, &RunOptions::default(), |_| {}).unwrap()
+}
+
+/// The SF answer fed one token at a time after the SF prompt with the needle zeroed in every
+/// layer: the log-probs must add up to what the batched scorer reported.
+#[test]
+fn expected_answer_scores_equal_token_by_token_feeding() {
+    let results = seed_run(4);
+    let spec = asset_spec("seed-short");
+    let zero_sf = results
+        .conditions
+        .iter()
+        .find(|c| c.variant == "SF" && c.intervention == "zero")
+        .unwrap();
+    let answer = &spec.variants[0].expected[0];
+    let batched = zero_sf
+        .expected
+        .iter()
+        .find(|e| &e.answer == answer)
+        .unwrap();
+
+    let prompt: Vec<i32> = prepare_prompts(model(), &spec).unwrap().prompts[0]
+        .tokens
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    let answer_ids: Vec<i32> = model()
+        .tokenize(answer, false, false)
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    let mut lab = Lab::new(
+        model(),
+        LabOptions {
+            n_seq: 2,
+            n_ctx_per_seq: 256,
+            threads: 2,
+            n_batch: 512,
+        },
+    )
+    .unwrap();
+    let items: Vec<BatchItem> = prompt[..prompt.len() - 1]
+        .iter()
+        .enumerate()
+        .map(|(pos, &token)| BatchItem {
+            seq: 0,
+            token,
+            pos: pos as i32,
+            logits: false,
+        })
+        .collect();
+    lab.eval(&items, |_, _| {}).unwrap();
+    let mut state = lab.state(0).unwrap();
+    let cell = state.cells_at(6)[0];
+    for layer in 0..state.n_layer() {
+        state.zero_cell(layer, cell, KvPart::Both).unwrap();
+    }
+    lab.set_state(1, &state).unwrap();
+    let mut sum = 0f64;
+    let mut token = *prompt.last().unwrap();
+    for (pos, &next) in ((prompt.len() - 1) as i32..).zip(&answer_ids) {
+        let item = [BatchItem {
+            seq: 1,
+            token,
+            pos,
+            logits: true,
+        }];
+        lab.eval(&item, |_, logits| {
+            sum += LogProbs::new(logits).of(logits, next as usize) as f64
+        })
+        .unwrap();
+        token = next;
+    }
+    assert_eq!(batched.per_token.len(), answer_ids.len());
+    assert!(
+        (batched.sum - sum).abs() < 1e-4,
+        "batched {} vs one at a time {sum}",
+        batched.sum
+    );
+}
+
+#[test]
+fn preference_signs_are_stable_and_verdicts_name_the_city() {
+    let a = seed_run(6);
+    let b = seed_run(6);
+    assert!(a.complete && b.complete);
+    for (ca, cb) in a.conditions.iter().zip(&b.conditions) {
+        let (pa, pb) = (ca.preference.unwrap(), cb.preference.unwrap());
+        assert_eq!(pa.signum(), pb.signum(), "{} {}", ca.label, ca.variant);
+        let verdict = ca.verdict.as_deref().unwrap();
+        let other = if ca.variant == "SF" { "NY" } else { "SF" };
+        assert!(
+            verdict.starts_with(&format!("keeps {}", ca.variant))
+                || verdict.starts_with(&format!("flips to {other}"))
+                || verdict.starts_with("undecided"),
+            "{verdict}"
+        );
+        // Each expected answer is scored token by token, and the preference is their difference.
+        assert_eq!(ca.expected.len(), 2);
+        let own = ca
+            .expected
+            .iter()
+            .find(|e| e.variant == ca.variant)
+            .unwrap();
+        let oth = ca
+            .expected
+            .iter()
+            .find(|e| e.variant != ca.variant)
+            .unwrap();
+        assert!((pa - (own.sum - oth.sum)).abs() < 1e-9);
+        let per: f64 = own.per_token.iter().map(|&x| x as f64).sum();
+        assert!((per - own.sum).abs() < 1e-6);
+    }
+    // The control prefers its own city's answer (the model did read the needle).
+    for c in a.conditions.iter().filter(|c| c.intervention == "none") {
+        assert!(
+            c.preference.unwrap() > 0.0,
+            "{}: {:?}",
+            c.variant,
+            c.verdict
+        );
+    }
+}
+
+#[test]
+fn near_ties_and_keywords_are_recorded() {
+    let mut spec = asset_spec("seed-short");
+    spec.generation.max_tokens = 40;
+    spec.conditions
+        .retain(|c| c.intervention != Intervention::None);
+    let r = runner::run(model(), &spec, &RunOptions::default(), |_| {}).unwrap();
+    for c in &r.conditions {
+        let base = &r.variant(&c.variant).unwrap().baseline;
+        for s in c.generation.steps.iter().chain(&base.steps) {
+            assert!(s.gap >= 0.0);
+            assert_eq!(s.gap, s.top[0].logprob - s.top[1].logprob);
+            assert_eq!(s.token.id, s.top[0].id, "greedy picks the top token");
+        }
+        let expect_fragile = c.first_divergence.is_some_and(|i| {
+            c.generation.steps[i].gap < 0.1 || base.steps.get(i).is_some_and(|s| s.gap < 0.1)
+        });
+        assert_eq!(c.fragile, expect_fragile, "{} {}", c.label, c.variant);
+        assert_eq!(c.keywords.len(), 2);
+        let sf = c
+            .generation
+            .text
+            .to_lowercase()
+            .matches("san francisco")
+            .count();
+        assert!(c.keywords[0].count >= sf);
+    }
+}
