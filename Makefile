@@ -11,15 +11,27 @@ MODEL ?= $(KVLAB_CACHE)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 FEATURES ?=
 CARGO_FLAGS := $(if $(FEATURES),--features $(FEATURES),)
 
-.PHONY: run test deps model build bench clean
+.PHONY: run run-cli test screenshot deps model build clean
 
-## Opens kvlab on the seed experiment with the demo model.
+## Opens the kvlab app on the seed experiment with the demo model.
 run: deps model
-	$(CARGO) run $(CARGO_FLAGS) -- run assets/experiments/seed-short.json --model "$(MODEL)"
+	$(CARGO) run $(CARGO_FLAGS) -- "$(MODEL)"
 
-## Builds and runs the whole test suite against the real model.
+## Builds and runs the whole test suite against the real model, then opens the real window
+## under Xvfb and checks its screenshot is not blank.
 test: deps model
 	KVLAB_TEST_MODEL="$(MODEL)" $(CARGO) test $(CARGO_FLAGS) --all-targets
+	$(CARGO) build $(CARGO_FLAGS)
+	bash packaging/window-check.sh "$(MODEL)" target/window-check.png
+
+## Runs the seed experiment in the terminal (no window).
+run-cli: deps model
+	$(CARGO) run $(CARGO_FLAGS) -- run assets/experiments/seed-short.json --model "$(MODEL)"
+
+## Refreshes the README's screenshot (the app after a seed run).
+screenshot: deps model
+	$(CARGO) build $(CARGO_FLAGS)
+	bash packaging/window-check.sh "$(MODEL)" assets/screenshot.png
 
 build: deps
 	$(CARGO) build $(CARGO_FLAGS)

@@ -34,6 +34,12 @@ case "$(uname)" in
     has_libclang || need+=(clang libclang-dev)
     have python3 || need+=(python3)
     python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+    # The desktop app (X11/Wayland, OpenGL) and its window check under Xvfb.
+    [ -e /usr/include/X11/Xlib.h ] || need+=(libx11-dev)
+    have Xvfb || need+=(xvfb)
+    have import || need+=(imagemagick)
+    ls /usr/lib/*/dri/swrast_dri.so /usr/lib/*/dri/llvmpipe_dri.so >/dev/null 2>&1 || need+=(libgl1-mesa-dri)
+    [ -e /usr/include/xkbcommon/xkbcommon.h ] || need+=(libxkbcommon-dev)
     if [ ${#need[@]} -gt 0 ]; then
       have apt-get || { echo "Please install: ${need[*]} (cmake, a C++ compiler, libclang, python3-pip)" >&2; exit 1; }
       sudo=""

@@ -17,9 +17,14 @@ pub struct Cli {
     /// More log output (-v: llama.cpp warnings, -vv: everything). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// What to do.
+    /// A GGUF model or an experiment (.json) to open in the app (no subcommand).
+    pub open: Option<PathBuf>,
+    /// With the app: run the experiment as soon as the model is loaded.
+    #[arg(long)]
+    pub run: bool,
+    /// What to do; without a subcommand the desktop app opens.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// The subcommands.
@@ -91,7 +96,10 @@ fn load(path: &Path) -> Result<LoadedModel> {
 /// Runs a parsed command line.
 pub fn execute(cli: Cli) -> Result<()> {
     engine::log::init(cli.verbose);
-    match cli.command {
+    let Some(command) = cli.command else {
+        return open_app(cli.open, cli.run);
+    };
+    match command {
         Command::Run {
             spec,
             model,
@@ -186,6 +194,26 @@ pub fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Opens the desktop app, on a model or an experiment file if one is given.
+fn open_app(path: Option<PathBuf>, run_at_start: bool) -> Result<()> {
+    let (mut model, mut spec) = (None, None);
+    if let Some(p) = path {
+        let is_json = p
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        if is_json {
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read the experiment {}", p.display()))?;
+            spec = Some(
+                ExperimentSpec::from_json(&text).with_context(|| format!("in {}", p.display()))?,
+            );
+        } else {
+            model = Some(p);
+        }
+    }
+    crate::ui::run(model, spec, run_at_start)
 }
 
 /// Entry point for `main`: parses, runs, and turns errors into a message and exit code 1.

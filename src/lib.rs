@@ -3,9 +3,11 @@
 //! - [`engine`]: the only code that touches llama.cpp (model, inference, KV state bytes).
 //! - [`experiment`]: pure logic: the experiment spec, needle finding, metrics, results, grid.
 //! - [`runner`]: runs an experiment on a loaded model (the seed's protocol).
-//! - [`cli`]: the headless command line.
+//! - [`cli`]: the command line.
+//! - [`ui`]: the desktop app.
 
 pub mod cli;
 pub mod engine;
 pub mod experiment;
 pub mod runner;
+pub mod ui;

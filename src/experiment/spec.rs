@@ -517,6 +517,44 @@ impl ExperimentSpec {
         Ok(())
     }
 
+    /// The seed's grid for the current variants: none, zero, transplant (from the next variant,
+    /// cyclically) and remove, each for every variant, on the needle in all layers, K and V.
+    pub fn seed_grid(&self) -> Vec<Condition> {
+        let n = self.variants.len();
+        let mut out = Vec::new();
+        let kinds: [fn(&ExperimentSpec, usize) -> Option<(Option<String>, Intervention)>; 4] = [
+            |_, _| Some((None, Intervention::None)),
+            |_, _| Some((None, Intervention::Zero)),
+            |s, i| {
+                let n = s.variants.len();
+                (n > 1).then(|| {
+                    (
+                        Some("transplant (other variant)".to_string()),
+                        Intervention::Transplant {
+                            from: s.variants[(i + 1) % n].name.clone(),
+                        },
+                    )
+                })
+            },
+            |_, _| Some((None, Intervention::Remove)),
+        ];
+        for kind in kinds {
+            for i in 0..n {
+                if let Some((label, intervention)) = kind(self, i) {
+                    out.push(Condition {
+                        label,
+                        variant: self.variants[i].name.clone(),
+                        intervention,
+                        layers: LayerSet::All,
+                        part: KvPart::Both,
+                        span: None,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// The variant with this name.
     pub fn variant_index(&self, name: &str) -> Option<usize> {
         self.variants.iter().position(|v| v.name == name)
@@ -641,6 +679,18 @@ mod tests {
         let err = ExperimentSpec::from_json("{\"variants\": 3}").unwrap_err();
         assert!(matches!(err, SpecError::Json(_)));
         assert!(err.to_string().contains("not valid"));
+    }
+
+    #[test]
+    fn seed_grid_covers_every_variant_and_intervention() {
+        let spec = two_variant_spec();
+        let grid = spec.seed_grid();
+        assert_eq!(grid.len(), 8);
+        assert!(grid.iter().any(|c| c.variant == "SF"
+            && c.intervention == Intervention::Transplant { from: "NY".into() }));
+        let mut with_grid = spec.clone();
+        with_grid.conditions = grid;
+        assert!(with_grid.validate().is_ok());
     }
 
     #[test]

@@ -1,0 +1,119 @@
+//! What the app remembers between launches (one struct, `#[serde(default)]`), and the commands
+//! the UI queues during a frame, executed at its end.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::experiment::ExperimentSpec;
+
+/// The seed experiment, shipped with the app.
+pub const SEED_SPEC: &str = include_str!("../../assets/experiments/seed-short.json");
+
+/// How many recent models are remembered.
+pub const MAX_RECENT: usize = 8;
+
+/// The analysis views below the grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum AnalysisTab {
+    /// Probe-token probability per step.
+    #[default]
+    Probes,
+    /// Each condition's expected-answer and baseline scores.
+    Scores,
+    /// K/V difference between the variants.
+    KvDelta,
+}
+
+/// The persisted state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppState {
+    /// The experiment being edited.
+    pub spec: ExperimentSpec,
+    /// The model last opened.
+    pub model_path: Option<PathBuf>,
+    /// Recently opened models, newest first.
+    pub recent_models: Vec<PathBuf>,
+    /// Dark or light theme.
+    pub dark_mode: bool,
+    /// CPU threads for llama.cpp.
+    pub threads: i32,
+    /// The analysis view shown.
+    pub tab: AnalysisTab,
+    /// Which probe the chart shows.
+    pub probe_index: usize,
+    /// Which layer's position × channel K/V difference to record.
+    pub delta_layer: usize,
+}
+
+impl Default for AppState {
+    fn default() -> Self {
+        AppState {
+            spec: seed_spec(),
+            model_path: None,
+            recent_models: Vec::new(),
+            dark_mode: true,
+            threads: crate::runner::default_threads(),
+            tab: AnalysisTab::default(),
+            probe_index: 0,
+            delta_layer: 0,
+        }
+    }
+}
+
+impl AppState {
+    /// Remembers a model as the most recent.
+    pub fn remember_model(&mut self, path: PathBuf) {
+        self.recent_models.retain(|p| p != &path);
+        self.recent_models.insert(0, path.clone());
+        self.recent_models.truncate(MAX_RECENT);
+        self.model_path = Some(path);
+    }
+}
+
+/// The seed experiment.
+pub fn seed_spec() -> ExperimentSpec {
+    ExperimentSpec::from_json(SEED_SPEC).expect("the shipped seed experiment is valid")
+}
+
+/// Something the UI wants done; queued during the frame, run after it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Show a file dialog to pick a model.
+    PickModel,
+    /// Load this model file.
+    LoadModel(PathBuf),
+    /// Stop the current load or run.
+    Stop,
+    /// Run the experiment.
+    Run,
+    /// Re-tokenize the prompts.
+    Prepare,
+    /// Replace the conditions with the seed grid (none, zero, transplant, remove × variants).
+    SeedGrid,
+    /// Replace the experiment with the seed experiment.
+    ResetToSeed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_fills_missing_fields() {
+        let mut s = AppState::default();
+        s.remember_model("/a.gguf".into());
+        s.remember_model("/b.gguf".into());
+        s.remember_model("/a.gguf".into());
+        assert_eq!(
+            s.recent_models,
+            vec![PathBuf::from("/a.gguf"), PathBuf::from("/b.gguf")]
+        );
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<AppState>(&json).unwrap(), s);
+        let partial: AppState = serde_json::from_str("{\"dark_mode\": false}").unwrap();
+        assert!(!partial.dark_mode);
+        assert_eq!(partial.spec.name, "seed-short");
+    }
+}

@@ -1,0 +1,147 @@
+//! The desktop app driven through its accessibility tree (egui_kittest), on the real model:
+//! load by path, read the metadata, move the needle, add a condition, run, stop, bad files.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::model_path;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use kvlab::experiment::Span;
+use kvlab::ui::app::Busy;
+use kvlab::ui::{AppState, KvlabApp};
+
+fn harness(max_tokens: usize) -> Harness<'static, KvlabApp> {
+    let mut state = AppState::default();
+    state.spec.generation.max_tokens = max_tokens;
+    state.threads = 2;
+    let app = KvlabApp::new(&egui::Context::default(), state);
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 900.0))
+        .build_ui_state(|ui, app: &mut KvlabApp| app.show(ui), app)
+}
+
+/// Steps frames until `done` holds; the worker runs in the background meanwhile. A guard against
+/// hangs, not a speed assertion.
+fn wait_for(h: &mut Harness<'_, KvlabApp>, what: &str, done: impl Fn(&KvlabApp) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    h.step();
+}
+
+fn load(h: &mut Harness<'_, KvlabApp>, path: &str) {
+    let field = h.get_by_label("Model path");
+    field.focus();
+    h.step();
+    h.get_by_label("Model path").type_text(path);
+    h.step();
+    h.get_by_label("Load").click();
+    h.step();
+    wait_for(h, "the load to end", |a| a.busy == Busy::Idle);
+}
+
+#[test]
+fn load_move_needle_add_condition_run_and_stop() {
+    let mut h = harness(20);
+    load(&mut h, model_path().to_str().unwrap());
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    // Metadata is shown.
+    h.get_by_label("llama");
+    h.get_by_label("Q4_1");
+    h.get_by_label("30");
+
+    // The token strip appears with the needle found where SF and NY differ.
+    wait_for(&mut h, "the token strip", |a| a.prepared.is_some());
+    h.get_by_label_contains("needle: 6 (found where the variants differ)");
+    // Clicking " city" (position 7) moves the needle there; "Auto" brings it back.
+    h.get_all_by_label(" city")
+        .next()
+        .expect("a city chip")
+        .click();
+    h.step();
+    assert_eq!(
+        h.state().state.spec.needle_span,
+        Some(Span { start: 7, end: 8 })
+    );
+    wait_for(&mut h, "re-tokenizing", |a| {
+        a.prepared.as_ref().is_some_and(|p| p.span.start == 7)
+    });
+    h.get_by_label_contains("needle: 7 (chosen)");
+    h.get_by_label("Auto").click();
+    h.step();
+    assert_eq!(h.state().state.spec.needle_span, None);
+
+    // One condition: zero the needle in the SF prompt.
+    h.get_by_label("Clear").click();
+    h.step();
+    h.get_by_label("Add condition").click();
+    h.step();
+    assert_eq!(h.state().state.spec.conditions.len(), 1);
+    h.get_by_label("Run").click();
+    h.step();
+    wait_for(&mut h, "the run", |a| a.results.is_some());
+    let r = h.state().results.clone().unwrap();
+    assert!(r.complete);
+    assert_eq!(r.conditions[0].intervention, "zero");
+    // Text is in the grid, with the verdict and the divergence marker.
+    let verdict = r.conditions[0].verdict.clone().unwrap();
+    h.get_by_label(&verdict);
+    match r.conditions[0].first_divergence {
+        Some(i) => {
+            h.get_by_label_contains(&format!("departs at token {i}"));
+        }
+        None => {
+            h.get_by_label("same as baseline");
+        }
+    }
+    let first_piece = &r.conditions[0].generation.steps[0].token.piece;
+    assert!(
+        h.query_all_by_label(first_piece).count() > 0,
+        "generated tokens are shown"
+    );
+
+    // Stop mid-run: partial results, and the app stays usable.
+    h.state_mut().state.spec.generation.max_tokens = 400;
+    h.get_by_label("Run").click();
+    h.step();
+    wait_for(&mut h, "the first tokens", |a| a.live.tokens > 0);
+    h.get_by_label("Stop").click();
+    h.step();
+    wait_for(&mut h, "the stop", |a| a.busy == Busy::Idle);
+    let partial = h.state().results.clone().expect("partial results are kept");
+    assert!(!partial.complete);
+    assert!(partial.conditions[0].generation.tokens.len() < 400);
+    h.get_by_label_contains("Stopped early");
+
+    h.state_mut().state.spec.generation.max_tokens = 5;
+    h.get_by_label("Run").click();
+    h.step();
+    wait_for(&mut h, "the run after a stop", |a| {
+        a.busy == Busy::Idle && a.results.as_ref().is_some_and(|r| r.complete)
+    });
+}
+
+#[test]
+fn a_bad_model_file_shows_an_error_and_the_app_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("notes.gguf");
+    std::fs::write(&bad, "not a model at all").unwrap();
+    let mut h = harness(4);
+    load(&mut h, bad.to_str().unwrap());
+    assert!(h.state().model.is_none());
+    h.get_by_label_contains("is not a GGUF model file");
+    // The path field keeps what was typed; replace it with the real model.
+    h.state_mut().state.model_path = None;
+    h.step();
+    load(&mut h, model_path().to_str().unwrap());
+    assert!(h.state().model.is_some());
+    assert!(h.state().error.is_none());
+}
