@@ -40,6 +40,8 @@ case "$(uname)" in
     have import || need+=(imagemagick)
     ls /usr/lib/*/dri/swrast_dri.so /usr/lib/*/dri/llvmpipe_dri.so >/dev/null 2>&1 || need+=(libgl1-mesa-dri)
     [ -e /usr/include/xkbcommon/xkbcommon.h ] || need+=(libxkbcommon-dev)
+    # The HTML report test opens reports in headless Chromium.
+    have chromium || have chromium-browser || need+=(chromium)
     if [ ${#need[@]} -gt 0 ]; then
       have apt-get || { echo "Please install: ${need[*]} (cmake, a C++ compiler, libclang, python3-pip)" >&2; exit 1; }
       sudo=""

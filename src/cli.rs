@@ -3,12 +3,13 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::engine::{self, LoadOptions, LoadedModel};
 use crate::experiment::{ExperimentSpec, grid};
 use crate::runner::{self, RunEvent, RunOptions};
+use crate::session::{ModelRef, Session, report};
 
 /// kvlab: KV-cache surgery on local LLMs.
 #[derive(Debug, Parser)]
@@ -49,6 +50,34 @@ pub enum Command {
         /// Also record one layer's full K/V difference rows between the first two variants.
         #[arg(long)]
         delta_layer: Option<usize>,
+        /// Also save a session file (.kvlab) with the experiment, the model and the results.
+        #[arg(long)]
+        session: Option<PathBuf>,
+    },
+    /// Write a shareable report of a session: self-contained HTML, Markdown, or CSV.
+    Report {
+        /// The session file (.kvlab).
+        session: PathBuf,
+        /// Write an HTML report here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Write a Markdown report here.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        /// Write per-step probabilities as CSV here.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
+    /// Re-run a session's experiment and report any difference from its saved results.
+    Verify {
+        /// The session file (.kvlab).
+        session: PathBuf,
+        /// The model (default: the path recorded in the session).
+        #[arg(long, short)]
+        model: Option<PathBuf>,
+        /// CPU threads (default: as recorded).
+        #[arg(long)]
+        threads: Option<i32>,
     },
     /// Show a model's metadata and how it tokenizes a text.
     Inspect {
@@ -107,6 +136,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             format,
             threads,
             delta_layer,
+            session,
         } => {
             let text = std::fs::read_to_string(&spec)
                 .with_context(|| format!("cannot read the experiment {}", spec.display()))?;
@@ -136,6 +166,17 @@ pub fn execute(cli: Cli) -> Result<()> {
                     .with_context(|| format!("cannot write {}", out.display()))?;
                 eprintln!("results written to {}", out.display());
             }
+            if let Some(path) = &session {
+                let mut s = Session::new(spec.clone());
+                s.model = Some(ModelRef {
+                    path: model.path().to_path_buf(),
+                    fingerprint: model.fingerprint().clone(),
+                    info: model.info().clone(),
+                });
+                s.results = Some(results.clone());
+                s.save(path)?;
+                eprintln!("session saved to {}", path.display());
+            }
             let printed = match format {
                 Format::Table => grid::to_table(&results, std::io::stdout().is_terminal()),
                 Format::Markdown => grid::to_markdown(&results),
@@ -145,6 +186,39 @@ pub fn execute(cli: Cli) -> Result<()> {
             writeln!(stdout, "{printed}")?;
             Ok(())
         }
+        Command::Report {
+            session,
+            html,
+            markdown,
+            csv,
+        } => {
+            let s = Session::load(&session)?;
+            if html.is_none() && markdown.is_none() && csv.is_none() {
+                println!("{}", report::markdown(&s));
+                return Ok(());
+            }
+            let outputs = [
+                (html, report::html as fn(&Session) -> String),
+                (markdown, report::markdown),
+                (csv, report::csv),
+            ];
+            for (path, render) in outputs {
+                if let Some(path) = path {
+                    crate::session::write_atomic(
+                        &path,
+                        render(&s).as_bytes(),
+                        crate::session::Fault::None,
+                    )?;
+                    eprintln!("wrote {}", path.display());
+                }
+            }
+            Ok(())
+        }
+        Command::Verify {
+            session,
+            model,
+            threads,
+        } => verify(&session, model, threads),
         Command::Inspect {
             model,
             text,
@@ -193,6 +267,55 @@ pub fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Re-runs a session and compares everything but timings with its saved results.
+fn verify(path: &Path, model: Option<PathBuf>, threads: Option<i32>) -> Result<()> {
+    let s = Session::load(path)?;
+    let saved = s
+        .results
+        .as_ref()
+        .with_context(|| format!("{} has no results to verify", path.display()))?;
+    let model_path = model
+        .or_else(|| s.model.as_ref().map(|m| m.path.clone()))
+        .with_context(|| "the session names no model: pass --model")?;
+    let m = load(&model_path)?;
+    if m.fingerprint() != &saved.model {
+        bail!(
+            "{} is not the model these results came from ({} {} bytes, expected {} {} bytes): results are never compared across models",
+            model_path.display(),
+            m.fingerprint().file_name,
+            m.fingerprint().file_size,
+            saved.model.file_name,
+            saved.model.file_size
+        );
+    }
+    let options = RunOptions {
+        threads: threads.unwrap_or(saved.settings.threads),
+        delta_layer: saved
+            .kv_delta
+            .as_ref()
+            .and_then(|d| d.layer_rows.as_ref().map(|l| l.layer)),
+        n_batch: saved.settings.n_batch,
+        ..RunOptions::default()
+    };
+    let fresh = runner::run(&m, &saved.spec, &options, |_| {})?;
+    let differences = crate::experiment::compare::differences(saved, &fresh);
+    if differences.is_empty() {
+        println!(
+            "verified: re-running {} reproduces its results exactly",
+            path.display()
+        );
+        Ok(())
+    } else {
+        for d in differences.iter().take(20) {
+            println!("differs: {d}");
+        }
+        bail!(
+            "{} differences between the saved and the re-run results",
+            differences.len()
+        )
     }
 }
 

@@ -3,6 +3,7 @@
 //! - [`engine`]: the only code that touches llama.cpp (model, inference, KV state bytes).
 //! - [`experiment`]: pure logic: the experiment spec, needle finding, metrics, results, grid.
 //! - [`runner`]: runs an experiment on a loaded model (the seed's protocol).
+//! - [`session`]: session files on disk and shareable reports.
 //! - [`cli`]: the command line.
 //! - [`ui`]: the desktop app.
 
@@ -10,4 +11,5 @@ pub mod cli;
 pub mod engine;
 pub mod experiment;
 pub mod runner;
+pub mod session;
 pub mod ui;

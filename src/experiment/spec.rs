@@ -418,7 +418,15 @@ fn role_label(role: &str) -> String {
     }
 }
 
+/// The seed experiment, as shipped in `assets/experiments/seed-short.json`.
+const SEED_JSON: &str = include_str!("../../assets/experiments/seed-short.json");
+
 impl ExperimentSpec {
+    /// The seed experiment (the default in the app).
+    pub fn seed() -> ExperimentSpec {
+        ExperimentSpec::from_json(SEED_JSON).expect("the shipped seed experiment is valid")
+    }
+
     /// Reads a spec from JSON, with a message that says where it went wrong.
     pub fn from_json(text: &str) -> Result<ExperimentSpec, SpecError> {
         let spec: ExperimentSpec =

@@ -7,9 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::experiment::ExperimentSpec;
 
-/// The seed experiment, shipped with the app.
-pub const SEED_SPEC: &str = include_str!("../../assets/experiments/seed-short.json");
-
 /// How many recent models are remembered.
 pub const MAX_RECENT: usize = 8;
 
@@ -74,7 +71,7 @@ impl AppState {
 
 /// The seed experiment.
 pub fn seed_spec() -> ExperimentSpec {
-    ExperimentSpec::from_json(SEED_SPEC).expect("the shipped seed experiment is valid")
+    ExperimentSpec::seed()
 }
 
 /// Something the UI wants done; queued during the frame, run after it.
