@@ -18,7 +18,7 @@ pub struct Cli {
     /// More log output (-v: llama.cpp warnings, -vv: everything). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// A GGUF model or an experiment (.json) to open in the app (no subcommand).
+    /// A GGUF model, an experiment (.json) or a session (.kvlab) to open in the app.
     pub open: Option<PathBuf>,
     /// With the app: run the experiment as soon as the model is loaded.
     #[arg(long)]
@@ -319,24 +319,35 @@ fn verify(path: &Path, model: Option<PathBuf>, threads: Option<i32>) -> Result<(
     }
 }
 
-/// Opens the desktop app, on a model or an experiment file if one is given.
+/// Opens the desktop app, on a model, an experiment or a session if one is given.
 fn open_app(path: Option<PathBuf>, run_at_start: bool) -> Result<()> {
-    let (mut model, mut spec) = (None, None);
+    let mut start = crate::ui::StartOptions {
+        run_at_start,
+        ..Default::default()
+    };
     if let Some(p) = path {
-        let is_json = p
+        let ext = p
             .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-        if is_json {
-            let text = std::fs::read_to_string(&p)
-                .with_context(|| format!("cannot read the experiment {}", p.display()))?;
-            spec = Some(
-                ExperimentSpec::from_json(&text).with_context(|| format!("in {}", p.display()))?,
-            );
-        } else {
-            model = Some(p);
+            .map(|e| e.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        match ext.as_str() {
+            "json" => {
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("cannot read the experiment {}", p.display()))?;
+                start.spec = Some(
+                    ExperimentSpec::from_json(&text)
+                        .with_context(|| format!("in {}", p.display()))?,
+                );
+            }
+            crate::session::EXTENSION => {
+                // Fail early, in the terminal, on a file that cannot be opened.
+                Session::load(&p)?;
+                start.session = Some(p);
+            }
+            _ => start.model = Some(p),
         }
     }
-    crate::ui::run(model, spec, run_at_start)
+    crate::ui::run(start)
 }
 
 /// Entry point for `main`: parses, runs, and turns errors into a message and exit code 1.

@@ -19,6 +19,9 @@ fn harness(max_tokens: usize) -> Harness<'static, KvlabApp> {
     let app = KvlabApp::new(&egui::Context::default(), state);
     Harness::builder()
         .with_size(egui::vec2(1400.0, 900.0))
+        // Generated text is whatever the model writes (emoji too); the app shows missing glyphs
+        // as boxes rather than failing.
+        .allow_missing_glyphs()
         .build_ui_state(|ui, app: &mut KvlabApp| app.show(ui), app)
 }
 
@@ -144,4 +147,60 @@ fn a_bad_model_file_shows_an_error_and_the_app_stays_usable() {
     load(&mut h, model_path().to_str().unwrap());
     assert!(h.state().model.is_some());
     assert!(h.state().error.is_none());
+}
+
+#[test]
+fn sessions_save_open_mark_changes_and_guard_foreign_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(6);
+    load(&mut h, model_path().to_str().unwrap());
+    h.get_by_label("Clear").click();
+    h.step();
+    h.get_by_label("Add condition").click();
+    h.step();
+    h.get_by_label("Run").click();
+    h.step();
+    wait_for(&mut h, "the run", |a| a.results.is_some());
+    assert!(h.state().is_dirty());
+    assert!(h.state().title().starts_with("• "), "{}", h.state().title());
+
+    let path = dir.path().join("mine.kvlab");
+    assert!(h.state_mut().save_to(&path));
+    h.step();
+    assert!(!h.state().is_dirty());
+    assert_eq!(h.state().title(), "seed-short — kvlab");
+    h.state_mut().state.notes = "zero keeps it".into();
+    h.step();
+    assert!(h.state().title().starts_with("• "));
+
+    // The same session, as if its results came from another model: read-only, with a way out.
+    let mut s = kvlab::session::Session::load(&path).unwrap();
+    s.model.as_mut().unwrap().fingerprint.sha256_head_tail = "0".repeat(64);
+    let foreign = dir.path().join("foreign.kvlab");
+    s.save(&foreign).unwrap();
+    h.state_mut().open_session(&foreign);
+    h.step();
+    assert!(h.state().is_read_only());
+    h.get_by_label_contains("Read-only: these results came from");
+    assert!(
+        h.query_by_label("Add condition").is_none(),
+        "conditions are not editable"
+    );
+    h.get_by_label("Re-run on the loaded model").click();
+    h.step();
+    wait_for(&mut h, "the re-run", |a| {
+        a.busy == Busy::Idle && a.results.is_some()
+    });
+    assert!(
+        !h.state().is_read_only(),
+        "results now come from the loaded model"
+    );
+
+    // Closing with unsaved changes asks first.
+    h.state_mut().confirm_close = true;
+    h.run_steps(3);
+    h.get_by_label("Save changes?");
+    h.get_by_label("Cancel").click();
+    h.step();
+    assert!(!h.state().confirm_close);
 }

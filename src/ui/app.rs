@@ -12,6 +12,10 @@ use super::worker::{Job, Worker, WorkerEvent};
 use crate::engine::{ModelFingerprint, ModelInfo};
 use crate::experiment::RunResults;
 use crate::runner::{Prepared, RowRef, RunEvent, RunOptions};
+use crate::session::{self, ModelRef, Session};
+
+/// Seconds between autosaves of a changed session.
+const AUTOSAVE_EVERY_S: u64 = 5;
 
 /// Key under which eframe stores [`AppState`].
 pub const STORAGE_KEY: &str = "kvlab-state";
@@ -82,6 +86,18 @@ pub struct KvlabApp {
     pub slowest_frame_ms: f32,
     /// Run the experiment as soon as a model is loaded (once).
     pub run_when_loaded: bool,
+    /// The model the shown results came from (for sessions opened from disk).
+    pub results_model: Option<ModelRef>,
+    /// The "save changes before closing?" dialog is open.
+    pub confirm_close: bool,
+    /// Where autosaves go (`None`: no autosave, e.g. in tests).
+    pub autosave_path: Option<PathBuf>,
+    results_version: u64,
+    saved_hash: u64,
+    autosaved_hash: u64,
+    last_autosave: Instant,
+    title: String,
+    allow_close: bool,
     commands: Vec<Command>,
     worker: Worker,
     prepared_for: Option<String>,
@@ -100,7 +116,7 @@ impl KvlabApp {
         } else {
             egui::Theme::Light
         });
-        KvlabApp {
+        let mut app = KvlabApp {
             state,
             model: None,
             prepared: None,
@@ -112,9 +128,120 @@ impl KvlabApp {
             error: None,
             slowest_frame_ms: 0.0,
             run_when_loaded: false,
+            results_model: None,
+            confirm_close: false,
+            autosave_path: None,
+            results_version: 0,
+            saved_hash: 0,
+            autosaved_hash: 0,
+            last_autosave: Instant::now(),
+            title: String::new(),
+            allow_close: false,
             commands: Vec::new(),
             worker,
             prepared_for: None,
+        };
+        app.saved_hash = app.document_hash();
+        app.autosaved_hash = app.saved_hash;
+        app
+    }
+
+    /// A hash of what a session file holds (spec, notes, results), to tell unsaved changes.
+    fn document_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(&self.state.spec)
+            .unwrap_or_default()
+            .hash(&mut h);
+        self.state.notes.hash(&mut h);
+        self.results_version.hash(&mut h);
+        h.finish()
+    }
+
+    /// Whether the session has changes not saved to its file.
+    pub fn is_dirty(&self) -> bool {
+        self.document_hash() != self.saved_hash
+    }
+
+    /// Whether the shown results came from a model other than the loaded one: the experiment
+    /// is then read-only until the right model is loaded or the user re-runs on this one.
+    pub fn is_read_only(&self) -> bool {
+        match (&self.results_model, &self.results) {
+            (Some(m), Some(_)) => self
+                .model
+                .as_ref()
+                .is_none_or(|l| l.fingerprint != m.fingerprint),
+            _ => false,
+        }
+    }
+
+    /// The session as it would be saved.
+    pub fn to_session(&self) -> Session {
+        let mut s = Session::new(self.state.spec.clone());
+        s.notes = self.state.notes.clone();
+        s.results = self.results.clone();
+        s.model = self.results_model.clone().or_else(|| {
+            self.model.as_ref().map(|m| ModelRef {
+                path: m.path.clone(),
+                fingerprint: m.fingerprint.clone(),
+                info: m.info.clone(),
+            })
+        });
+        s
+    }
+
+    /// Opens a session: its experiment, notes and results replace the current ones.
+    pub fn open_session(&mut self, path: &std::path::Path) {
+        match Session::load(path) {
+            Ok(s) => {
+                self.state.spec = s.spec;
+                self.state.notes = s.notes;
+                self.results = s.results;
+                self.results_model = s.model;
+                self.results_version += 1;
+                self.state.remember_session(path.to_path_buf());
+                self.saved_hash = self.document_hash();
+                self.error = None;
+                self.status = format!("Opened {}.", path.display());
+                if self.is_read_only() {
+                    self.status.push_str(
+                        " Its results came from another model: read-only until it is loaded.",
+                    );
+                }
+            }
+            Err(e) => self.error = Some(e.to_string()),
+        }
+    }
+
+    /// Restores the autosaved session after a crash or a restart (the file it belongs to, if
+    /// any, is unchanged; the restored state counts as unsaved).
+    pub fn restore_autosave(&mut self, path: &std::path::Path) {
+        if let Ok(s) = Session::load(path) {
+            self.state.spec = s.spec;
+            self.state.notes = s.notes;
+            self.results = s.results;
+            self.results_model = s.model;
+            self.results_version += 1;
+            self.saved_hash = 0;
+            self.autosaved_hash = self.document_hash();
+            self.status = "Restored the last session (autosave).".into();
+        }
+    }
+
+    /// Saves to `path`; on success it becomes the session's file.
+    pub fn save_to(&mut self, path: &std::path::Path) -> bool {
+        let mut s = self.to_session();
+        match s.save(path) {
+            Ok(()) => {
+                self.state.remember_session(path.to_path_buf());
+                self.saved_hash = self.document_hash();
+                self.status = format!("Saved {}.", path.display());
+                true
+            }
+            Err(e) => {
+                self.error = Some(format!("could not save: {e}"));
+                false
+            }
         }
     }
 
@@ -215,6 +342,12 @@ impl KvlabApp {
                 );
                 tracing::info!(target: "kvlab::ui", "{}", self.status);
                 self.results = Some(*r);
+                self.results_version += 1;
+                self.results_model = self.model.as_ref().map(|m| ModelRef {
+                    path: m.path.clone(),
+                    fingerprint: m.fingerprint.clone(),
+                    info: m.info.clone(),
+                });
             }
             WorkerEvent::RunFailed(e) => {
                 self.busy = Busy::Idle;
@@ -277,6 +410,8 @@ impl KvlabApp {
                         started: Some(Instant::now()),
                     };
                     self.results = None;
+                    self.results_model = None;
+                    self.results_version += 1;
                     self.busy = Busy::Running {
                         stage: "starting".into(),
                         done: 0,
@@ -300,7 +435,56 @@ impl KvlabApp {
                 }
                 Command::ResetToSeed => {
                     self.state.spec = seed_spec();
+                    self.state.notes.clear();
+                    self.state.session_path = None;
                     self.results = None;
+                    self.results_model = None;
+                    self.results_version += 1;
+                }
+                Command::Save => match self.state.session_path.clone() {
+                    Some(p) => {
+                        self.save_to(&p);
+                    }
+                    None => self.queue(Command::SaveAs),
+                },
+                Command::SaveAs => {
+                    let name = format!("{}.{}", self.state.spec.name, session::EXTENSION);
+                    if let Some(p) = rfd::FileDialog::new()
+                        .add_filter("kvlab session", &[session::EXTENSION])
+                        .set_file_name(name)
+                        .save_file()
+                    {
+                        self.save_to(&p);
+                    }
+                }
+                Command::Open => {
+                    if let Some(p) = rfd::FileDialog::new()
+                        .add_filter("kvlab session", &[session::EXTENSION])
+                        .pick_file()
+                    {
+                        self.open_session(&p);
+                    }
+                }
+                Command::OpenSession(p) => self.open_session(&p),
+                Command::Autosave => {
+                    if let Some(path) = self.autosave_path.clone() {
+                        // Serialize here, write on a helper thread: no disk I/O on the UI thread.
+                        let bytes = self.to_session().to_json().into_bytes();
+                        std::thread::spawn(move || {
+                            if let Some(dir) = path.parent() {
+                                let _ = std::fs::create_dir_all(dir);
+                            }
+                            if let Err(e) =
+                                session::write_atomic(&path, &bytes, session::Fault::None)
+                            {
+                                tracing::warn!("autosave failed: {e}");
+                            }
+                        });
+                    }
+                }
+                Command::CloseNow => {
+                    self.allow_close = true;
+                    self.confirm_close = false;
                 }
             }
         }
@@ -321,7 +505,10 @@ impl KvlabApp {
                 egui::ScrollArea::vertical().show(ui, |ui| {
                     views::model_panel(self, ui);
                     ui.separator();
-                    views::experiment_editor(self, ui);
+                    let editable = !self.is_read_only();
+                    ui.add_enabled_ui(editable, |ui| views::experiment_editor(self, ui));
+                    ui.separator();
+                    views::notes(self, ui);
                 });
             });
         egui::CentralPanel::default().show(ui, |ui| {
@@ -338,6 +525,7 @@ impl KvlabApp {
                     });
                     ui.separator();
                 }
+                views::read_only_banner(self, ui);
                 views::token_strip(self, ui);
                 ui.separator();
                 views::conditions(self, ui);
@@ -357,6 +545,8 @@ impl KvlabApp {
             });
         });
 
+        views::close_dialog(self, ui);
+        self.housekeeping(ui.ctx());
         self.run_commands();
         if matches!(self.busy, Busy::Running { .. }) {
             let ms = frame_start.elapsed().as_secs_f32() * 1000.0;
@@ -369,7 +559,61 @@ impl KvlabApp {
         }
     }
 
+    /// Window title with the unsaved mark, autosave, and the close guard.
+    fn housekeeping(&mut self, ctx: &egui::Context) {
+        let hash = self.document_hash();
+        let dirty = hash != self.saved_hash;
+        let title = format!(
+            "{}{} — kvlab",
+            if dirty { "• " } else { "" },
+            self.state.spec.name
+        );
+        if title != self.title {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));
+            self.title = title;
+        }
+        if hash != self.autosaved_hash
+            && self.last_autosave.elapsed().as_secs() >= AUTOSAVE_EVERY_S
+            && self.busy == Busy::Idle
+        {
+            self.autosaved_hash = hash;
+            self.last_autosave = Instant::now();
+            self.queue(Command::Autosave);
+        }
+        if ctx.input(|i| i.viewport().close_requested()) && dirty && !self.allow_close {
+            ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
+            self.confirm_close = true;
+        }
+        if self.allow_close {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+    }
+
+    /// The window title (with `•` when there are unsaved changes).
+    pub fn title(&self) -> &str {
+        &self.title
+    }
+
     fn handle_input(&mut self, ctx: &egui::Context) {
+        let (save, save_as, open) = ctx.input_mut(|i| {
+            let shift_s = egui::KeyboardShortcut::new(
+                egui::Modifiers::COMMAND | egui::Modifiers::SHIFT,
+                egui::Key::S,
+            );
+            let s = egui::KeyboardShortcut::new(egui::Modifiers::COMMAND, egui::Key::S);
+            let o = egui::KeyboardShortcut::new(egui::Modifiers::COMMAND, egui::Key::O);
+            let save_as = i.consume_shortcut(&shift_s);
+            (i.consume_shortcut(&s), save_as, i.consume_shortcut(&o))
+        });
+        if save {
+            self.queue(Command::Save);
+        }
+        if save_as {
+            self.queue(Command::SaveAs);
+        }
+        if open {
+            self.queue(Command::Open);
+        }
         let (run, stop, dropped) = ctx.input(|i| {
             (
                 i.modifiers.command && i.key_pressed(egui::Key::Enter),
@@ -391,7 +635,13 @@ impl KvlabApp {
             self.queue(Command::Stop);
         }
         if let Some(p) = dropped {
-            self.queue(Command::LoadModel(p));
+            if p.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            {
+                self.queue(Command::LoadModel(p));
+            } else {
+                self.queue(Command::OpenSession(p));
+            }
         }
     }
 }

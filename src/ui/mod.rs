@@ -17,13 +17,21 @@ use anyhow::Result;
 pub use app::KvlabApp;
 pub use state::AppState;
 
-/// Opens the window. `model`: a GGUF to load at start; `spec`: an experiment to open instead of
-/// the last one; `run_at_start`: run it once the model is loaded.
-pub fn run(
-    model: Option<PathBuf>,
-    spec: Option<crate::experiment::ExperimentSpec>,
-    run_at_start: bool,
-) -> Result<()> {
+/// What to open the window on.
+#[derive(Debug, Default)]
+pub struct StartOptions {
+    /// A GGUF to load at start (default: the last model, if it still exists).
+    pub model: Option<PathBuf>,
+    /// An experiment to open instead of the last one.
+    pub spec: Option<crate::experiment::ExperimentSpec>,
+    /// A session file to open.
+    pub session: Option<PathBuf>,
+    /// Run the experiment once the model is loaded.
+    pub run_at_start: bool,
+}
+
+/// Opens the window.
+pub fn run(start: StartOptions) -> Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("kvlab")
@@ -37,17 +45,27 @@ pub fn run(
         "kvlab",
         options,
         Box::new(move |cc| {
-            let mut state: AppState = cc
+            let state: AppState = cc
                 .storage
                 .and_then(|s| eframe::get_value(s, app::STORAGE_KEY))
                 .unwrap_or_default();
-            if let Some(spec) = spec {
-                state.spec = spec;
-            }
             let mut app = KvlabApp::new(&cc.egui_ctx, state);
-            app.run_when_loaded = run_at_start;
-            if let Some(m) = model.or_else(|| app.state.model_path.clone().filter(|p| p.is_file()))
-            {
+            app.autosave_path = crate::session::autosave_path();
+            if let Some(session) = &start.session {
+                app.open_session(session);
+            } else if let Some(spec) = start.spec {
+                app.state.spec = spec;
+            } else if let Some(auto) = app.autosave_path.clone().filter(|p| p.is_file()) {
+                app.restore_autosave(&auto);
+            }
+            app.run_when_loaded = start.run_at_start;
+            let model = start.model.or_else(|| {
+                let from_session = app.results_model.as_ref().map(|m| m.path.clone());
+                from_session
+                    .filter(|p| p.is_file())
+                    .or_else(|| app.state.model_path.clone().filter(|p| p.is_file()))
+            });
+            if let Some(m) = model {
                 app.queue(state::Command::LoadModel(m));
             }
             Ok(Box::new(app))

@@ -42,6 +42,12 @@ pub struct AppState {
     pub probe_index: usize,
     /// Which layer's position × channel K/V difference to record.
     pub delta_layer: usize,
+    /// The session file being edited, once saved or opened.
+    pub session_path: Option<PathBuf>,
+    /// Recently opened or saved sessions, newest first.
+    pub recent_sessions: Vec<PathBuf>,
+    /// The user's notes on the experiment (saved in the session).
+    pub notes: String,
 }
 
 impl Default for AppState {
@@ -55,6 +61,9 @@ impl Default for AppState {
             tab: AnalysisTab::default(),
             probe_index: 0,
             delta_layer: 0,
+            session_path: None,
+            recent_sessions: Vec::new(),
+            notes: String::new(),
         }
     }
 }
@@ -66,6 +75,14 @@ impl AppState {
         self.recent_models.insert(0, path.clone());
         self.recent_models.truncate(MAX_RECENT);
         self.model_path = Some(path);
+    }
+
+    /// Remembers a session file as the most recent.
+    pub fn remember_session(&mut self, path: PathBuf) {
+        self.recent_sessions.retain(|p| p != &path);
+        self.recent_sessions.insert(0, path.clone());
+        self.recent_sessions.truncate(MAX_RECENT);
+        self.session_path = Some(path);
     }
 }
 
@@ -89,8 +106,20 @@ pub enum Command {
     Prepare,
     /// Replace the conditions with the seed grid (none, zero, transplant, remove × variants).
     SeedGrid,
-    /// Replace the experiment with the seed experiment.
+    /// Replace the experiment with the seed experiment (a new, unsaved session).
     ResetToSeed,
+    /// Save to the current session file (or ask where, the first time).
+    Save,
+    /// Ask where to save, then save.
+    SaveAs,
+    /// Ask which session to open.
+    Open,
+    /// Open this session file.
+    OpenSession(PathBuf),
+    /// Write the autosave file (in the background).
+    Autosave,
+    /// Close the window after the user chose to save or discard.
+    CloseNow,
 }
 
 #[cfg(test)]

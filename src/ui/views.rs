@@ -35,10 +35,34 @@ pub fn top_bar(app: &mut KvlabApp, ui: &mut Ui) {
     ui.horizontal(|ui| {
         ui.heading("kvlab");
         ui.separator();
+        ui.menu_button("Session", |ui| {
+            if ui.button("Open session…  (Ctrl+O)").clicked() {
+                app.queue(Command::Open);
+                ui.close();
+            }
+            if ui.button("Save  (Ctrl+S)").clicked() {
+                app.queue(Command::Save);
+                ui.close();
+            }
+            if ui.button("Save as…  (Ctrl+Shift+S)").clicked() {
+                app.queue(Command::SaveAs);
+                ui.close();
+            }
+            ui.separator();
+            if app.state.recent_sessions.is_empty() {
+                ui.label(RichText::new("No recent sessions").weak());
+            }
+            for p in app.state.recent_sessions.clone() {
+                if ui.button(p.display().to_string()).clicked() {
+                    app.queue(Command::OpenSession(p));
+                    ui.close();
+                }
+            }
+        });
         if ui.button("Open model…").clicked() {
             app.queue(Command::PickModel);
         }
-        ui.menu_button("Recent", |ui| {
+        ui.menu_button("Recent models", |ui| {
             if app.state.recent_models.is_empty() {
                 ui.label("No recent models");
             }
@@ -432,8 +456,106 @@ pub fn token_strip(app: &mut KvlabApp, ui: &mut Ui) {
     }
 }
 
+/// Free-text notes saved with the session.
+pub fn notes(app: &mut KvlabApp, ui: &mut Ui) {
+    ui.heading("Notes");
+    let label = ui.label(RichText::new("Saved with the session and shown in reports.").weak());
+    ui.add(
+        egui::TextEdit::multiline(&mut app.state.notes)
+            .desired_rows(3)
+            .desired_width(f32::INFINITY),
+    )
+    .labelled_by(label.id);
+}
+
+/// Shown when the results came from another model than the loaded one.
+pub fn read_only_banner(app: &mut KvlabApp, ui: &mut Ui) {
+    if !app.is_read_only() {
+        return;
+    }
+    let from = app
+        .results_model
+        .as_ref()
+        .map(|m| format!("{} ({})", m.fingerprint.file_name, m.path.display()))
+        .unwrap_or_default();
+    let loaded = app
+        .model
+        .as_ref()
+        .map(|m| format!("the loaded model is {}", m.fingerprint.file_name))
+        .unwrap_or_else(|| "no model is loaded".into());
+    egui::Frame::group(ui.style())
+        .fill(ui.visuals().faint_bg_color)
+        .show(ui, |ui| {
+            ui.label(
+                RichText::new(format!(
+                    "Read-only: these results came from {from}; {loaded}."
+                ))
+                .color(WARN),
+            );
+            ui.horizontal(|ui| {
+                if ui.button("Locate model…").clicked() {
+                    app.queue(Command::PickModel);
+                }
+                if let Some(m) = app.results_model.clone()
+                    && m.path.is_file()
+                    && ui
+                        .button(format!("Load {}", m.fingerprint.file_name))
+                        .clicked()
+                {
+                    app.queue(Command::LoadModel(m.path));
+                }
+                if app.model.is_some() && ui.button("Re-run on the loaded model").clicked() {
+                    app.queue(Command::Run);
+                }
+            });
+        });
+    ui.separator();
+}
+
+/// Asks what to do with unsaved changes when the window is closed.
+pub fn close_dialog(app: &mut KvlabApp, ui: &mut Ui) {
+    if !app.confirm_close {
+        return;
+    }
+    egui::Modal::new(egui::Id::unique("kvlab-close-dialog")).show(ui.ctx(), |ui| {
+        ui.heading("Save changes?");
+        ui.label(format!(
+            "\"{}\" has changes that are not saved.",
+            app.state.spec.name
+        ));
+        ui.horizontal(|ui| {
+            if ui.button("Save").clicked() {
+                app.queue(Command::Save);
+                if app.state.session_path.is_some() {
+                    app.queue(Command::CloseNow);
+                }
+                app.confirm_close = false;
+            }
+            if ui.button("Discard").clicked() {
+                app.queue(Command::CloseNow);
+            }
+            if ui.button("Cancel").clicked() {
+                app.confirm_close = false;
+            }
+        });
+    });
+}
+
 /// The conditions: variant, intervention, layers, part; add, remove, seed grid.
 pub fn conditions(app: &mut KvlabApp, ui: &mut Ui) {
+    if app.is_read_only() {
+        ui.heading("Conditions");
+        for c in &app.state.spec.conditions {
+            ui.label(format!(
+                "{} ({}) — layers {}, {:?}",
+                c.row_label(),
+                c.variant,
+                c.layers,
+                c.part
+            ));
+        }
+        return;
+    }
     let n_layer = app
         .model
         .as_ref()
