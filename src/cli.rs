@@ -7,7 +7,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::engine::{self, LoadOptions, LoadedModel};
-use crate::experiment::{ExperimentSpec, grid};
+use crate::experiment::spec::KvPart;
+use crate::experiment::sweep::{SweepKind, SweepSpec};
+use crate::experiment::{ExperimentSpec, Intervention, LayerSet, grid};
 use crate::runner::{self, RunEvent, RunOptions};
 use crate::session::{ModelRef, Session, report};
 
@@ -79,6 +81,50 @@ pub enum Command {
         #[arg(long)]
         threads: Option<i32>,
     },
+    /// Sweep an intervention over positions, spans or layers, and print each item's effect.
+    Sweep {
+        /// The experiment (JSON).
+        spec: PathBuf,
+        /// The GGUF model file.
+        #[arg(long, short, env = "KVLAB_MODEL")]
+        model: PathBuf,
+        /// What varies.
+        #[arg(long, value_enum, default_value_t = SweepOver::Position)]
+        over: SweepOver,
+        /// The variant whose prompt is edited (default: the first).
+        #[arg(long)]
+        variant: Option<String>,
+        /// Remove the cells instead of zeroing them.
+        #[arg(long)]
+        remove: bool,
+        /// Layers touched by position and span sweeps ("all", "0-15", …).
+        #[arg(long, default_value = "all")]
+        layers: String,
+        /// Span sweeps: the most extra tokens after the needle.
+        #[arg(long, default_value_t = 12)]
+        max_extra: usize,
+        /// Write the sweep results (JSON) here.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// CPU threads for llama.cpp.
+        #[arg(long)]
+        threads: Option<i32>,
+    },
+    /// Measure speed on this machine: decode, batched grid, interventions, sweeps.
+    Bench {
+        /// The GGUF model file.
+        #[arg(long, short, env = "KVLAB_MODEL")]
+        model: PathBuf,
+        /// A short run (for CI).
+        #[arg(long)]
+        quick: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// CPU threads for llama.cpp.
+        #[arg(long)]
+        threads: Option<i32>,
+    },
     /// Show a model's metadata and how it tokenizes a text.
     Inspect {
         /// The GGUF model file.
@@ -90,6 +136,17 @@ pub enum Command {
         #[arg(long)]
         special: bool,
     },
+}
+
+/// What a sweep varies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SweepOver {
+    /// One prompt position at a time.
+    Position,
+    /// The needle plus the next k tokens.
+    Span,
+    /// One layer at a time, and cumulative ranges.
+    Layer,
 }
 
 /// Grid output formats.
@@ -219,6 +276,77 @@ pub fn execute(cli: Cli) -> Result<()> {
             model,
             threads,
         } => verify(&session, model, threads),
+        Command::Bench {
+            model,
+            quick,
+            json,
+            threads,
+        } => {
+            let model = load(&model)?;
+            let threads = threads.unwrap_or_else(runner::default_threads);
+            let r = crate::bench::run(&model, quick, threads, |s| eprintln!("{s} …"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{}", crate::bench::to_table(&r));
+            }
+            Ok(())
+        }
+        Command::Sweep {
+            spec,
+            model,
+            over,
+            variant,
+            remove,
+            layers,
+            max_extra,
+            out,
+            threads,
+        } => {
+            let text = std::fs::read_to_string(&spec)
+                .with_context(|| format!("cannot read the experiment {}", spec.display()))?;
+            let spec = ExperimentSpec::from_json(&text)
+                .with_context(|| format!("in {}", spec.display()))?;
+            let model = load(&model)?;
+            let sweep = SweepSpec {
+                kind: match over {
+                    SweepOver::Position => SweepKind::Position { range: None },
+                    SweepOver::Span => SweepKind::Span { max_extra },
+                    SweepOver::Layer => SweepKind::Layer,
+                },
+                variant: variant.unwrap_or_else(|| spec.variants[0].name.clone()),
+                intervention: if remove {
+                    Intervention::Remove
+                } else {
+                    Intervention::Zero
+                },
+                layers: LayerSet::parse(&layers)?,
+                part: KvPart::Both,
+            };
+            let options = RunOptions {
+                threads: threads.unwrap_or_else(runner::default_threads),
+                ..RunOptions::default()
+            };
+            let started = std::time::Instant::now();
+            let r = runner::run_sweep(&model, &spec, &sweep, &options, |e| match e {
+                RunEvent::Stage(s) => eprintln!("{s} …"),
+                RunEvent::Progress { done, total } => {
+                    let el = started.elapsed().as_secs_f64();
+                    let eta = el / done.max(1) as f64 * (total - done) as f64;
+                    eprint!("\r{done}/{total} items, about {eta:.0}s left   ");
+                }
+                _ => {}
+            })?;
+            eprintln!();
+            let vi = spec.variant_index(&sweep.variant).unwrap_or(0);
+            println!("{}", crate::experiment::sweep::to_table(&r, vi));
+            if let Some(out) = out {
+                std::fs::write(&out, serde_json::to_string_pretty(&r)?)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                eprintln!("sweep written to {}", out.display());
+            }
+            Ok(())
+        }
         Command::Inspect {
             model,
             text,

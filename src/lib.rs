@@ -4,9 +4,11 @@
 //! - [`experiment`]: pure logic: the experiment spec, needle finding, metrics, results, grid.
 //! - [`runner`]: runs an experiment on a loaded model (the seed's protocol).
 //! - [`session`]: session files on disk and shareable reports.
+//! - [`bench`]: speed figures (`kvlab bench`).
 //! - [`cli`]: the command line.
 //! - [`ui`]: the desktop app.
 
+pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod experiment;

@@ -21,6 +21,7 @@ use crate::experiment::needle::{check_span_in_cache, differing_span};
 use crate::experiment::outcome::{self, ExpectedScore};
 use crate::experiment::results::*;
 use crate::experiment::spec::{ExperimentSpec, Intervention, PromptMode, Span, SpecError};
+use crate::experiment::sweep::{SweepPoint, SweepResults, SweepSpec};
 
 /// Why a run failed.
 #[derive(Debug, Error)]
@@ -714,34 +715,281 @@ fn score_wave(
     condition_states: &[Vec<u8>],
     wave: &[ScoreJob],
 ) -> Result<Vec<Vec<f32>>, RunError> {
+    let jobs: Vec<WaveJob<'_>> = wave
+        .iter()
+        .map(|job| {
+            let vi = spec
+                .variant_index(&spec.conditions[job.condition].variant)
+                .expect("validated");
+            WaveJob {
+                state: &condition_states[job.condition],
+                prompt: &prompts[vi],
+                tokens: &job.tokens,
+            }
+        })
+        .collect();
+    Ok(score_jobs(lab, &jobs, &[])?.0)
+}
+
+/// One continuation to score from one cache.
+struct WaveJob<'a> {
+    state: &'a [u8],
+    prompt: &'a PreparedPrompt,
+    tokens: &'a [i32],
+}
+
+/// Scores jobs in one batched evaluation (one sequence each). Returns the per-token log-probs of
+/// each job and, per job, the log-probs of `probe_ids` at its first step.
+fn score_jobs(
+    lab: &mut Lab<'_>,
+    jobs: &[WaveJob<'_>],
+    probe_ids: &[Option<usize>],
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), RunError> {
     let mut items = Vec::new();
-    let mut targets: Vec<(usize, i32)> = Vec::new();
-    for (slot, job) in wave.iter().enumerate() {
+    let mut targets: Vec<(usize, i32, bool)> = Vec::new();
+    for (slot, job) in jobs.iter().enumerate() {
         let seq = slot as i32;
-        lab.set_state_bytes(seq, &condition_states[job.condition])?;
-        let vi = spec
-            .variant_index(&spec.conditions[job.condition].variant)
-            .expect("validated");
-        let p = &prompts[vi];
+        lab.set_state_bytes(seq, job.state)?;
+        let p = job.prompt;
         let mut token = p.tokens.last().expect("len >= 2").id;
         let first_pos = (p.tokens.len() - 1) as i32;
-        for (pos, &next) in (first_pos..).zip(&job.tokens) {
+        for (i, (pos, &next)) in (first_pos..).zip(job.tokens).enumerate() {
             items.push(BatchItem {
                 seq,
                 token,
                 pos,
                 logits: true,
             });
-            targets.push((slot, next));
+            targets.push((slot, next, i == 0));
             token = next;
         }
     }
-    let mut out = vec![Vec::new(); wave.len()];
+    let mut out = vec![Vec::new(); jobs.len()];
+    let mut probes = vec![Vec::new(); jobs.len()];
     lab.eval(&items, |k, logits| {
-        let (slot, target) = targets[k];
-        out[slot].push(LogProbs::new(logits).of(logits, target as usize));
+        let (slot, target, first) = targets[k];
+        let lp = LogProbs::new(logits);
+        out[slot].push(lp.of(logits, target as usize));
+        if first {
+            probes[slot] = probe_ids
+                .iter()
+                .map(|p| p.map_or(f32::NAN, |id| lp.of(logits, id)))
+                .collect();
+        }
     })?;
-    Ok(out)
+    Ok((out, probes))
+}
+
+/// The first token of each probe string.
+fn probe_token_ids(model: &LoadedModel, probes: &[String]) -> Vec<Option<usize>> {
+    probes
+        .iter()
+        .map(|p| {
+            model
+                .tokenize(p, false, false)
+                .ok()
+                .and_then(|t| t.first().map(|t| t.id as usize))
+        })
+        .collect()
+}
+
+/// Runs a sweep: every item is a condition on `sweep.variant`'s prompt, measured teacher-forced
+/// (expected answers when the variants have them, else each variant's greedy baseline
+/// continuation of `spec.generation.max_tokens` tokens) from a copy of the one evaluated prompt
+/// cache. Items are scored in batches of `n_seq`; stopping keeps the points measured so far.
+pub fn run_sweep(
+    model: &LoadedModel,
+    spec: &ExperimentSpec,
+    sweep: &SweepSpec,
+    options: &RunOptions,
+    mut on_event: impl FnMut(RunEvent),
+) -> Result<SweepResults, RunError> {
+    if !matches!(
+        sweep.intervention,
+        Intervention::Zero | Intervention::Remove
+    ) {
+        return Err(SpecError::Generation("a sweep applies zero or remove".into()).into());
+    }
+    let Prepared {
+        prompts,
+        span: needle,
+        ..
+    } = prepare_prompts(model, spec)?;
+    let n_layer = model.info().n_layer;
+    let vi = spec.variant_index(&sweep.variant).ok_or_else(|| {
+        SpecError::Variants(format!("there is no variant named {:?}", sweep.variant))
+    })?;
+    let items = sweep.items(prompts[vi].tokens.len(), n_layer, needle);
+    let reference = crate::experiment::Condition {
+        label: None,
+        variant: sweep.variant.clone(),
+        intervention: Intervention::None,
+        layers: crate::experiment::LayerSet::All,
+        part: crate::experiment::spec::KvPart::Both,
+        span: None,
+    };
+    let mut sweep_spec = spec.clone();
+    sweep_spec.conditions = std::iter::once(reference)
+        .chain(items.iter().map(|i| i.condition.clone()))
+        .collect();
+    sweep_spec.validate()?;
+    let spans = check_conditions(&sweep_spec, &prompts, needle, n_layer)?;
+
+    // What to measure.
+    let has_expected = spec.variants.iter().any(|v| !v.expected.is_empty());
+    let (continuations, measure): (Vec<(usize, Vec<i32>)>, String) = if has_expected {
+        let mut c = Vec::new();
+        for (vj, v) in spec.variants.iter().enumerate() {
+            for a in &v.expected {
+                c.push((
+                    vj,
+                    model
+                        .tokenize(a, false, false)?
+                        .iter()
+                        .map(|t| t.id)
+                        .collect(),
+                ));
+            }
+        }
+        (c, "expected answers".into())
+    } else {
+        on_event(RunEvent::Stage("generating baselines".into()));
+        let mut base_spec = spec.clone();
+        base_spec.conditions.clear();
+        let base = run(model, &base_spec, options, |_| {})?;
+        let n = spec.generation.max_tokens;
+        (
+            base.variants
+                .iter()
+                .enumerate()
+                .map(|(vj, v)| (vj, v.baseline.tokens.clone()))
+                .collect(),
+            format!("baseline continuations ({n} tokens)"),
+        )
+    };
+    let probe_ids = probe_token_ids(model, &spec.probes);
+
+    // One context: the prompts first, then scoring slots.
+    let n_slots = sweep_spec.conditions.len().clamp(1, 16) as u32;
+    let n_seq = n_slots.max(prompts.len() as u32);
+    let max_cont = continuations.iter().map(|c| c.1.len()).max().unwrap_or(0);
+    let max_prompt = prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(0);
+    let mut lab = Lab::new(
+        model,
+        LabOptions {
+            n_seq,
+            n_ctx_per_seq: (max_prompt + max_cont + 8) as u32,
+            threads: options.threads,
+            n_batch: options.n_batch,
+        },
+    )?;
+    on_event(RunEvent::Stage("evaluating prompts".into()));
+    let mut items_eval = Vec::new();
+    for (pi, p) in prompts.iter().enumerate() {
+        for (pos, t) in p.tokens[..p.tokens.len() - 1].iter().enumerate() {
+            items_eval.push(BatchItem {
+                seq: pi as i32,
+                token: t.id,
+                pos: pos as i32,
+                logits: false,
+            });
+        }
+    }
+    lab.eval(&items_eval, |_, _| {})?;
+    let prompt_states: Vec<SeqState> = (0..prompts.len())
+        .map(|i| lab.state(i as i32))
+        .collect::<Result<_, _>>()?;
+
+    on_event(RunEvent::Stage("sweeping".into()));
+    let names: Vec<&str> = spec.variants.iter().map(|v| v.name.as_str()).collect();
+    let per_wave = (n_slots as usize / continuations.len().max(1)).max(1);
+    let total = sweep_spec.conditions.len();
+    let mut points: Vec<SweepPoint> = Vec::new();
+    let mut complete = true;
+    for chunk_start in (0..total).step_by(per_wave) {
+        if options.cancel.load(Ordering::Relaxed) {
+            complete = false;
+            break;
+        }
+        let chunk: Vec<usize> = (chunk_start..(chunk_start + per_wave).min(total)).collect();
+        // The caches of this wave's conditions.
+        let mut states = Vec::new();
+        for &ci in &chunk {
+            let st = edited_state(&sweep_spec, ci, spans[ci], &prompt_states, n_layer)?;
+            if sweep_spec.conditions[ci].intervention == Intervention::Remove {
+                lab.set_state(0, &st)?;
+                lab.remove(0, spans[ci].start as i32, spans[ci].end as i32)?;
+                states.push(lab.state_bytes(0)?);
+            } else {
+                states.push(st.serialize());
+            }
+        }
+        let mut jobs = Vec::new();
+        for (k, _) in chunk.iter().enumerate() {
+            for (_, tokens) in &continuations {
+                jobs.push(WaveJob {
+                    state: &states[k],
+                    prompt: &prompts[vi],
+                    tokens,
+                });
+            }
+        }
+        let (lps, first_probes) = score_jobs(&mut lab, &jobs, &probe_ids)?;
+        for (k, &ci) in chunk.iter().enumerate() {
+            let base = k * continuations.len();
+            let mut expected = Vec::new();
+            let mut scores = vec![f64::NEG_INFINITY; spec.variants.len()];
+            for (j, (vj, _)) in continuations.iter().enumerate() {
+                let sum: f64 = lps[base + j].iter().map(|&x| x as f64).sum();
+                expected.push(ExpectedScore {
+                    variant: spec.variants[*vj].name.clone(),
+                    answer: String::new(),
+                    sum,
+                    mean: sum / lps[base + j].len().max(1) as f64,
+                    per_token: Vec::new(),
+                });
+            }
+            for (vj, v) in spec.variants.iter().enumerate() {
+                if let Some(s) = outcome::variant_score(&expected, &v.name) {
+                    scores[vj] = s;
+                }
+            }
+            let preference = if has_expected {
+                outcome::preference(&expected, &sweep.variant, &names).map(|p| p.0)
+            } else {
+                None
+            };
+            let (label, index) = if ci == 0 {
+                ("no intervention".to_string(), 0)
+            } else {
+                (items[ci - 1].label.clone(), items[ci - 1].index)
+            };
+            points.push(SweepPoint {
+                label,
+                index,
+                preference,
+                scores,
+                first_step_probes: first_probes[base].clone(),
+            });
+        }
+        on_event(RunEvent::Progress {
+            done: points.len(),
+            total,
+        });
+    }
+    if points.is_empty() {
+        return Err(
+            SpecError::Generation("the sweep was stopped before its first item".into()).into(),
+        );
+    }
+    let reference = points.remove(0);
+    Ok(SweepResults {
+        sweep: sweep.clone(),
+        measure,
+        reference,
+        points,
+        complete,
+    })
 }
 
 /// Per layer and position, the L2 norm of the K and V differences between two prompt states.

@@ -204,3 +204,24 @@ fn sessions_save_open_mark_changes_and_guard_foreign_results() {
     h.step();
     assert!(!h.state().confirm_close);
 }
+
+#[test]
+fn a_sweep_runs_from_its_tab_and_shows_its_effects() {
+    let mut h = harness(4);
+    load(&mut h, model_path().to_str().unwrap());
+    h.get_by_label("Sweeps").click();
+    h.step();
+    h.get_by_label("Needle + next k").click();
+    h.step();
+    h.get_by_label("Run sweep").click();
+    h.step();
+    wait_for(&mut h, "the sweep", |a| {
+        a.sweep.is_some() && a.busy == Busy::Idle
+    });
+    let r = h.state().sweep.clone().unwrap();
+    assert!(r.complete);
+    assert_eq!(r.points.len(), 17, "the needle plus 0..=16 more tokens");
+    h.get_by_label_contains("Span sweep of zero on SF");
+    // Sweeps are saved with the session.
+    assert!(h.state().to_session().sweep.is_some());
+}

@@ -192,3 +192,36 @@ fn bad_experiments_are_explained() {
     });
     assert!(run(&p).contains("all layers"));
 }
+
+#[test]
+fn the_benchmark_runs_in_quick_mode_and_its_output_parses() {
+    let model = model_path();
+    let out = kvlab(&[
+        "bench",
+        "--quick",
+        "--json",
+        "--model",
+        model.to_str().unwrap(),
+        "--threads",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: kvlab::bench::BenchReport =
+        serde_json::from_slice(&out.stdout).expect("bench prints its report as JSON");
+    assert!(r.quick);
+    for (name, v) in [
+        ("raw decode", r.raw_decode_tokens_per_s),
+        ("grid speed-up", r.grid_speedup),
+        ("intervention", r.intervention_s),
+        ("decode step", r.decode_step_s),
+        ("sweep", r.sweep_positions_per_s),
+        ("grid positions", r.grid_positions_per_s),
+    ] {
+        assert!(v.is_finite() && v > 0.0, "{name} = {v}");
+    }
+    assert!(r.generation_loop_overhead.is_finite());
+}

@@ -9,6 +9,7 @@ pub mod needle;
 pub mod outcome;
 pub mod results;
 pub mod spec;
+pub mod sweep;
 
 pub use results::RunResults;
 pub use spec::{Condition, ExperimentSpec, Intervention, LayerSet, PromptMode, Span, Variant};

@@ -95,6 +95,9 @@ pub struct Session {
     /// The last run's results.
     #[serde(default)]
     pub results: Option<RunResults>,
+    /// The last sweep's results.
+    #[serde(default)]
+    pub sweep: Option<crate::experiment::sweep::SweepResults>,
     /// The user's notes.
     #[serde(default)]
     pub notes: String,
@@ -127,6 +130,7 @@ impl Session {
             spec,
             model: None,
             results: None,
+            sweep: None,
             notes: String::new(),
             app_version: env!("CARGO_PKG_VERSION").into(),
             llama_cpp_2_version: crate::engine::LLAMA_CPP_2_VERSION.into(),

@@ -11,6 +11,7 @@ use super::views;
 use super::worker::{Job, Worker, WorkerEvent};
 use crate::engine::{ModelFingerprint, ModelInfo};
 use crate::experiment::RunResults;
+use crate::experiment::sweep::{SweepKind, SweepResults, SweepSpec};
 use crate::runner::{Prepared, RowRef, RunEvent, RunOptions};
 use crate::session::{self, ModelRef, Session};
 
@@ -76,6 +77,8 @@ pub struct KvlabApp {
     pub busy: Busy,
     /// The last run's results.
     pub results: Option<RunResults>,
+    /// The last sweep's results.
+    pub sweep: Option<SweepResults>,
     /// The run in progress.
     pub live: LiveGrid,
     /// The status line.
@@ -123,6 +126,7 @@ impl KvlabApp {
             prepare_error: None,
             busy: Busy::Idle,
             results: None,
+            sweep: None,
             live: LiveGrid::default(),
             status: "Open a GGUF model to begin.".into(),
             error: None,
@@ -180,6 +184,7 @@ impl KvlabApp {
         let mut s = Session::new(self.state.spec.clone());
         s.notes = self.state.notes.clone();
         s.results = self.results.clone();
+        s.sweep = self.sweep.clone();
         s.model = self.results_model.clone().or_else(|| {
             self.model.as_ref().map(|m| ModelRef {
                 path: m.path.clone(),
@@ -197,6 +202,7 @@ impl KvlabApp {
                 self.state.spec = s.spec;
                 self.state.notes = s.notes;
                 self.results = s.results;
+                self.sweep = s.sweep;
                 self.results_model = s.model;
                 self.results_version += 1;
                 self.state.remember_session(path.to_path_buf());
@@ -349,6 +355,21 @@ impl KvlabApp {
                     info: m.info.clone(),
                 });
             }
+            WorkerEvent::SweepDone(r) => {
+                self.busy = Busy::Idle;
+                self.status = format!(
+                    "Sweep {}: {} items measured by {}.",
+                    if r.complete {
+                        "finished"
+                    } else {
+                        "stopped (partial results kept)"
+                    },
+                    r.points.len(),
+                    r.measure
+                );
+                self.sweep = Some(*r);
+                self.results_version += 1;
+            }
             WorkerEvent::RunFailed(e) => {
                 self.busy = Busy::Idle;
                 self.status = "Run failed.".into();
@@ -482,6 +503,51 @@ impl KvlabApp {
                         });
                     }
                 }
+                Command::RunSweep => {
+                    if !self.can_run() {
+                        continue;
+                    }
+                    let st = &self.state;
+                    let Some(variant) = st.spec.variants.get(
+                        st.sweep_variant
+                            .min(st.spec.variants.len().saturating_sub(1)),
+                    ) else {
+                        continue;
+                    };
+                    let sweep = SweepSpec {
+                        kind: match st.sweep_choice {
+                            super::state::SweepChoice::Position => {
+                                SweepKind::Position { range: None }
+                            }
+                            super::state::SweepChoice::Span => SweepKind::Span { max_extra: 16 },
+                            super::state::SweepChoice::Layer => SweepKind::Layer,
+                        },
+                        variant: variant.name.clone(),
+                        intervention: if st.sweep_remove {
+                            crate::experiment::Intervention::Remove
+                        } else {
+                            crate::experiment::Intervention::Zero
+                        },
+                        layers: crate::experiment::LayerSet::All,
+                        part: crate::experiment::spec::KvPart::Both,
+                    };
+                    self.error = None;
+                    self.live = LiveGrid {
+                        started: Some(Instant::now()),
+                        ..LiveGrid::default()
+                    };
+                    self.busy = Busy::Running {
+                        stage: "sweeping".into(),
+                        done: 0,
+                        total: 1,
+                    };
+                    let options = RunOptions {
+                        threads: self.state.threads.max(1),
+                        ..RunOptions::default()
+                    };
+                    self.worker
+                        .send(Job::Sweep(self.state.spec.clone(), sweep, options));
+                }
                 Command::CloseNow => {
                     self.allow_close = true;
                     self.confirm_close = false;
@@ -536,11 +602,13 @@ impl KvlabApp {
                     ui.selectable_value(&mut self.state.tab, AnalysisTab::Probes, "Probe chart");
                     ui.selectable_value(&mut self.state.tab, AnalysisTab::Scores, "Score table");
                     ui.selectable_value(&mut self.state.tab, AnalysisTab::KvDelta, "KV delta");
+                    ui.selectable_value(&mut self.state.tab, AnalysisTab::Sweeps, "Sweeps");
                 });
                 match self.state.tab {
                     AnalysisTab::Probes => views::probe_chart(self, ui),
                     AnalysisTab::Scores => views::score_table(self, ui),
                     AnalysisTab::KvDelta => views::kv_delta(self, ui),
+                    AnalysisTab::Sweeps => views::sweeps(self, ui),
                 }
             });
         });

@@ -20,6 +20,20 @@ pub enum AnalysisTab {
     Scores,
     /// K/V difference between the variants.
     KvDelta,
+    /// Position, span and layer sweeps.
+    Sweeps,
+}
+
+/// What the sweep tab will run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SweepChoice {
+    /// Every position.
+    #[default]
+    Position,
+    /// The needle plus k tokens.
+    Span,
+    /// Layers.
+    Layer,
 }
 
 /// The persisted state.
@@ -48,6 +62,12 @@ pub struct AppState {
     pub recent_sessions: Vec<PathBuf>,
     /// The user's notes on the experiment (saved in the session).
     pub notes: String,
+    /// The sweep tab's choice.
+    pub sweep_choice: SweepChoice,
+    /// Sweeps remove cells instead of zeroing them.
+    pub sweep_remove: bool,
+    /// Which variant's prompt sweeps edit (index).
+    pub sweep_variant: usize,
 }
 
 impl Default for AppState {
@@ -64,6 +84,9 @@ impl Default for AppState {
             session_path: None,
             recent_sessions: Vec::new(),
             notes: String::new(),
+            sweep_choice: SweepChoice::default(),
+            sweep_remove: false,
+            sweep_variant: 0,
         }
     }
 }
@@ -120,6 +143,8 @@ pub enum Command {
     Autosave,
     /// Close the window after the user chose to save or discard.
     CloseNow,
+    /// Run the sweep chosen in the sweep tab.
+    RunSweep,
 }
 
 #[cfg(test)]

@@ -996,3 +996,108 @@ pub fn kv_delta(app: &mut KvlabApp, ui: &mut Ui) {
         );
     }
 }
+
+/// Sweeps: choose, run (with progress and Stop in the status bar), and see each item's effect —
+/// a heat strip over the prompt's tokens for position sweeps, bars for span and layer sweeps.
+pub fn sweeps(app: &mut KvlabApp, ui: &mut Ui) {
+    use super::state::SweepChoice;
+    ui.horizontal(|ui| {
+        ui.selectable_value(
+            &mut app.state.sweep_choice,
+            SweepChoice::Position,
+            "Every position",
+        );
+        ui.selectable_value(
+            &mut app.state.sweep_choice,
+            SweepChoice::Span,
+            "Needle + next k",
+        );
+        ui.selectable_value(&mut app.state.sweep_choice, SweepChoice::Layer, "Layers");
+        ui.separator();
+        ui.selectable_value(&mut app.state.sweep_remove, false, "zero");
+        ui.selectable_value(&mut app.state.sweep_remove, true, "remove");
+        ui.separator();
+        let names: Vec<String> = app
+            .state
+            .spec
+            .variants
+            .iter()
+            .map(|v| v.name.clone())
+            .collect();
+        for (i, n) in names.iter().enumerate() {
+            ui.selectable_value(&mut app.state.sweep_variant, i, format!("{n} prompt"));
+        }
+        if ui
+            .add_enabled(app.can_run(), egui::Button::new("Run sweep"))
+            .clicked()
+        {
+            app.queue(Command::RunSweep);
+        }
+    });
+    let Some(r) = &app.sweep else {
+        ui.label(RichText::new("Each item is measured by the expected answers' preference (or the own baseline's log-prob).").weak());
+        return;
+    };
+    let own = app.state.spec.variant_index(&r.sweep.variant).unwrap_or(0);
+    let effects = r.effects(own);
+    ui.label(format!(
+        "{} of {} on {} — {}; effect against no intervention{}",
+        match r.sweep.kind {
+            crate::experiment::sweep::SweepKind::Position { .. } => "Position sweep",
+            crate::experiment::sweep::SweepKind::Span { .. } => "Span sweep",
+            crate::experiment::sweep::SweepKind::Layer => "Layer sweep",
+        },
+        r.sweep.intervention.short(),
+        r.sweep.variant,
+        r.measure,
+        if r.complete {
+            ""
+        } else {
+            " (stopped early: partial)"
+        }
+    ));
+    let max = effects.iter().map(|e| e.abs()).fold(1e-9, f64::max);
+    match r.sweep.kind {
+        crate::experiment::sweep::SweepKind::Position { .. } => {
+            let tokens = app
+                .prepared
+                .as_ref()
+                .and_then(|p| p.prompts.iter().find(|q| q.name == r.sweep.variant))
+                .map(|p| p.tokens.clone())
+                .unwrap_or_default();
+            ui.horizontal_wrapped(|ui| {
+                ui.spacing_mut().item_spacing = Vec2::new(1.0, 3.0);
+                for (p, e) in r.points.iter().zip(&effects) {
+                    let t = (e.abs() / max) as f32;
+                    let base = if *e < 0.0 { BAD } else { GOOD };
+                    let fill = Color32::from_rgba_unmultiplied(
+                        base.r(),
+                        base.g(),
+                        base.b(),
+                        (t * 255.0) as u8,
+                    );
+                    let piece = tokens
+                        .get(p.index)
+                        .map(|t| t.piece.replace('\n', "¶"))
+                        .unwrap_or_else(|| p.label.clone());
+                    let text = RichText::new(piece).monospace().background_color(fill);
+                    ui.label(text)
+                        .on_hover_text(format!("{}: effect {e:+.3}", p.label));
+                }
+            });
+        }
+        _ => {
+            let bars: Vec<egui_plot::Bar> = effects
+                .iter()
+                .enumerate()
+                .map(|(i, e)| egui_plot::Bar::new(i as f64, *e).name(r.points[i].label.clone()))
+                .collect();
+            Plot::new("sweep-bars")
+                .height(220.0)
+                .y_axis_label("effect")
+                .show(ui, |plot| {
+                    plot.bar_chart(egui_plot::BarChart::new("effect", bars))
+                });
+        }
+    }
+}

@@ -9,6 +9,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::thread::JoinHandle;
 
 use crate::engine::{LoadOptions, LoadedModel, ModelFingerprint, ModelInfo};
+use crate::experiment::sweep::{SweepResults, SweepSpec};
 use crate::experiment::{ExperimentSpec, RunResults};
 use crate::runner::{self, Prepared, RunEvent, RunOptions};
 
@@ -21,6 +22,8 @@ pub enum Job {
     Prepare(ExperimentSpec),
     /// Run an experiment.
     Run(ExperimentSpec, RunOptions),
+    /// Run a sweep.
+    Sweep(ExperimentSpec, SweepSpec, RunOptions),
 }
 
 /// What the worker reports.
@@ -49,6 +52,8 @@ pub enum WorkerEvent {
     RunDone(Box<RunResults>),
     /// A run failed.
     RunFailed(String),
+    /// A sweep finished (possibly stopped early: `complete == false`).
+    SweepDone(Box<SweepResults>),
 }
 
 /// The UI's handle on the worker thread.
@@ -158,6 +163,18 @@ fn worker_loop(
                     Ok(p) => send(WorkerEvent::Prepared(Box::new(p))),
                     Err(e) => send(WorkerEvent::PrepareFailed(e.to_string())),
                 },
+            },
+            Job::Sweep(spec, sweep, mut options) => match &model {
+                None => send(WorkerEvent::RunFailed("load a model first".into())),
+                Some(m) => {
+                    options.cancel = cancel.clone();
+                    match runner::run_sweep(m, &spec, &sweep, &options, |e| {
+                        send(WorkerEvent::Run(e))
+                    }) {
+                        Ok(r) => send(WorkerEvent::SweepDone(Box::new(r))),
+                        Err(e) => send(WorkerEvent::RunFailed(e.to_string())),
+                    }
+                }
             },
             Job::Run(spec, mut options) => match &model {
                 None => send(WorkerEvent::RunFailed("load a model first".into())),

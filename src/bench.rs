@@ -1,0 +1,272 @@
+//! `kvlab bench`: speed figures measured on this machine, in one run, reported as ratios.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::lab::BatchItem;
+use crate::engine::{KvPart, Lab, LabOptions, LoadedModel};
+use crate::experiment::ExperimentSpec;
+use crate::experiment::metrics::argmax;
+use crate::experiment::spec::{Condition, Intervention, LayerSet, Span};
+use crate::experiment::sweep::{SweepKind, SweepSpec};
+use crate::runner::{self, RunError, RunOptions, prepare_prompts};
+
+/// The figures of one benchmark run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Short mode (CI) or full.
+    pub quick: bool,
+    /// CPU threads used.
+    pub threads: i32,
+    /// One sequence, greedy, no interventions: tokens per second.
+    pub raw_decode_tokens_per_s: f64,
+    /// The seed grid, each condition run alone, seconds.
+    pub grid_sequential_s: f64,
+    /// The seed grid, all conditions batched, seconds.
+    pub grid_batched_s: f64,
+    /// sequential / batched.
+    pub grid_speedup: f64,
+    /// kvlab's generation loop (logprobs, top-k, probes) per step against a bare argmax loop on
+    /// the same sequences, as a fraction (0.03 = 3 % slower).
+    pub generation_loop_overhead: f64,
+    /// One intervention (state read, parse, zero in all layers, write back), seconds.
+    pub intervention_s: f64,
+    /// One decode step of one token, seconds.
+    pub decode_step_s: f64,
+    /// intervention / decode step.
+    pub intervention_per_decode_step: f64,
+    /// Position sweep: positions measured per second.
+    pub sweep_positions_per_s: f64,
+    /// The same positions as greedy-generation grid conditions: positions per second.
+    pub grid_positions_per_s: f64,
+    /// sweep / grid, per position.
+    pub sweep_speedup: f64,
+    /// Peak resident memory of the process, MiB (Linux).
+    pub peak_memory_mib: Option<f64>,
+}
+
+fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn lab(model: &LoadedModel, n_seq: u32, threads: i32) -> Result<Lab<'_>, RunError> {
+    Ok(Lab::new(
+        model,
+        LabOptions {
+            n_seq,
+            n_ctx_per_seq: 512,
+            threads,
+            n_batch: 512,
+        },
+    )?)
+}
+
+/// Greedy decoding of `steps` tokens on `n` copies of the prompt with a bare argmax loop;
+/// returns seconds.
+fn bare_decode(
+    model: &LoadedModel,
+    prompt: &[i32],
+    n: usize,
+    steps: usize,
+    threads: i32,
+) -> Result<f64, RunError> {
+    let mut lab = lab(model, n as u32, threads)?;
+    let mut items = Vec::new();
+    for s in 0..n {
+        for (pos, &t) in prompt[..prompt.len() - 1].iter().enumerate() {
+            items.push(BatchItem {
+                seq: s as i32,
+                token: t,
+                pos: pos as i32,
+                logits: false,
+            });
+        }
+    }
+    lab.eval(&items, |_, _| {})?;
+    let mut next = vec![*prompt.last().expect("prompt"); n];
+    let mut pos = (prompt.len() - 1) as i32;
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        let items: Vec<BatchItem> = (0..n)
+            .map(|s| BatchItem {
+                seq: s as i32,
+                token: next[s],
+                pos,
+                logits: true,
+            })
+            .collect();
+        lab.eval(&items, |k, logits| next[k] = argmax(logits) as i32)?;
+        pos += 1;
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Runs the benchmark on the seed experiment. `quick`: a short version for CI.
+pub fn run(
+    model: &LoadedModel,
+    quick: bool,
+    threads: i32,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport, RunError> {
+    let options = RunOptions {
+        threads,
+        ..RunOptions::default()
+    };
+    let mut spec = ExperimentSpec::seed();
+    let tokens = if quick { 4 } else { 48 };
+    spec.generation.max_tokens = tokens;
+    let prepared = prepare_prompts(model, &spec)?;
+    let prompt: Vec<i32> = prepared.prompts[0].tokens.iter().map(|t| t.id).collect();
+
+    progress("raw decode");
+    let steps = if quick { 8 } else { 64 };
+    let raw_s = bare_decode(model, &prompt, 1, steps, threads)?;
+
+    progress("generation loop overhead");
+    let mut base_spec = spec.clone();
+    base_spec.conditions.clear();
+    base_spec.generation.max_tokens = steps;
+    let loop_run = runner::run(model, &base_spec, &options, |_| {})?;
+    let bare_two = bare_decode(model, &prompt, 2, steps, threads)?;
+    let overhead = loop_run.timings.generate_s / bare_two - 1.0;
+
+    progress("seed grid, batched");
+    let t0 = Instant::now();
+    runner::run(model, &spec, &options, |_| {})?;
+    let batched = t0.elapsed().as_secs_f64();
+    progress("seed grid, one condition at a time");
+    let t0 = Instant::now();
+    for c in &spec.conditions {
+        let mut one = spec.clone();
+        one.conditions = vec![c.clone()];
+        runner::run(model, &one, &options, |_| {})?;
+    }
+    let sequential = t0.elapsed().as_secs_f64();
+
+    progress("one intervention vs one decode step");
+    let mut l = lab(model, 2, threads)?;
+    let items: Vec<BatchItem> = prompt[..prompt.len() - 1]
+        .iter()
+        .enumerate()
+        .map(|(pos, &t)| BatchItem {
+            seq: 0,
+            token: t,
+            pos: pos as i32,
+            logits: false,
+        })
+        .collect();
+    l.eval(&items, |_, _| {})?;
+    let reps = if quick { 3 } else { 20 };
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        let mut st = l.state(0)?;
+        for cell in st.cells_at(prepared.span.start as i32) {
+            for layer in 0..st.n_layer() {
+                st.zero_cell(layer, cell, KvPart::Both)
+                    .map_err(crate::engine::EngineError::from)?;
+            }
+        }
+        l.set_state(1, &st)?;
+    }
+    let intervention = t0.elapsed().as_secs_f64() / reps as f64;
+    let mut pos = (prompt.len() - 1) as i32;
+    let mut tok = *prompt.last().expect("prompt");
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        let item = [BatchItem {
+            seq: 1,
+            token: tok,
+            pos,
+            logits: true,
+        }];
+        l.eval(&item, |_, logits| tok = argmax(logits) as i32)?;
+        pos += 1;
+    }
+    let step = t0.elapsed().as_secs_f64() / reps as f64;
+
+    progress("position sweep vs greedy conditions");
+    let n_pos = if quick { 3 } else { 16 };
+    let sweep = SweepSpec {
+        kind: SweepKind::Position {
+            range: Some(Span {
+                start: 1,
+                end: 1 + n_pos,
+            }),
+        },
+        variant: "SF".into(),
+        intervention: Intervention::Zero,
+        layers: LayerSet::All,
+        part: KvPart::Both,
+    };
+    let t0 = Instant::now();
+    let swept = runner::run_sweep(model, &spec, &sweep, &options, |_| {})?;
+    let sweep_s = t0.elapsed().as_secs_f64();
+    let mut grid_spec = ExperimentSpec::seed();
+    grid_spec.conditions = (1..1 + n_pos)
+        .map(|p| Condition {
+            label: None,
+            variant: "SF".into(),
+            intervention: Intervention::Zero,
+            layers: LayerSet::All,
+            part: KvPart::Both,
+            span: Some(Span {
+                start: p,
+                end: p + 1,
+            }),
+        })
+        .collect();
+    let t0 = Instant::now();
+    runner::run(model, &grid_spec, &options, |_| {})?;
+    let grid_s = t0.elapsed().as_secs_f64();
+
+    Ok(BenchReport {
+        quick,
+        threads,
+        raw_decode_tokens_per_s: steps as f64 / raw_s,
+        grid_sequential_s: sequential,
+        grid_batched_s: batched,
+        grid_speedup: sequential / batched,
+        generation_loop_overhead: overhead,
+        intervention_s: intervention,
+        decode_step_s: step,
+        intervention_per_decode_step: intervention / step,
+        sweep_positions_per_s: swept.points.len() as f64 / sweep_s,
+        grid_positions_per_s: n_pos as f64 / grid_s,
+        sweep_speedup: grid_s / sweep_s,
+        peak_memory_mib: peak_memory_mib(),
+    })
+}
+
+/// The report as a table for terminals.
+pub fn to_table(r: &BenchReport) -> String {
+    format!(
+        "raw decode (1 sequence)          {:>9.1} tokens/s\n\
+         seed grid, batched               {:>9.2} s\n\
+         seed grid, one at a time         {:>9.2} s   → batched is {:.1}× faster\n\
+         generation loop vs bare argmax   {:>+8.1} %\n\
+         one intervention                 {:>9.2} ms  = {:.2} decode steps ({:.2} ms each)\n\
+         position sweep                   {:>9.2} positions/s\n\
+         same positions as grid cells     {:>9.2} positions/s → sweep is {:.1}× faster\n\
+         peak memory                      {}\n\
+         ({} mode, {} threads)",
+        r.raw_decode_tokens_per_s,
+        r.grid_batched_s,
+        r.grid_sequential_s,
+        r.grid_speedup,
+        r.generation_loop_overhead * 100.0,
+        r.intervention_s * 1000.0,
+        r.intervention_per_decode_step,
+        r.decode_step_s * 1000.0,
+        r.sweep_positions_per_s,
+        r.grid_positions_per_s,
+        r.sweep_speedup,
+        r.peak_memory_mib
+            .map_or("n/a".into(), |m| format!("{m:>9.0} MiB")),
+        if r.quick { "quick" } else { "full" },
+        r.threads
+    )
+}

@@ -1,0 +1,265 @@
+//! Sweeps: many small interventions measured by one number each. Which *other* tokens carry the
+//! needle, and in which layers? A sweep expands into ordinary [`Condition`]s, so each of its
+//! items means exactly what the same condition means in a grid.
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::{Condition, Intervention, KvPart, LayerSet, Span};
+
+/// What a sweep varies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SweepKind {
+    /// One position at a time over `range` (default: every cached position).
+    Position {
+        /// Positions to visit.
+        #[serde(default)]
+        range: Option<Span>,
+    },
+    /// The needle plus the next k tokens, k = 0..=max_extra.
+    Span {
+        /// Largest k.
+        max_extra: usize,
+    },
+    /// The needle in one layer at a time, then cumulative ranges from the bottom and from the top.
+    Layer,
+}
+
+/// A sweep over one variant's prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepSpec {
+    /// What varies.
+    pub kind: SweepKind,
+    /// The variant whose prompt is edited.
+    pub variant: String,
+    /// `zero` or `remove` (remove only with all layers).
+    pub intervention: Intervention,
+    /// Layers touched, for position and span sweeps.
+    #[serde(default)]
+    pub layers: LayerSet,
+    /// K, V or both.
+    #[serde(default = "both")]
+    pub part: KvPart,
+}
+
+fn both() -> KvPart {
+    KvPart::Both
+}
+
+/// One item of a sweep: what it is, and the condition that realizes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepItem {
+    /// A short label: "pos 6", "6..9", "layer 3", "layers 0-3".
+    pub label: String,
+    /// The position (position sweeps), extra tokens (span sweeps) or layer index (layer sweeps).
+    pub index: usize,
+    /// The equivalent grid condition.
+    pub condition: Condition,
+}
+
+impl SweepSpec {
+    /// Expands the sweep for a prompt of `prompt_len` tokens, a model of `n_layer` layers and the
+    /// needle span.
+    pub fn items(&self, prompt_len: usize, n_layer: u32, needle: Span) -> Vec<SweepItem> {
+        let cached = prompt_len.saturating_sub(1);
+        let cond = |span: Span, layers: LayerSet| Condition {
+            label: None,
+            variant: self.variant.clone(),
+            intervention: self.intervention.clone(),
+            layers,
+            part: self.part,
+            span: Some(span),
+        };
+        match &self.kind {
+            SweepKind::Position { range } => {
+                let r = range.unwrap_or(Span {
+                    start: 0,
+                    end: cached,
+                });
+                (r.start..r.end.min(cached))
+                    .map(|p| SweepItem {
+                        label: format!("pos {p}"),
+                        index: p,
+                        condition: cond(
+                            Span {
+                                start: p,
+                                end: p + 1,
+                            },
+                            self.layers.clone(),
+                        ),
+                    })
+                    .collect()
+            }
+            SweepKind::Span { max_extra } => (0..=*max_extra)
+                .map(|k| Span {
+                    start: needle.start,
+                    end: needle.end + k,
+                })
+                .filter(|s| s.end <= cached)
+                .enumerate()
+                .map(|(k, s)| SweepItem {
+                    label: format!("{}..{}", s.start, s.end),
+                    index: k,
+                    condition: cond(s, self.layers.clone()),
+                })
+                .collect(),
+            SweepKind::Layer => {
+                let mut out = Vec::new();
+                let set = |text: String| LayerSet::parse(&text).unwrap_or_default();
+                for l in 0..n_layer {
+                    out.push(SweepItem {
+                        label: format!("layer {l}"),
+                        index: l as usize,
+                        condition: cond(needle, set(l.to_string())),
+                    });
+                }
+                for l in 0..n_layer {
+                    out.push(SweepItem {
+                        label: format!("layers 0-{l}"),
+                        index: l as usize,
+                        condition: cond(needle, set(format!("0-{l}"))),
+                    });
+                }
+                for l in (0..n_layer).rev() {
+                    out.push(SweepItem {
+                        label: format!("layers {l}-{}", n_layer - 1),
+                        index: l as usize,
+                        condition: cond(needle, set(format!("{l}-{}", n_layer - 1))),
+                    });
+                }
+                out
+            }
+        }
+    }
+}
+
+/// The measurement of one sweep item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepPoint {
+    /// The item's label.
+    pub label: String,
+    /// Its index (position, extra tokens or layer).
+    pub index: usize,
+    /// Own variant's expected-answer score minus the best other's (when answers exist).
+    pub preference: Option<f64>,
+    /// Sum of log-probs of each variant's measured continuation, in variant order.
+    pub scores: Vec<f64>,
+    /// Log-prob of each probe's token at the first generated step.
+    pub first_step_probes: Vec<f32>,
+}
+
+/// A sweep's results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepResults {
+    /// The sweep.
+    pub sweep: SweepSpec,
+    /// What was scored: "expected answers" or "baseline continuations (N tokens)".
+    pub measure: String,
+    /// The same measurement with no intervention, for reference.
+    pub reference: SweepPoint,
+    /// One per item, in order; fewer when stopped.
+    pub points: Vec<SweepPoint>,
+    /// False when stopped before the end.
+    pub complete: bool,
+}
+
+impl SweepResults {
+    /// The effect of each point: its preference (or own-variant score) minus the reference's.
+    pub fn effects(&self, own_variant_index: usize) -> Vec<f64> {
+        let value = |p: &SweepPoint| {
+            p.preference
+                .unwrap_or_else(|| p.scores.get(own_variant_index).copied().unwrap_or(0.0))
+        };
+        let r = value(&self.reference);
+        self.points.iter().map(|p| value(p) - r).collect()
+    }
+}
+
+/// A terminal table: each item's effect on the measure, with a bar.
+pub fn to_table(r: &SweepResults, own_variant_index: usize) -> String {
+    use std::fmt::Write as _;
+    let effects = r.effects(own_variant_index);
+    let max = effects.iter().map(|e| e.abs()).fold(1e-9, f64::max);
+    let mut out = format!(
+        "{} sweep of {} on {} — measure: {}{}\n",
+        match r.sweep.kind {
+            SweepKind::Position { .. } => "position",
+            SweepKind::Span { .. } => "span",
+            SweepKind::Layer => "layer",
+        },
+        r.sweep.intervention.short(),
+        r.sweep.variant,
+        r.measure,
+        if r.complete {
+            ""
+        } else {
+            " (STOPPED EARLY: partial)"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "effect = change of {} against no intervention",
+        if r.reference.preference.is_some() {
+            "the preference"
+        } else {
+            "the own-variant log-prob"
+        }
+    );
+    for (p, e) in r.points.iter().zip(&effects) {
+        let n = ((e.abs() / max) * 30.0).round() as usize;
+        let bar = if *e < 0.0 {
+            "▇".repeat(n)
+        } else {
+            "░".repeat(n)
+        };
+        let _ = writeln!(out, "{:>14}  {:>+9.3}  {bar}", p.label, e);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sweep(kind: SweepKind) -> SweepSpec {
+        SweepSpec {
+            kind,
+            variant: "SF".into(),
+            intervention: Intervention::Zero,
+            layers: LayerSet::All,
+            part: KvPart::Both,
+        }
+    }
+
+    #[test]
+    fn position_sweep_visits_every_cached_position() {
+        let items =
+            sweep(SweepKind::Position { range: None }).items(10, 4, Span { start: 3, end: 4 });
+        assert_eq!(items.len(), 9);
+        assert_eq!(items[6].condition.span, Some(Span { start: 6, end: 7 }));
+        let items = sweep(SweepKind::Position {
+            range: Some(Span { start: 2, end: 50 }),
+        })
+        .items(10, 4, Span { start: 3, end: 4 });
+        assert_eq!(items.first().unwrap().index, 2);
+        assert_eq!(items.last().unwrap().index, 8);
+    }
+
+    #[test]
+    fn span_sweep_grows_from_the_needle() {
+        let items =
+            sweep(SweepKind::Span { max_extra: 20 }).items(10, 4, Span { start: 3, end: 4 });
+        assert_eq!(items.len(), 6, "3..4 up to 3..9");
+        assert_eq!(items[2].condition.span, Some(Span { start: 3, end: 6 }));
+    }
+
+    #[test]
+    fn layer_sweep_has_single_and_cumulative_ranges() {
+        let items = sweep(SweepKind::Layer).items(10, 4, Span { start: 3, end: 4 });
+        assert_eq!(items.len(), 12);
+        assert_eq!(items[1].condition.layers.to_string(), "1");
+        assert_eq!(items[5].condition.layers.to_string(), "0-1");
+        assert_eq!(items[8].condition.layers.to_string(), "3");
+        assert_eq!(items[11].condition.layers.to_string(), "0-3");
+    }
+}

@@ -1,0 +1,119 @@
+//! Sweeps on the real model: items equal the same interventions run as grid conditions, and a
+//! stopped sweep keeps what it measured.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::{asset_spec, model};
+use kvlab::experiment::spec::KvPart;
+use kvlab::experiment::sweep::{SweepKind, SweepSpec};
+use kvlab::experiment::{Condition, Intervention, LayerSet, Span};
+use kvlab::runner::{self, RunEvent, RunOptions};
+
+fn position_sweep(range: Span, intervention: Intervention) -> SweepSpec {
+    SweepSpec {
+        kind: SweepKind::Position { range: Some(range) },
+        variant: "SF".into(),
+        intervention,
+        layers: LayerSet::All,
+        part: KvPart::Both,
+    }
+}
+
+#[test]
+fn sweep_items_equal_the_same_conditions_in_a_grid() {
+    let mut spec = asset_spec("seed-short");
+    spec.generation.max_tokens = 2;
+    let sweep = position_sweep(Span { start: 5, end: 8 }, Intervention::Zero);
+    let r = runner::run_sweep(model(), &spec, &sweep, &RunOptions::default(), |_| {}).unwrap();
+    assert!(r.complete);
+    assert_eq!(
+        r.points.iter().map(|p| p.index).collect::<Vec<_>>(),
+        vec![5, 6, 7]
+    );
+
+    spec.conditions = (5..8)
+        .map(|p| Condition {
+            label: None,
+            variant: "SF".into(),
+            intervention: Intervention::Zero,
+            layers: LayerSet::All,
+            part: KvPart::Both,
+            span: Some(Span {
+                start: p,
+                end: p + 1,
+            }),
+        })
+        .chain(std::iter::once(Condition {
+            label: None,
+            variant: "SF".into(),
+            intervention: Intervention::None,
+            layers: LayerSet::All,
+            part: KvPart::Both,
+            span: None,
+        }))
+        .collect();
+    let grid = runner::run(model(), &spec, &RunOptions::default(), |_| {}).unwrap();
+    for (point, cond) in r.points.iter().zip(&grid.conditions) {
+        assert_eq!(
+            point.preference, cond.preference,
+            "{}: bit-exact",
+            point.label
+        );
+    }
+    assert_eq!(r.reference.preference, grid.conditions[3].preference);
+    // The needle itself matters most.
+    let effects = r.effects(0);
+    assert!(
+        effects[1].abs() > effects[0].abs() && effects[1].abs() > effects[2].abs(),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_stopped_sweep_keeps_its_partial_results() {
+    let spec = asset_spec("seed-short");
+    let sweep = position_sweep(Span { start: 0, end: 60 }, Intervention::Remove);
+    let options = RunOptions::default();
+    let cancel = options.cancel.clone();
+    let r = runner::run_sweep(model(), &spec, &sweep, &options, |e| {
+        if let RunEvent::Progress { done, .. } = e
+            && done >= 2
+        {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    assert!(!r.complete);
+    assert!(
+        !r.points.is_empty() && r.points.len() < 60,
+        "{} points",
+        r.points.len()
+    );
+    assert!(r.points.iter().all(|p| p.preference.is_some()));
+}
+
+#[test]
+fn layer_sweeps_cover_single_and_cumulative_ranges() {
+    let spec = asset_spec("seed-short");
+    let sweep = SweepSpec {
+        kind: SweepKind::Layer,
+        variant: "NY".into(),
+        intervention: Intervention::Zero,
+        layers: LayerSet::All,
+        part: KvPart::Both,
+    };
+    let options = RunOptions::default();
+    let r = runner::run_sweep(model(), &spec, &sweep, &options, |_| {}).unwrap();
+    assert_eq!(r.points.len(), 90);
+    // Zeroing the needle in all layers (the last bottom-up range) is the grid's "zero" condition.
+    let all = r.points.iter().find(|p| p.label == "layers 0-29").unwrap();
+    let mut grid_spec = asset_spec("seed-short");
+    grid_spec.generation.max_tokens = 1;
+    grid_spec
+        .conditions
+        .retain(|c| c.variant == "NY" && c.intervention == Intervention::Zero);
+    let grid = runner::run(model(), &grid_spec, &options, |_| {}).unwrap();
+    assert_eq!(all.preference, grid.conditions[0].preference);
+}
