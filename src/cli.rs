@@ -382,6 +382,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 "adds BOS       {}",
                 if info.adds_bos { "yes" } else { "no" }
             );
+            println!("devices        {}", engine::devices().join("; "));
             match m.check_kv_surgery_supported() {
                 Ok(()) => println!("KV surgery     supported"),
                 Err(e) => println!("KV surgery     not supported: {e}"),

@@ -121,6 +121,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     if cfg!(feature = "metal") {
         v.push("metal");
     }
+    if cfg!(feature = "vulkan") {
+        v.push("vulkan");
+    }
     v
 }
 

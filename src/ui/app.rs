@@ -30,6 +30,10 @@ pub struct ModelView {
     pub info: ModelInfo,
     /// Its fingerprint.
     pub fingerprint: ModelFingerprint,
+    /// The compute devices llama.cpp sees.
+    pub devices: Vec<String>,
+    /// Layers offloaded to a GPU when it was loaded (`None`: all).
+    pub gpu_layers: Option<u32>,
 }
 
 /// What the worker is doing.
@@ -279,6 +283,7 @@ impl KvlabApp {
                 path,
                 info,
                 fingerprint,
+                devices,
             } => {
                 self.busy = Busy::Idle;
                 self.status = format!(
@@ -290,6 +295,8 @@ impl KvlabApp {
                     path,
                     info,
                     fingerprint,
+                    devices,
+                    gpu_layers: self.state.gpu_layers,
                 });
                 self.prepared_for = None;
                 self.queue(Command::Prepare);
@@ -408,7 +415,10 @@ impl KvlabApp {
                     self.error = None;
                     self.busy = Busy::Loading(0.0);
                     self.status = format!("Loading {} …", path.display());
-                    self.worker.send(Job::LoadModel(path));
+                    let options = crate::engine::LoadOptions {
+                        n_gpu_layers: self.state.gpu_layers,
+                    };
+                    self.worker.send(Job::LoadModel(path, options));
                 }
                 Command::Stop => {
                     self.worker.stop();

@@ -50,6 +50,8 @@ pub struct AppState {
     pub dark_mode: bool,
     /// CPU threads for llama.cpp.
     pub threads: i32,
+    /// Layers offloaded to the GPU (`None`: all, llama.cpp's default), in builds with a GPU backend.
+    pub gpu_layers: Option<u32>,
     /// The analysis view shown.
     pub tab: AnalysisTab,
     /// Which probe the chart shows.
@@ -78,6 +80,7 @@ impl Default for AppState {
             recent_models: Vec::new(),
             dark_mode: true,
             threads: crate::runner::default_threads(),
+            gpu_layers: None,
             tab: AnalysisTab::default(),
             probe_index: 0,
             delta_layer: 0,

@@ -17,7 +17,7 @@ use crate::runner::{self, Prepared, RunEvent, RunOptions};
 #[derive(Debug)]
 pub enum Job {
     /// Load a model file (replacing the current one).
-    LoadModel(PathBuf),
+    LoadModel(PathBuf, LoadOptions),
     /// Render and tokenize the spec's prompts (for the token strip).
     Prepare(ExperimentSpec),
     /// Run an experiment.
@@ -39,6 +39,8 @@ pub enum WorkerEvent {
         info: ModelInfo,
         /// Its fingerprint.
         fingerprint: ModelFingerprint,
+        /// The compute devices llama.cpp sees.
+        devices: Vec<String>,
     },
     /// Loading failed or was cancelled; the previous model (if any) is gone.
     LoadFailed(String),
@@ -87,7 +89,7 @@ impl Worker {
 
     /// Queues a job (clearing any earlier stop request).
     pub fn send(&self, job: Job) {
-        if matches!(job, Job::LoadModel(_) | Job::Run(..)) {
+        if matches!(job, Job::LoadModel(..) | Job::Run(..) | Job::Sweep(..)) {
             self.cancel.store(false, Ordering::Relaxed);
         }
         let _ = self.jobs.send(job);
@@ -132,25 +134,22 @@ fn worker_loop(
     let mut model: Option<LoadedModel> = None;
     while let Ok(job) = jobs.recv() {
         match job {
-            Job::LoadModel(path) => {
+            Job::LoadModel(path, load_options) => {
                 model = None;
                 let progress_tx = events.clone();
                 let progress_wake = wake.clone();
-                let result = LoadedModel::load(
-                    &path,
-                    &LoadOptions::default(),
-                    Some(cancel.clone()),
-                    move |p| {
+                let result =
+                    LoadedModel::load(&path, &load_options, Some(cancel.clone()), move |p| {
                         let _ = progress_tx.send(WorkerEvent::LoadProgress(p));
                         progress_wake();
-                    },
-                );
+                    });
                 match result {
                     Ok(m) => {
                         send(WorkerEvent::ModelLoaded {
                             path: path.clone(),
                             info: m.info().clone(),
                             fingerprint: m.fingerprint().clone(),
+                            devices: crate::engine::devices(),
                         });
                         model = Some(m);
                     }
