@@ -147,6 +147,8 @@ pub enum SweepOver {
     Span,
     /// One layer at a time, and cumulative ranges.
     Layer,
+    /// Every position × every layer.
+    PositionLayer,
 }
 
 /// Grid output formats.
@@ -313,6 +315,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                     SweepOver::Position => SweepKind::Position { range: None },
                     SweepOver::Span => SweepKind::Span { max_extra },
                     SweepOver::Layer => SweepKind::Layer,
+                    SweepOver::PositionLayer => SweepKind::PositionLayer { range: None },
                 },
                 variant: variant.unwrap_or_else(|| spec.variants[0].name.clone()),
                 intervention: if remove {

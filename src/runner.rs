@@ -963,14 +963,16 @@ pub fn run_sweep(
             } else {
                 None
             };
-            let (label, index) = if ci == 0 {
-                ("no intervention".to_string(), 0)
+            let (label, index, layer) = if ci == 0 {
+                ("no intervention".to_string(), 0, None)
             } else {
-                (items[ci - 1].label.clone(), items[ci - 1].index)
+                let it = &items[ci - 1];
+                (it.label.clone(), it.index, it.layer)
             };
             points.push(SweepPoint {
                 label,
                 index,
+                layer,
                 preference,
                 scores,
                 first_step_probes: first_probes[base].clone(),

@@ -23,6 +23,12 @@ pub enum SweepKind {
     },
     /// The needle in one layer at a time, then cumulative ranges from the bottom and from the top.
     Layer,
+    /// Every position in `range` × every layer, one cell at a time (a position × layer heatmap).
+    PositionLayer {
+        /// Positions to visit.
+        #[serde(default)]
+        range: Option<Span>,
+    },
 }
 
 /// A sweep over one variant's prompt.
@@ -53,6 +59,8 @@ pub struct SweepItem {
     pub label: String,
     /// The position (position sweeps), extra tokens (span sweeps) or layer index (layer sweeps).
     pub index: usize,
+    /// The layer, for position × layer sweeps.
+    pub layer: Option<u32>,
     /// The equivalent grid condition.
     pub condition: Condition,
 }
@@ -80,6 +88,7 @@ impl SweepSpec {
                     .map(|p| SweepItem {
                         label: format!("pos {p}"),
                         index: p,
+                        layer: None,
                         condition: cond(
                             Span {
                                 start: p,
@@ -100,6 +109,7 @@ impl SweepSpec {
                 .map(|(k, s)| SweepItem {
                     label: format!("{}..{}", s.start, s.end),
                     index: k,
+                    layer: None,
                     condition: cond(s, self.layers.clone()),
                 })
                 .collect(),
@@ -110,6 +120,7 @@ impl SweepSpec {
                     out.push(SweepItem {
                         label: format!("layer {l}"),
                         index: l as usize,
+                        layer: Some(l),
                         condition: cond(needle, set(l.to_string())),
                     });
                 }
@@ -117,6 +128,7 @@ impl SweepSpec {
                     out.push(SweepItem {
                         label: format!("layers 0-{l}"),
                         index: l as usize,
+                        layer: None,
                         condition: cond(needle, set(format!("0-{l}"))),
                     });
                 }
@@ -124,8 +136,27 @@ impl SweepSpec {
                     out.push(SweepItem {
                         label: format!("layers {l}-{}", n_layer - 1),
                         index: l as usize,
+                        layer: None,
                         condition: cond(needle, set(format!("{l}-{}", n_layer - 1))),
                     });
+                }
+                out
+            }
+            SweepKind::PositionLayer { range } => {
+                let r = range.unwrap_or(Span { start: 0, end: cached });
+                let mut out = Vec::new();
+                for p in r.start..r.end.min(cached) {
+                    for l in 0..n_layer {
+                        out.push(SweepItem {
+                            label: format!("pos {p}, layer {l}"),
+                            index: p,
+                            layer: Some(l),
+                            condition: cond(
+                                Span { start: p, end: p + 1 },
+                                LayerSet::parse(&l.to_string()).unwrap_or_default(),
+                            ),
+                        });
+                    }
                 }
                 out
             }
@@ -140,6 +171,9 @@ pub struct SweepPoint {
     pub label: String,
     /// Its index (position, extra tokens or layer).
     pub index: usize,
+    /// The layer, for position × layer sweeps.
+    #[serde(default)]
+    pub layer: Option<u32>,
     /// Own variant's expected-answer score minus the best other's (when answers exist).
     pub preference: Option<f64>,
     /// Sum of log-probs of each variant's measured continuation, in variant order.
@@ -186,6 +220,7 @@ pub fn to_table(r: &SweepResults, own_variant_index: usize) -> String {
             SweepKind::Position { .. } => "position",
             SweepKind::Span { .. } => "span",
             SweepKind::Layer => "layer",
+            SweepKind::PositionLayer { .. } => "position × layer",
         },
         r.sweep.intervention.short(),
         r.sweep.variant,
@@ -251,6 +286,18 @@ mod tests {
             sweep(SweepKind::Span { max_extra: 20 }).items(10, 4, Span { start: 3, end: 4 });
         assert_eq!(items.len(), 6, "3..4 up to 3..9");
         assert_eq!(items[2].condition.span, Some(Span { start: 3, end: 6 }));
+    }
+
+    #[test]
+    fn position_layer_sweep_covers_the_grid() {
+        let items = sweep(SweepKind::PositionLayer {
+            range: Some(Span { start: 2, end: 4 }),
+        })
+        .items(10, 3, Span { start: 3, end: 4 });
+        assert_eq!(items.len(), 6);
+        assert_eq!(items[4].index, 3);
+        assert_eq!(items[4].layer, Some(1));
+        assert_eq!(items[4].condition.layers.to_string(), "1");
     }
 
     #[test]

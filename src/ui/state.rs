@@ -34,6 +34,8 @@ pub enum SweepChoice {
     Span,
     /// Layers.
     Layer,
+    /// Positions × layers.
+    PositionLayer,
 }
 
 /// The persisted state.

@@ -1013,6 +1013,7 @@ pub fn sweeps(app: &mut KvlabApp, ui: &mut Ui) {
             "Needle + next k",
         );
         ui.selectable_value(&mut app.state.sweep_choice, SweepChoice::Layer, "Layers");
+        ui.selectable_value(&mut app.state.sweep_choice, SweepChoice::PositionLayer, "Position × layer");
         ui.separator();
         ui.selectable_value(&mut app.state.sweep_remove, false, "zero");
         ui.selectable_value(&mut app.state.sweep_remove, true, "remove");
@@ -1046,6 +1047,7 @@ pub fn sweeps(app: &mut KvlabApp, ui: &mut Ui) {
             crate::experiment::sweep::SweepKind::Position { .. } => "Position sweep",
             crate::experiment::sweep::SweepKind::Span { .. } => "Span sweep",
             crate::experiment::sweep::SweepKind::Layer => "Layer sweep",
+            crate::experiment::sweep::SweepKind::PositionLayer { .. } => "Position × layer sweep",
         },
         r.sweep.intervention.short(),
         r.sweep.variant,
@@ -1085,6 +1087,20 @@ pub fn sweeps(app: &mut KvlabApp, ui: &mut Ui) {
                         .on_hover_text(format!("{}: effect {e:+.3}", p.label));
                 }
             });
+        }
+        crate::experiment::sweep::SweepKind::PositionLayer { .. } => {
+            // Rows: layers; columns: positions; colour: |effect|.
+            let n_layer = r.points.iter().filter_map(|p| p.layer).max().map_or(0, |l| l as usize + 1);
+            let first = r.points.first().map_or(0, |p| p.index);
+            let n_pos = r.points.iter().map(|p| p.index + 1 - first).max().unwrap_or(0);
+            let mut rows = vec![vec![0f32; n_pos]; n_layer];
+            for (p, e) in r.points.iter().zip(&effects) {
+                if let Some(l) = p.layer {
+                    rows[l as usize][p.index - first] = e.abs() as f32;
+                }
+            }
+            ui.label(format!("|effect| per layer (rows) and position (columns, from {first})"));
+            heatmap(ui, "zero one cell", &rows, Vec2::new(6.0, 6.0), "layer", "position");
         }
         _ => {
             let bars: Vec<egui_plot::Bar> = effects
