@@ -42,8 +42,103 @@ pub struct BenchReport {
     pub grid_positions_per_s: f64,
     /// sweep / grid, per position.
     pub sweep_speedup: f64,
+    /// A large session (10 conditions × 1000 tokens, top-10 per step): save, seconds.
+    pub large_session_save_s: f64,
+    /// The same session: open (read, validate, parse), seconds.
+    pub large_session_load_s: f64,
+    /// Its size, MiB.
+    pub large_session_mib: f64,
+    /// The app showing it: the first frame (layout and tessellation, no GPU), ms.
+    pub large_session_first_frame_ms: f64,
+    /// The slowest of the next 9 frames, ms.
+    pub large_session_frame_ms: f64,
     /// Peak resident memory of the process, MiB (Linux).
     pub peak_memory_mib: Option<f64>,
+}
+
+/// A session of `n_cond` conditions × `n_tokens` steps built from a real run's steps.
+fn large_session(
+    base: &crate::experiment::RunResults,
+    n_cond: usize,
+    n_tokens: usize,
+) -> crate::session::Session {
+    let mut r = base.clone();
+    let grow = |g: &mut crate::experiment::results::Generation| {
+        let steps = g.steps.clone();
+        g.steps = steps.iter().cycle().take(n_tokens).cloned().collect();
+        g.tokens = g.steps.iter().map(|s| s.token.id).collect();
+        g.text = g.steps.iter().map(|s| s.token.piece.as_str()).collect();
+    };
+    for v in &mut r.variants {
+        grow(&mut v.baseline);
+    }
+    let template = r.conditions[0].clone();
+    r.conditions = (0..n_cond)
+        .map(|i| {
+            let mut c = template.clone();
+            c.label = format!("condition {i}");
+            grow(&mut c.generation);
+            c
+        })
+        .collect();
+    let mut s = crate::session::Session::new(r.spec.clone());
+    s.results = Some(r);
+    s
+}
+
+/// Saves, opens and shows a large session; returns (save s, load s, MiB, first frame ms,
+/// slowest later frame ms).
+fn large_session_figures(
+    base: &crate::experiment::RunResults,
+) -> Result<(f64, f64, f64, f64, f64), RunError> {
+    let mut s = large_session(base, 10, 1000);
+    let dir = std::env::temp_dir().join(format!("kvlab-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("large.kvlab");
+    let t0 = Instant::now();
+    let saved = s.save(&path);
+    let save_s = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let loaded = crate::session::Session::load(&path);
+    let load_s = t0.elapsed().as_secs_f64();
+    let mib = std::fs::metadata(&path)
+        .map(|m| m.len() as f64 / (1 << 20) as f64)
+        .unwrap_or(0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (Ok(()), Ok(loaded)) = (saved, loaded) else {
+        return Err(crate::experiment::spec::SpecError::Generation(
+            "the large session could not be saved and read back".into(),
+        )
+        .into());
+    };
+    let ctx = egui::Context::default();
+    let mut app = crate::ui::KvlabApp::new(&ctx, crate::ui::AppState::default());
+    app.state.spec = loaded.spec;
+    app.results = loaded.results;
+    let mut slowest = 0f64;
+    let mut first = 0f64;
+    for frame in 0..10 {
+        let input = egui::RawInput {
+            screen_rect: Some(egui::Rect::from_min_size(
+                egui::Pos2::ZERO,
+                egui::vec2(1400.0, 900.0),
+            )),
+            time: Some(frame as f64 / 60.0),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let mut out = ctx.run_ui(input, |ui| app.show(ui));
+        let _ = ctx.tessellate(std::mem::take(&mut out.shapes), out.pixels_per_point);
+        // No GPU here to upload the font atlas to.
+        out.textures_delta.clear();
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        if frame == 0 {
+            first = ms;
+        } else {
+            slowest = slowest.max(ms);
+        }
+    }
+    Ok((save_s, load_s, mib, first, slowest))
 }
 
 fn peak_memory_mib() -> Option<f64> {
@@ -136,7 +231,7 @@ pub fn run(
 
     progress("seed grid, batched");
     let t0 = Instant::now();
-    runner::run(model, &spec, &options, |_| {})?;
+    let grid_run = runner::run(model, &spec, &options, |_| {})?;
     let batched = t0.elapsed().as_secs_f64();
     progress("seed grid, one condition at a time");
     let t0 = Instant::now();
@@ -223,6 +318,10 @@ pub fn run(
     runner::run(model, &grid_spec, &options, |_| {})?;
     let grid_s = t0.elapsed().as_secs_f64();
 
+    progress("large session: save, open, show");
+    let (large_save, large_load, large_mib, large_first, large_frame) =
+        large_session_figures(&grid_run)?;
+
     Ok(BenchReport {
         quick,
         threads,
@@ -237,6 +336,11 @@ pub fn run(
         sweep_positions_per_s: swept.points.len() as f64 / sweep_s,
         grid_positions_per_s: n_pos as f64 / grid_s,
         sweep_speedup: grid_s / sweep_s,
+        large_session_save_s: large_save,
+        large_session_load_s: large_load,
+        large_session_mib: large_mib,
+        large_session_first_frame_ms: large_first,
+        large_session_frame_ms: large_frame,
         peak_memory_mib: peak_memory_mib(),
     })
 }
@@ -251,6 +355,8 @@ pub fn to_table(r: &BenchReport) -> String {
          one intervention                 {:>9.2} ms  = {:.2} decode steps ({:.2} ms each)\n\
          position sweep                   {:>9.2} positions/s\n\
          same positions as grid cells     {:>9.2} positions/s → sweep is {:.1}× faster\n\
+         large session (10 × 1000 tokens) {:>9.2} s save, {:.2} s open, {:.1} MiB\n\
+           shown in the app               {:>9.1} ms first frame, then at most {:.1} ms\n\
          peak memory                      {}\n\
          ({} mode, {} threads)",
         r.raw_decode_tokens_per_s,
@@ -264,6 +370,11 @@ pub fn to_table(r: &BenchReport) -> String {
         r.sweep_positions_per_s,
         r.grid_positions_per_s,
         r.sweep_speedup,
+        r.large_session_save_s,
+        r.large_session_load_s,
+        r.large_session_mib,
+        r.large_session_first_frame_ms,
+        r.large_session_frame_ms,
         r.peak_memory_mib
             .map_or("n/a".into(), |m| format!("{m:>9.0} MiB")),
         if r.quick { "quick" } else { "full" },

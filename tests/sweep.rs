@@ -123,7 +123,9 @@ fn position_by_layer_cells_equal_the_layer_sweep_at_the_needle() {
     let spec = asset_spec("seed-short");
     let options = RunOptions::default();
     let grid = SweepSpec {
-        kind: SweepKind::PositionLayer { range: Some(Span { start: 5, end: 7 }) },
+        kind: SweepKind::PositionLayer {
+            range: Some(Span { start: 5, end: 7 }),
+        },
         variant: "SF".into(),
         intervention: Intervention::Zero,
         layers: LayerSet::All,
@@ -131,10 +133,17 @@ fn position_by_layer_cells_equal_the_layer_sweep_at_the_needle() {
     };
     let g = runner::run_sweep(model(), &spec, &grid, &options, |_| {}).unwrap();
     assert_eq!(g.points.len(), 2 * 30);
-    let layers = SweepSpec { kind: SweepKind::Layer, ..grid.clone() };
+    let layers = SweepSpec {
+        kind: SweepKind::Layer,
+        ..grid.clone()
+    };
     let l = runner::run_sweep(model(), &spec, &layers, &options, |_| {}).unwrap();
     for layer in 0..30u32 {
-        let cell = g.points.iter().find(|p| p.index == 6 && p.layer == Some(layer)).unwrap();
+        let cell = g
+            .points
+            .iter()
+            .find(|p| p.index == 6 && p.layer == Some(layer))
+            .unwrap();
         let single = &l.points[layer as usize];
         assert_eq!(single.label, format!("layer {layer}"));
         assert_eq!(cell.preference, single.preference, "layer {layer}");

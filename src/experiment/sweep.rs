@@ -143,7 +143,10 @@ impl SweepSpec {
                 out
             }
             SweepKind::PositionLayer { range } => {
-                let r = range.unwrap_or(Span { start: 0, end: cached });
+                let r = range.unwrap_or(Span {
+                    start: 0,
+                    end: cached,
+                });
                 let mut out = Vec::new();
                 for p in r.start..r.end.min(cached) {
                     for l in 0..n_layer {
@@ -152,7 +155,10 @@ impl SweepSpec {
                             index: p,
                             layer: Some(l),
                             condition: cond(
-                                Span { start: p, end: p + 1 },
+                                Span {
+                                    start: p,
+                                    end: p + 1,
+                                },
                                 LayerSet::parse(&l.to_string()).unwrap_or_default(),
                             ),
                         });

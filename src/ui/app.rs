@@ -531,7 +531,9 @@ impl KvlabApp {
                             }
                             super::state::SweepChoice::Span => SweepKind::Span { max_extra: 16 },
                             super::state::SweepChoice::Layer => SweepKind::Layer,
-                            super::state::SweepChoice::PositionLayer => SweepKind::PositionLayer { range: None },
+                            super::state::SweepChoice::PositionLayer => {
+                                SweepKind::PositionLayer { range: None }
+                            }
                         },
                         variant: variant.name.clone(),
                         intervention: if st.sweep_remove {

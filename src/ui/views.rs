@@ -785,8 +785,9 @@ pub fn outcome_grid(app: &mut KvlabApp, ui: &mut Ui) {
     }
 }
 
-/// A generation as a flow of tokens; the first departing token is marked; each token's hover
-/// shows its top-k alternatives.
+/// A generation as one wrapped text (one galley, cached by egui, so a 1000-token cell costs one
+/// widget, not 1000); the first departing token is marked; hovering a token shows its top-k
+/// alternatives, found from the pointer's character position.
 fn cell_tokens(
     ui: &mut Ui,
     g: &crate::experiment::results::Generation,
@@ -797,23 +798,42 @@ fn cell_tokens(
         .id_salt(id)
         .max_height(110.0)
         .show(ui, |ui| {
-            ui.set_max_width(360.0);
-            ui.horizontal_wrapped(|ui| {
-                ui.spacing_mut().item_spacing.x = 0.0;
-                for (i, s) in g.steps.iter().enumerate() {
-                    let mut text = RichText::new(s.token.piece.replace('\n', "¶ ")).monospace();
-                    if diverge == Some(i) {
-                        text = text.background_color(BAD).color(Color32::WHITE);
-                    }
-                    let r = ui.add(egui::Label::new(text).sense(Sense::hover()));
-                    r.on_hover_ui(|ui| {
-                        ui.label(format!("step {i} · gap {:.3}", s.gap));
+            let width = 360.0;
+            let font = egui::TextStyle::Monospace.resolve(ui.style());
+            let color = ui.visuals().text_color();
+            let mut job = egui::text::LayoutJob::default();
+            job.wrap.max_width = width;
+            let mut starts = Vec::with_capacity(g.steps.len());
+            let mut chars = 0usize;
+            let mut plain = String::new();
+            for (i, s) in g.steps.iter().enumerate() {
+                starts.push(chars);
+                let text = s.token.piece.replace('\n', "¶ ");
+                chars += text.chars().count();
+                plain.push_str(&text);
+                let mut format = egui::TextFormat::simple(font.clone(), color);
+                if diverge == Some(i) {
+                    format.background = BAD;
+                    format.color = Color32::WHITE;
+                }
+                job.append(&text, 0.0, format);
+            }
+            let galley = ui.painter().layout_job(job);
+            let (rect, response) = ui.allocate_exact_size(galley.size(), Sense::hover());
+            ui.painter().galley(rect.min, galley.clone(), color);
+            let response = named(response, plain);
+            if let Some(pos) = response.hover_pos() {
+                let at = galley.cursor_from_pos(pos - rect.min).index.0;
+                let i = starts.partition_point(|&s| s <= at).saturating_sub(1);
+                if let Some(s) = g.steps.get(i) {
+                    response.on_hover_ui_at_pointer(|ui| {
+                        ui.label(format!("step {i} · {:?} · gap {:.3}", s.token.piece, s.gap));
                         for a in &s.top {
                             ui.label(format!("{:>6.1}%  {:?}", a.logprob.exp() * 100.0, a.piece));
                         }
                     });
                 }
-            });
+            }
         });
 }
 
@@ -1013,7 +1033,11 @@ pub fn sweeps(app: &mut KvlabApp, ui: &mut Ui) {
             "Needle + next k",
         );
         ui.selectable_value(&mut app.state.sweep_choice, SweepChoice::Layer, "Layers");
-        ui.selectable_value(&mut app.state.sweep_choice, SweepChoice::PositionLayer, "Position × layer");
+        ui.selectable_value(
+            &mut app.state.sweep_choice,
+            SweepChoice::PositionLayer,
+            "Position × layer",
+        );
         ui.separator();
         ui.selectable_value(&mut app.state.sweep_remove, false, "zero");
         ui.selectable_value(&mut app.state.sweep_remove, true, "remove");
@@ -1090,17 +1114,36 @@ pub fn sweeps(app: &mut KvlabApp, ui: &mut Ui) {
         }
         crate::experiment::sweep::SweepKind::PositionLayer { .. } => {
             // Rows: layers; columns: positions; colour: |effect|.
-            let n_layer = r.points.iter().filter_map(|p| p.layer).max().map_or(0, |l| l as usize + 1);
+            let n_layer = r
+                .points
+                .iter()
+                .filter_map(|p| p.layer)
+                .max()
+                .map_or(0, |l| l as usize + 1);
             let first = r.points.first().map_or(0, |p| p.index);
-            let n_pos = r.points.iter().map(|p| p.index + 1 - first).max().unwrap_or(0);
+            let n_pos = r
+                .points
+                .iter()
+                .map(|p| p.index + 1 - first)
+                .max()
+                .unwrap_or(0);
             let mut rows = vec![vec![0f32; n_pos]; n_layer];
             for (p, e) in r.points.iter().zip(&effects) {
                 if let Some(l) = p.layer {
                     rows[l as usize][p.index - first] = e.abs() as f32;
                 }
             }
-            ui.label(format!("|effect| per layer (rows) and position (columns, from {first})"));
-            heatmap(ui, "zero one cell", &rows, Vec2::new(6.0, 6.0), "layer", "position");
+            ui.label(format!(
+                "|effect| per layer (rows) and position (columns, from {first})"
+            ));
+            heatmap(
+                ui,
+                "zero one cell",
+                &rows,
+                Vec2::new(6.0, 6.0),
+                "layer",
+                "position",
+            );
         }
         _ => {
             let bars: Vec<egui_plot::Bar> = effects
