@@ -164,6 +164,10 @@ impl Session {
                 }
             }
         })?;
+        if value.get("format").is_none() && is_bare_results(&value) {
+            // Version 0: what `kvlab run --out` wrote before sessions existed.
+            value = wrap_bare_results(value);
+        }
         if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
             return Err(SessionError::NotSession(path.into()));
         }
@@ -217,12 +221,70 @@ impl Session {
     }
 }
 
-/// Brings an older session document up to [`VERSION`], in place. Version 1 is the first format,
-/// so there is nothing to convert yet; each future version adds its step here.
-fn migrate(value: &mut serde_json::Value, from: u32) {
-    if from < VERSION {
-        value["version"] = VERSION.into();
+/// Whether a JSON document is a bare results file (`kvlab run --out`, session version 0).
+fn is_bare_results(value: &serde_json::Value) -> bool {
+    ["kvlab_version", "spec", "model", "model_info", "conditions"]
+        .iter()
+        .all(|k| value.get(k).is_some())
+}
+
+/// Turns a bare results file into a version-0 session document: the experiment and the model
+/// reference come from the results themselves (the model's path was not recorded then).
+fn wrap_bare_results(results: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "format": FORMAT,
+        "version": 0,
+        "spec": results["spec"].clone(),
+        "model": {
+            "path": results["model"]["file_name"].clone(),
+            "fingerprint": results["model"].clone(),
+            "info": results["model_info"].clone(),
+        },
+        "app_version": results["kvlab_version"].clone(),
+        "llama_cpp_2_version": results["llama_cpp_2_version"].clone(),
+        "results": results,
+    })
+}
+
+/// Adds the top-1/top-2 `gap` to every step of a generation that lacks it.
+fn fill_gaps(generation: &mut serde_json::Value) {
+    for step in generation["steps"].as_array_mut().into_iter().flatten() {
+        if step.get("gap").is_none() {
+            let lp = |i: usize| step["top"][i]["logprob"].as_f64();
+            let gap = match (lp(0), lp(1)) {
+                (Some(a), Some(b)) => a - b,
+                _ => f64::INFINITY,
+            };
+            step["gap"] = gap.into();
+        }
     }
+}
+
+/// Brings an older session document up to [`VERSION`], in place, one version at a time.
+fn migrate(value: &mut serde_json::Value, from: u32) {
+    let mut version = from;
+    while version < VERSION {
+        match version {
+            // 0 → 1: bare results wrapped above. Results of that time had no top-1/top-2 `gap`
+            // per step (it is derived from the step's top list) and no `warnings`.
+            0 => {
+                if let Some(r) = value.get_mut("results") {
+                    if let Some(o) = r.as_object_mut() {
+                        o.entry("complete").or_insert(true.into());
+                        o.entry("warnings").or_insert(serde_json::json!([]));
+                    }
+                    for (list, field) in [("variants", "baseline"), ("conditions", "generation")] {
+                        for item in r[list].as_array_mut().into_iter().flatten() {
+                            fill_gaps(&mut item[field]);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        version += 1;
+    }
+    value["version"] = VERSION.into();
 }
 
 /// A simulated failure, for testing that interrupted saves lose nothing.
@@ -323,6 +385,26 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
         v.as_object_mut().unwrap().remove("version");
         assert!(msg(&v.to_string()).contains("\"version\" field is missing"));
+    }
+
+    #[test]
+    fn a_version_0_results_file_is_migrated() {
+        // What `kvlab run --out` wrote before sessions existed (no format, no gaps, no warnings).
+        let text = include_str!("../../tests/data/results-v0.json");
+        assert!(!text.contains("\"format\"") && !text.contains("\"gap\""));
+        let s = Session::from_json(text, "results-v0.json").unwrap();
+        assert_eq!(s.version, VERSION);
+        let r = s.results.as_ref().unwrap();
+        assert_eq!(r.conditions.len(), 4);
+        let step = &r.conditions[1].generation.steps[0];
+        assert_eq!(step.gap, step.top[0].logprob - step.top[1].logprob);
+        let m = s.model.as_ref().unwrap();
+        assert_eq!(m.fingerprint, r.model);
+        assert_eq!(m.info.n_layer, 30);
+        assert_eq!(s.spec, r.spec);
+        // Migrated sessions save as the current version.
+        let again = Session::from_json(&s.to_json(), "x").unwrap();
+        assert_eq!(again, s);
     }
 
     #[test]
