@@ -171,6 +171,13 @@ fn version_line() -> String {
     )
 }
 
+/// Reads an experiment file, naming the file in any error.
+fn read_spec(path: &Path) -> Result<ExperimentSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the experiment {}", path.display()))?;
+    ExperimentSpec::from_json(&text).with_context(|| format!("in {}", path.display()))
+}
+
 fn load(path: &Path) -> Result<LoadedModel> {
     eprintln!("loading {} …", path.display());
     Ok(LoadedModel::load(
@@ -197,10 +204,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             delta_layer,
             session,
         } => {
-            let text = std::fs::read_to_string(&spec)
-                .with_context(|| format!("cannot read the experiment {}", spec.display()))?;
-            let spec = ExperimentSpec::from_json(&text)
-                .with_context(|| format!("in {}", spec.display()))?;
+            let spec = read_spec(&spec)?;
             let model = load(&model)?;
             let options = RunOptions {
                 threads: threads.unwrap_or_else(runner::default_threads),
@@ -305,10 +309,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             out,
             threads,
         } => {
-            let text = std::fs::read_to_string(&spec)
-                .with_context(|| format!("cannot read the experiment {}", spec.display()))?;
-            let spec = ExperimentSpec::from_json(&text)
-                .with_context(|| format!("in {}", spec.display()))?;
+            let spec = read_spec(&spec)?;
             let model = load(&model)?;
             let sweep = SweepSpec {
                 kind: match over {
@@ -463,14 +464,7 @@ fn open_app(path: Option<PathBuf>, run_at_start: bool) -> Result<()> {
             .map(|e| e.to_string_lossy().to_lowercase())
             .unwrap_or_default();
         match ext.as_str() {
-            "json" => {
-                let text = std::fs::read_to_string(&p)
-                    .with_context(|| format!("cannot read the experiment {}", p.display()))?;
-                start.spec = Some(
-                    ExperimentSpec::from_json(&text)
-                        .with_context(|| format!("in {}", p.display()))?,
-                );
-            }
+            "json" => start.spec = Some(read_spec(&p)?),
             crate::session::EXTENSION => {
                 // Fail early, in the terminal, on a file that cannot be opened.
                 Session::load(&p)?;

@@ -262,6 +262,26 @@ fn check_conditions(
     Ok(spans)
 }
 
+/// Evaluates every variant's prompt but its last token, in one batch (variant i in sequence i),
+/// and returns each sequence's state: the cache every condition starts from.
+fn eval_prompts(lab: &mut Lab<'_>, prompts: &[PreparedPrompt]) -> Result<Vec<SeqState>, RunError> {
+    let mut items = Vec::new();
+    for (vi, p) in prompts.iter().enumerate() {
+        for (pos, t) in p.tokens[..p.tokens.len() - 1].iter().enumerate() {
+            items.push(BatchItem {
+                seq: vi as i32,
+                token: t.id,
+                pos: pos as i32,
+                logits: false,
+            });
+        }
+    }
+    lab.eval(&items, |_, _| {})?;
+    Ok((0..prompts.len())
+        .map(|vi| lab.state(vi as i32))
+        .collect::<Result<_, _>>()?)
+}
+
 /// Applies a condition's edit to a copy of its variant's prompt state.
 fn edited_state(
     spec: &ExperimentSpec,
@@ -355,21 +375,7 @@ pub fn run(
     // 1. Every variant's prompt but its last token, in one batch: variant i in sequence i.
     on_event(RunEvent::Stage("evaluating prompts".into()));
     let t0 = Instant::now();
-    let mut items = Vec::new();
-    for (vi, p) in prompts.iter().enumerate() {
-        for (pos, t) in p.tokens[..p.tokens.len() - 1].iter().enumerate() {
-            items.push(BatchItem {
-                seq: vi as i32,
-                token: t.id,
-                pos: pos as i32,
-                logits: false,
-            });
-        }
-    }
-    lab.eval(&items, |_, _| {})?;
-    let prompt_states: Vec<SeqState> = (0..n_var)
-        .map(|vi| lab.state(vi as i32))
-        .collect::<Result<_, _>>()?;
+    let prompt_states = eval_prompts(&mut lab, &prompts)?;
     timings.prompt_s = t0.elapsed().as_secs_f64();
 
     // 2. Every condition: its variant's cache, edited, in its own sequence.
@@ -888,21 +894,7 @@ pub fn run_sweep(
         },
     )?;
     on_event(RunEvent::Stage("evaluating prompts".into()));
-    let mut items_eval = Vec::new();
-    for (pi, p) in prompts.iter().enumerate() {
-        for (pos, t) in p.tokens[..p.tokens.len() - 1].iter().enumerate() {
-            items_eval.push(BatchItem {
-                seq: pi as i32,
-                token: t.id,
-                pos: pos as i32,
-                logits: false,
-            });
-        }
-    }
-    lab.eval(&items_eval, |_, _| {})?;
-    let prompt_states: Vec<SeqState> = (0..prompts.len())
-        .map(|i| lab.state(i as i32))
-        .collect::<Result<_, _>>()?;
+    let prompt_states = eval_prompts(&mut lab, &prompts)?;
 
     on_event(RunEvent::Stage("sweeping".into()));
     let names: Vec<&str> = spec.variants.iter().map(|v| v.name.as_str()).collect();

@@ -31,6 +31,18 @@ pub enum SweepKind {
     },
 }
 
+impl SweepKind {
+    /// A short name: "position", "span", "layer", "position × layer".
+    pub fn name(&self) -> &'static str {
+        match self {
+            SweepKind::Position { .. } => "position",
+            SweepKind::Span { .. } => "span",
+            SweepKind::Layer => "layer",
+            SweepKind::PositionLayer { .. } => "position × layer",
+        }
+    }
+}
+
 /// A sweep over one variant's prompt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SweepSpec {
@@ -222,12 +234,7 @@ pub fn to_table(r: &SweepResults, own_variant_index: usize) -> String {
     let max = effects.iter().map(|e| e.abs()).fold(1e-9, f64::max);
     let mut out = format!(
         "{} sweep of {} on {} — measure: {}{}\n",
-        match r.sweep.kind {
-            SweepKind::Position { .. } => "position",
-            SweepKind::Span { .. } => "span",
-            SweepKind::Layer => "layer",
-            SweepKind::PositionLayer { .. } => "position × layer",
-        },
+        r.sweep.kind.name(),
         r.sweep.intervention.short(),
         r.sweep.variant,
         r.measure,

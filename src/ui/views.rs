@@ -1065,14 +1065,11 @@ pub fn sweeps(app: &mut KvlabApp, ui: &mut Ui) {
     };
     let own = app.state.spec.variant_index(&r.sweep.variant).unwrap_or(0);
     let effects = r.effects(own);
+    let kind = r.sweep.kind.name();
+    let kind = format!("{}{} sweep", kind[..1].to_uppercase(), &kind[1..]);
     ui.label(format!(
         "{} of {} on {} — {}; effect against no intervention{}",
-        match r.sweep.kind {
-            crate::experiment::sweep::SweepKind::Position { .. } => "Position sweep",
-            crate::experiment::sweep::SweepKind::Span { .. } => "Span sweep",
-            crate::experiment::sweep::SweepKind::Layer => "Layer sweep",
-            crate::experiment::sweep::SweepKind::PositionLayer { .. } => "Position × layer sweep",
-        },
+        kind,
         r.sweep.intervention.short(),
         r.sweep.variant,
         r.measure,
