@@ -422,16 +422,7 @@ pub fn run(
             done: false,
         });
     }
-    let probe_ids: Vec<Option<usize>> = spec
-        .probes
-        .iter()
-        .map(|p| {
-            model
-                .tokenize(p, false, false)
-                .ok()
-                .and_then(|t| t.first().map(|t| t.id as usize))
-        })
-        .collect();
+    let probe_ids = probe_token_ids(model, &spec.probes);
     let mut pieces: HashMap<i32, String> = HashMap::new();
     let mut piece =
         |id: i32| -> String { pieces.entry(id).or_insert_with(|| model.piece(id)).clone() };

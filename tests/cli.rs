@@ -4,18 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use common::model_path;
+use common::{kvlab, model_path};
 use serde_json::Value;
-
-fn kvlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvlab"))
-        .args(args)
-        .env_remove("KVLAB_MODEL")
-        .output()
-        .expect("kvlab runs")
-}
 
 /// Runs kvlab expecting failure; returns stderr after checking it is a message, not a panic.
 fn fails(args: &[&str]) -> String {

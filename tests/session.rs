@@ -4,18 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::model_path;
+use common::{kvlab, model_path};
 use kvlab::session::Session;
-
-fn kvlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvlab"))
-        .args(args)
-        .env_remove("KVLAB_MODEL")
-        .output()
-        .expect("kvlab runs")
-}
 
 fn ok(args: &[&str]) -> String {
     let out = kvlab(args);

@@ -42,3 +42,12 @@ pub fn asset_spec(name: &str) -> ExperimentSpec {
     ExperimentSpec::from_json(&std::fs::read_to_string(&path).expect("asset exists"))
         .expect("asset parses")
 }
+
+/// Runs the `kvlab` binary as a user would (without a model from the environment).
+pub fn kvlab(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kvlab"))
+        .args(args)
+        .env_remove("KVLAB_MODEL")
+        .output()
+        .expect("kvlab runs")
+}
