@@ -9,9 +9,10 @@ KVLAB_CACHE ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)/kvlab
 endif
 MODEL ?= $(KVLAB_CACHE)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 FEATURES ?=
+KVLAB_RUNTIME_DIR := $(CURDIR)/target/runtime
 CARGO_FLAGS := $(if $(FEATURES),--features $(FEATURES),)
 
-.PHONY: run run-cli test screenshot deps model build clean
+.PHONY: run run-cli test screenshot package package-check deps model build clean
 
 ## Opens the kvlab app on the seed experiment with the demo model.
 run: deps model
@@ -20,7 +21,9 @@ run: deps model
 ## Builds and runs the whole test suite against the real model, then opens the real window
 ## under Xvfb and checks its screenshot is not blank.
 test: deps model
-	KVLAB_TEST_MODEL="$(MODEL)" $(CARGO) test $(CARGO_FLAGS) --all-targets
+	@# Mesa's Vulkan driver (UI snapshots) complains on every start without a runtime dir.
+	@mkdir -p -m 700 "$(KVLAB_RUNTIME_DIR)"
+	XDG_RUNTIME_DIR="$${XDG_RUNTIME_DIR:-$(KVLAB_RUNTIME_DIR)}" KVLAB_TEST_MODEL="$(MODEL)" $(CARGO) test $(CARGO_FLAGS) --all-targets
 	$(CARGO) build $(CARGO_FLAGS)
 	bash packaging/window-check.sh "$(MODEL)" target/window-check.png
 
@@ -32,6 +35,16 @@ run-cli: deps model
 screenshot: deps model
 	$(CARGO) build $(CARGO_FLAGS)
 	bash packaging/window-check.sh "$(MODEL)" assets/screenshot.png
+
+## Builds the Linux packages into target/package/: the .deb (cargo-deb), the AppDir, and the
+## AppImage where appimagetool is installed (packaging/package.sh).
+package: deps
+	CARGO="$(CARGO)" bash packaging/package.sh $(CARGO_FLAGS)
+
+## Builds the packages, then unpacks the .deb into a scratch root and checks its layout and
+## metadata and that the unpacked kvlab runs on the demo model (packaging/check-deb.sh).
+package-check: package model
+	CARGO="$(CARGO)" bash packaging/check-deb.sh "$(MODEL)" target/package/kvlab_*.deb
 
 build: deps
 	$(CARGO) build $(CARGO_FLAGS)

@@ -40,6 +40,8 @@ case "$(uname)" in
     have import || need+=(imagemagick)
     compgen -G "/usr/lib/*/dri/swrast_dri.so" >/dev/null || need+=(libgl1-mesa-dri)
     [ -e /usr/include/xkbcommon/xkbcommon.h ] || need+=(libxkbcommon-dev)
+    # The UI snapshot tests render with wgpu on Mesa's software Vulkan driver (lavapipe).
+    compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null || need+=(mesa-vulkan-drivers)
     # The HTML report test opens reports in headless Chromium.
     have chromium || have chromium-browser || need+=(chromium)
     if [ ${#need[@]} -gt 0 ]; then

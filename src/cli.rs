@@ -162,10 +162,12 @@ pub enum Format {
     Json,
 }
 
+/// `kvlab --version`: the app, the llama.cpp it links and the backends compiled in.
 fn version_line() -> String {
     format!(
-        "{} (llama-cpp-2 {}, backends: {})",
+        "{}\nllama.cpp  {} (bindings: llama-cpp-2 {})\nbackends   {}",
         env!("CARGO_PKG_VERSION"),
+        engine::llama_cpp_build(),
         engine::LLAMA_CPP_2_VERSION,
         engine::compiled_backends().join(", ")
     )
@@ -386,7 +388,12 @@ pub fn execute(cli: Cli) -> Result<()> {
                 "adds BOS       {}",
                 if info.adds_bos { "yes" } else { "no" }
             );
-            println!("devices        {}", engine::devices().join("; "));
+            let devices = engine::devices();
+            for (i, d) in devices.iter().enumerate() {
+                let head = if i == 0 { "devices" } else { "" };
+                println!("{head:<15}{}", d.summary());
+            }
+            println!("KV cache       {}", engine::kv_cache_home(&devices, None, info.n_layer));
             match m.check_kv_surgery_supported() {
                 Ok(()) => println!("KV surgery     supported"),
                 Err(e) => println!("KV surgery     not supported: {e}"),

@@ -133,6 +133,43 @@ fn load_move_needle_add_condition_run_and_stop() {
 }
 
 #[test]
+fn a_model_is_described_before_it_loads_and_the_devices_are_listed() {
+    let mut h = harness(4);
+    // The worker starts llama.cpp and lists its devices without a model.
+    wait_for(&mut h, "llama.cpp's devices", |a| !a.devices.is_empty());
+    h.get_by_label_contains("CPU: ");
+    h.get_by_label_contains("this build has no GPU backend");
+
+    // Choosing a file (here: typing its path) shows its metadata and what a run needs, at once.
+    let field = h.get_by_label("Model path");
+    field.focus();
+    h.step();
+    h.get_by_label("Model path")
+        .type_text(model_path().to_str().unwrap());
+    h.step();
+    wait_for(&mut h, "the header", |a| {
+        a.peek.as_ref().is_some_and(|p| p.summary.is_some())
+    });
+    h.get_by_label("Before loading");
+    h.get_by_label("llama");
+    h.get_by_label("30");
+    h.get_by_label("KV cache: host memory (no GPU device)");
+    let spec = &h.state().state.spec;
+    let n_seq = spec.variants.len() + spec.conditions.len();
+    // SmolLM2-135M: 23,040 bytes per cell; each sequence's stream rounds up to 256 cells.
+    let kv = format!("{:.1} MiB", (n_seq * 256 * 23_040) as f64 / (1 << 20) as f64);
+    h.get_by_label_contains(&format!("KV cache {kv} for {n_seq} sequences"));
+    h.get_by_label_contains("(weights 93.8 MiB + ");
+
+    // Loading replaces the estimate with llama.cpp's metadata; both count the same KV cache.
+    h.get_by_label("Load").click();
+    h.step();
+    wait_for(&mut h, "the load", |a| a.busy == Busy::Idle);
+    assert!(h.query_by_label("Before loading").is_none());
+    h.get_by_label(&format!("≈ {kv} ({n_seq} sequences)"));
+}
+
+#[test]
 fn a_bad_model_file_shows_an_error_and_the_app_stays_usable() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("notes.gguf");
@@ -140,7 +177,12 @@ fn a_bad_model_file_shows_an_error_and_the_app_stays_usable() {
     let mut h = harness(4);
     load(&mut h, bad.to_str().unwrap());
     assert!(h.state().model.is_none());
-    h.get_by_label_contains("is not a GGUF model file");
+    // Named twice: by the header check before loading, and by the failed load.
+    assert!(
+        h.query_all_by_label_contains("is not a GGUF model file")
+            .count()
+            >= 1
+    );
     // The path field keeps what was typed; replace it with the real model.
     h.state_mut().state.model_path = None;
     h.step();

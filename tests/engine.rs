@@ -377,3 +377,44 @@ fn long_seed_prompt_has_an_early_needle_never_repeated() {
         1
     );
 }
+
+#[test]
+fn the_gguf_header_agrees_with_llama_cpp_and_with_the_cache() {
+    let path = common::model_path();
+    let s = kvlab::gguf::read_summary(&path).unwrap();
+    let info = model().info();
+    assert_eq!(s.architecture, info.architecture);
+    assert_eq!(s.name, info.name);
+    assert_eq!(
+        (s.n_layer, s.n_embd, s.n_head, s.n_ctx_train),
+        (info.n_layer, info.n_embd, info.n_head, info.n_ctx_train)
+    );
+    assert_eq!(s.n_head_kv, vec![info.n_head_kv]);
+    assert_eq!(s.quantization.as_deref(), Some(info.quantization.as_str()));
+    assert_eq!(s.has_chat_template, info.has_chat_template);
+    assert_eq!(s.file_size, std::fs::metadata(&path).unwrap().len());
+
+    // The memory estimate's bytes per cell are what a cell of the real cache holds (F16 K and V).
+    let mut lab = lab(1);
+    eval_prompt(&mut lab, 0, &seed_tokens(0));
+    let state = lab.state(0).unwrap();
+    let cell = state.cells_at(0)[0];
+    let bytes: usize = (0..state.n_layer())
+        .map(|l| {
+            2 * (state.k_row_f32(l, cell).unwrap().len() + state.v_row_f32(l, cell).unwrap().len())
+        })
+        .sum();
+    assert_eq!(s.kv_bytes_per_cell(), bytes as u64);
+
+    // A cut-off download is named as such.
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.gguf");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&cut, &bytes[..200_000]).unwrap();
+    let err = kvlab::gguf::read_summary(&cut).unwrap_err().to_string();
+    assert!(err.contains("is not a GGUF model file"), "{err}");
+    assert!(
+        err.contains("past the end") || err.contains("truncated"),
+        "{err}"
+    );
+}

@@ -24,6 +24,9 @@ use thiserror::Error;
 /// The llama-cpp-2 version kvlab is built against (pinned in Cargo.toml; a unit test keeps them equal).
 pub const LLAMA_CPP_2_VERSION: &str = "0.1.160";
 
+/// The llama-cpp-sys-2 version (it bundles the llama.cpp sources that are built).
+pub const LLAMA_CPP_SYS_2_VERSION: &str = "0.1.161";
+
 /// Everything that can go wrong in the engine, in words a user can act on.
 #[derive(Debug, Error)]
 pub enum EngineError {
@@ -101,15 +104,109 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
         })
 }
 
-/// The compute devices llama.cpp sees, as "backend: description" lines.
-pub fn devices() -> Vec<String> {
+/// A compute device llama.cpp sees (the CPU, a GPU, an accelerator).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Device {
+    /// llama.cpp's name for it ("CPU", "Vulkan0", "CUDA0").
+    pub name: String,
+    /// What it is ("NVIDIA GeForce RTX 4070 Laptop GPU").
+    pub description: String,
+    /// The backend that drives it ("CPU", "Vulkan", "CUDA", "Metal").
+    pub backend: String,
+    /// Its memory in bytes (0 when the backend does not say).
+    pub memory_total: u64,
+    /// Its free memory in bytes (0 when the backend does not say).
+    pub memory_free: u64,
+    /// Whether model layers (and their KV cache) can be offloaded to it.
+    pub is_gpu: bool,
+}
+
+impl Device {
+    /// One line for the UI and `kvlab inspect`: "Vulkan0: llvmpipe (LLVM 15.0.6, 256 bits), 23.4 GiB".
+    pub fn summary(&self) -> String {
+        let mut s = format!("{}: {}", self.name, self.description);
+        if self.memory_total > 0 {
+            s.push_str(&format!(
+                ", {:.1} GiB",
+                self.memory_total as f64 / (1u64 << 30) as f64
+            ));
+        }
+        s
+    }
+}
+
+/// The compute devices llama.cpp sees (starts the backend if needed; empty if it cannot start).
+pub fn devices() -> Vec<Device> {
+    use llama_cpp_2::LlamaBackendDeviceType as T;
     if backend().is_err() {
         return Vec::new();
     }
     llama_cpp_2::list_llama_ggml_backend_devices()
         .into_iter()
-        .map(|d| format!("{}: {} ({})", d.backend, d.description, d.name))
+        .map(|d| Device {
+            is_gpu: matches!(d.device_type, T::Gpu | T::IntegratedGpu | T::Accelerator)
+                && d.backend != "CPU"
+                && d.backend != "BLAS",
+            name: d.name,
+            description: d.description,
+            backend: d.backend,
+            memory_total: d.memory_total as u64,
+            memory_free: d.memory_free as u64,
+        })
         .collect()
+}
+
+/// The llama.cpp build kvlab links: ggml's version, and its commit when the build knows it
+/// (crates.io sources carry no git history, so usually it does not).
+pub fn llama_cpp_build() -> String {
+    // SAFETY: both return pointers to static NUL-terminated strings compiled into ggml.
+    let (version, commit) = unsafe {
+        (
+            std::ffi::CStr::from_ptr(llama_cpp_sys_2::ggml_version()),
+            std::ffi::CStr::from_ptr(llama_cpp_sys_2::ggml_commit()),
+        )
+    };
+    let version = version.to_string_lossy();
+    let commit = commit.to_string_lossy();
+    let mut s = format!("llama-cpp-sys-2 {LLAMA_CPP_SYS_2_VERSION}, ggml {version}");
+    if !commit.is_empty() && commit != "unknown" {
+        s.push_str(&format!(", commit {commit}"));
+    }
+    s
+}
+
+/// How many of a model's `n_layer` repeating layers keep their KV cache on a GPU when
+/// `n_gpu_layers` layers are offloaded (`None`: llama.cpp's default, all). llama.cpp counts the
+/// output layer too and offloads from the top: `n_layer + 1` means every layer.
+pub fn kv_layers_on_gpu(devices: &[Device], n_gpu_layers: Option<u32>, n_layer: u32) -> u32 {
+    if !devices.iter().any(|d| d.is_gpu) {
+        return 0;
+    }
+    let offloaded = n_gpu_layers.unwrap_or(u32::MAX);
+    let first_on_gpu = (n_layer + 1).saturating_sub(offloaded).min(n_layer);
+    n_layer - first_on_gpu
+}
+
+/// Where the KV cache lives, in words ("host memory", "Vulkan0", "22 of 30 layers on CUDA0, …").
+/// Surgery works either way: llama.cpp copies a sequence's state through host memory.
+pub fn kv_cache_home(devices: &[Device], n_gpu_layers: Option<u32>, n_layer: u32) -> String {
+    let gpus: Vec<&str> = devices
+        .iter()
+        .filter(|d| d.is_gpu)
+        .map(|d| d.name.as_str())
+        .collect();
+    if gpus.is_empty() {
+        return "host memory (no GPU device)".into();
+    }
+    let on_gpu = kv_layers_on_gpu(devices, n_gpu_layers, n_layer);
+    let gpus = gpus.join(" + ");
+    if on_gpu == 0 {
+        "host memory (no layers offloaded)".into()
+    } else if on_gpu == n_layer {
+        format!("{gpus} memory (all {n_layer} layers)")
+    } else {
+        format!("{on_gpu} of {n_layer} layers on {gpus}, the rest in host memory")
+    }
 }
 
 /// The backends compiled into this build.
@@ -129,12 +226,59 @@ pub fn compiled_backends() -> Vec<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn device(name: &str, is_gpu: bool) -> Device {
+        Device {
+            name: name.into(),
+            description: String::new(),
+            backend: String::new(),
+            memory_total: 0,
+            memory_free: 0,
+            is_gpu,
+        }
+    }
+
+    #[test]
+    fn kv_cache_follows_offloaded_layers() {
+        let cpu = [device("CPU", false)];
+        let gpu = [device("CPU", false), device("Vulkan0", true)];
+        assert_eq!(kv_layers_on_gpu(&cpu, None, 30), 0);
+        assert_eq!(kv_cache_home(&cpu, None, 30), "host memory (no GPU device)");
+        // llama.cpp's default (-1) and n_layer + 1 offload everything, the output layer included.
+        assert_eq!(kv_layers_on_gpu(&gpu, None, 30), 30);
+        assert_eq!(kv_layers_on_gpu(&gpu, Some(31), 30), 30);
+        assert_eq!(kv_layers_on_gpu(&gpu, Some(999), 30), 30);
+        // n_layer offloads all but the first repeating layer; 1 only the output layer.
+        assert_eq!(kv_layers_on_gpu(&gpu, Some(30), 30), 29);
+        assert_eq!(kv_layers_on_gpu(&gpu, Some(1), 30), 0);
+        assert_eq!(kv_layers_on_gpu(&gpu, Some(0), 30), 0);
+        assert_eq!(kv_cache_home(&gpu, None, 30), "Vulkan0 memory (all 30 layers)");
+        assert_eq!(
+            kv_cache_home(&gpu, Some(11), 30),
+            "10 of 30 layers on Vulkan0, the rest in host memory"
+        );
+        assert_eq!(
+            kv_cache_home(&gpu, Some(0), 30),
+            "host memory (no layers offloaded)"
+        );
+    }
+
+    #[test]
+    fn llama_cpp_build_names_ggml() {
+        let build = llama_cpp_build();
+        assert!(build.starts_with(&format!("llama-cpp-sys-2 {LLAMA_CPP_SYS_2_VERSION}, ggml 0.")), "{build}");
+    }
     #[test]
     fn pinned_version_matches_cargo_toml() {
         let toml = include_str!("../../Cargo.toml");
         assert!(
-            toml.contains(&format!("version = \"={}\"", super::LLAMA_CPP_2_VERSION)),
+            toml.contains(&format!("version = \"={}\"", LLAMA_CPP_2_VERSION)),
             "Cargo.toml pins a different llama-cpp-2 than engine::LLAMA_CPP_2_VERSION"
+        );
+        assert!(
+            toml.contains(&format!("version = \"={}\"", LLAMA_CPP_SYS_2_VERSION)),
+            "Cargo.toml pins a different llama-cpp-sys-2 than engine::LLAMA_CPP_SYS_2_VERSION"
         );
     }
 }

@@ -9,7 +9,8 @@ use egui::{Color32, RichText, Ui};
 use super::state::{AnalysisTab, AppState, Command, seed_spec};
 use super::views;
 use super::worker::{Job, Worker, WorkerEvent};
-use crate::engine::{ModelFingerprint, ModelInfo};
+use crate::engine::{Device, ModelFingerprint, ModelInfo};
+use crate::gguf::GgufSummary;
 use crate::experiment::RunResults;
 use crate::experiment::sweep::{SweepKind, SweepResults, SweepSpec};
 use crate::runner::{Prepared, RowRef, RunEvent, RunOptions};
@@ -30,10 +31,45 @@ pub struct ModelView {
     pub info: ModelInfo,
     /// Its fingerprint.
     pub fingerprint: ModelFingerprint,
-    /// The compute devices llama.cpp sees.
-    pub devices: Vec<String>,
     /// Layers offloaded to a GPU when it was loaded (`None`: all).
     pub gpu_layers: Option<u32>,
+}
+
+/// A model file's metadata read without loading it (for the estimate shown before loading).
+#[derive(Debug)]
+pub struct ModelPeek {
+    /// The file.
+    pub path: PathBuf,
+    /// Its metadata, or why it cannot be read; `None` while reading.
+    pub summary: Option<Result<GgufSummary, String>>,
+    rx: std::sync::mpsc::Receiver<Result<GgufSummary, String>>,
+}
+
+impl ModelPeek {
+    /// Reads `path`'s GGUF header on a helper thread (the UI thread does no disk I/O).
+    fn start(path: PathBuf, ctx: &egui::Context) -> ModelPeek {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (file, ctx) = (path.clone(), ctx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("kvlab-peek".into())
+            .spawn(move || {
+                let _ = tx.send(crate::gguf::read_summary(&file).map_err(|e| e.to_string()));
+                ctx.request_repaint();
+            });
+        ModelPeek {
+            summary: spawned.err().map(|e| Err(e.to_string())),
+            path,
+            rx,
+        }
+    }
+
+    fn poll(&mut self) {
+        if self.summary.is_none()
+            && let Ok(r) = self.rx.try_recv()
+        {
+            self.summary = Some(r);
+        }
+    }
 }
 
 /// What the worker is doing.
@@ -99,6 +135,10 @@ pub struct KvlabApp {
     pub confirm_close: bool,
     /// Where autosaves go (`None`: no autosave, e.g. in tests).
     pub autosave_path: Option<PathBuf>,
+    /// The compute devices llama.cpp sees (empty until the worker has started llama.cpp).
+    pub devices: Vec<Device>,
+    /// The model path's metadata, read without loading (follows `state.model_path`).
+    pub peek: Option<ModelPeek>,
     results_version: u64,
     saved_hash: u64,
     autosaved_hash: u64,
@@ -139,6 +179,8 @@ impl KvlabApp {
             results_model: None,
             confirm_close: false,
             autosave_path: None,
+            devices: Vec::new(),
+            peek: None,
             results_version: 0,
             saved_hash: 0,
             autosaved_hash: 0,
@@ -279,11 +321,11 @@ impl KvlabApp {
                     self.busy = Busy::Loading(p);
                 }
             }
+            WorkerEvent::Devices(devices) => self.devices = devices,
             WorkerEvent::ModelLoaded {
                 path,
                 info,
                 fingerprint,
-                devices,
             } => {
                 self.busy = Busy::Idle;
                 self.status = format!(
@@ -295,7 +337,6 @@ impl KvlabApp {
                     path,
                     info,
                     fingerprint,
-                    devices,
                     gpu_layers: self.state.gpu_layers,
                 });
                 self.prepared_for = None;
@@ -640,8 +681,17 @@ impl KvlabApp {
         }
     }
 
-    /// Window title with the unsaved mark, autosave, and the close guard.
+    /// Window title with the unsaved mark, autosave, the close guard, and the model path's
+    /// metadata kept current.
     fn housekeeping(&mut self, ctx: &egui::Context) {
+        if let Some(path) = &self.state.model_path
+            && self.peek.as_ref().is_none_or(|p| &p.path != path)
+        {
+            self.peek = Some(ModelPeek::start(path.clone(), ctx));
+        }
+        if let Some(peek) = &mut self.peek {
+            peek.poll();
+        }
         let hash = self.document_hash();
         let dirty = hash != self.saved_hash;
         let title = format!(

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::thread::JoinHandle;
 
-use crate::engine::{LoadOptions, LoadedModel, ModelFingerprint, ModelInfo};
+use crate::engine::{Device, LoadOptions, LoadedModel, ModelFingerprint, ModelInfo};
 use crate::experiment::sweep::{SweepResults, SweepSpec};
 use crate::experiment::{ExperimentSpec, RunResults};
 use crate::runner::{self, Prepared, RunEvent, RunOptions};
@@ -29,6 +29,8 @@ pub enum Job {
 /// What the worker reports.
 #[derive(Debug)]
 pub enum WorkerEvent {
+    /// The compute devices llama.cpp sees (sent once, when the worker starts).
+    Devices(Vec<Device>),
     /// Model loading progress, 0..=1.
     LoadProgress(f32),
     /// A model is ready.
@@ -39,8 +41,6 @@ pub enum WorkerEvent {
         info: ModelInfo,
         /// Its fingerprint.
         fingerprint: ModelFingerprint,
-        /// The compute devices llama.cpp sees.
-        devices: Vec<String>,
     },
     /// Loading failed or was cancelled; the previous model (if any) is gone.
     LoadFailed(String),
@@ -131,6 +131,8 @@ fn worker_loop(
         let _ = events.send(e);
         wake();
     };
+    // Starting llama.cpp's backends (and enumerating GPUs) can take a moment: here, not in the UI.
+    send(WorkerEvent::Devices(crate::engine::devices()));
     let mut model: Option<LoadedModel> = None;
     while let Ok(job) = jobs.recv() {
         match job {
@@ -149,7 +151,6 @@ fn worker_loop(
                             path: path.clone(),
                             info: m.info().clone(),
                             fingerprint: m.fingerprint().clone(),
-                            devices: crate::engine::devices(),
                         });
                         model = Some(m);
                     }

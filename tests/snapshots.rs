@@ -1,0 +1,136 @@
+//! Snapshot tests: the main views rendered by wgpu on a software rasterizer (Mesa's lavapipe on
+//! Linux) and compared with committed images in `tests/snapshots/`. They catch what a user sees
+//! break (a panel that lays out wrong, a heatmap that turns blank, a verdict that loses its
+//! colour) and no accessibility query would.
+//!
+//! The app is driven on the real model (a short seed run), then each view is drawn alone at a
+//! fixed size. What differs between machines is pinned first (the device list, the status line).
+//! After an intended change: `UPDATE_SNAPSHOTS=1 cargo test --test snapshots`, look at the
+//! images, commit them. A failing comparison leaves `NAME.new.png` and `NAME.diff.png` beside
+//! the committed one.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::model_path;
+use egui_kittest::{Harness, SnapshotResults};
+use kvlab::engine::Device;
+use kvlab::ui::app::Busy;
+use kvlab::ui::state::AnalysisTab;
+use kvlab::ui::{AppState, KvlabApp, views};
+
+/// Steps `h` until `done` holds (a guard against hangs, not a speed assertion).
+fn wait_for(h: &mut Harness<'_, KvlabApp>, what: &str, done: impl Fn(&KvlabApp) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    h.step();
+}
+
+/// The app after loading the test model and running the seed grid for a few tokens.
+fn app_after_a_seed_run() -> KvlabApp {
+    let mut state = AppState::default();
+    state.spec.generation.max_tokens = 12;
+    state.threads = 2;
+    state.tab = AnalysisTab::Probes;
+    let app = KvlabApp::new(&egui::Context::default(), state);
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1400.0, 900.0))
+        .allow_missing_glyphs()
+        .build_ui_state(|ui, app: &mut KvlabApp| app.show(ui), app);
+    h.state_mut().queue(kvlab::ui::state::Command::LoadModel(model_path()));
+    h.step();
+    wait_for(&mut h, "the model", |a| a.busy == Busy::Idle && a.model.is_some());
+    wait_for(&mut h, "the token strip", |a| a.prepared.is_some());
+    h.state_mut().queue(kvlab::ui::state::Command::Run);
+    h.step();
+    wait_for(&mut h, "the run", |a| {
+        a.busy == Busy::Idle && a.results.as_ref().is_some_and(|r| r.complete)
+    });
+    let mut app = h.into_state();
+    pin_machine_specific(&mut app);
+    app
+}
+
+/// What would differ between machines: the CPU's name and memory, timings in the status line.
+fn pin_machine_specific(app: &mut KvlabApp) {
+    app.devices = vec![Device {
+        name: "CPU".into(),
+        description: "x86-64 CPU".into(),
+        backend: "CPU".into(),
+        memory_total: 16 << 30,
+        memory_free: 8 << 30,
+        is_gpu: false,
+    }];
+    app.status = "Done.".into();
+    app.slowest_frame_ms = 0.0;
+    app.state.threads = 2;
+}
+
+/// The views that show text the model generated.
+const MODEL_TEXT: [&str; 4] = ["token_strip", "outcome_grid", "probe_chart", "score_table"];
+
+/// Draws one view alone at `size` with wgpu and compares it with `tests/snapshots/NAME.png`.
+fn snapshot_view(
+    results: &mut SnapshotResults,
+    app: KvlabApp,
+    name: &str,
+    size: egui::Vec2,
+    view: fn(&mut KvlabApp, &mut egui::Ui),
+) -> KvlabApp {
+    let mut builder = Harness::builder()
+        .with_size(size)
+        .with_theme(egui::Theme::Dark)
+        .wgpu();
+    // Views that show the model's own text may meet glyphs no bundled font has (the app shows
+    // boxes); in the others, a missing glyph is a bug in kvlab's own labels and fails the test.
+    if MODEL_TEXT.contains(&name) {
+        builder = builder.allow_missing_glyphs();
+    }
+    let mut h = builder.build_ui_state(
+        move |ui, app: &mut KvlabApp| {
+            egui::Frame::central_panel(ui.style()).show(ui, |ui| {
+                ui.set_min_size(ui.available_size());
+                egui::ScrollArea::vertical().show(ui, |ui| view(app, ui));
+            });
+        },
+        app,
+    );
+    h.run_steps(4);
+    pin_machine_specific(h.state_mut());
+    h.run_steps(2);
+    // Compare every view before failing, so one run shows (and UPDATE_SNAPSHOTS writes) them all.
+    // The committed images are lavapipe's (Linux, as CI); elsewhere the GPU's rasterizer differs
+    // in antialiasing, so other systems render the views (catching panics) without comparing.
+    if cfg!(target_os = "linux") {
+        results.add(h.try_snapshot(name));
+    } else {
+        h.render().expect("the view renders");
+    }
+    h.into_state()
+}
+
+#[test]
+fn main_views_match_their_snapshots() {
+    let mut r = SnapshotResults::new();
+    let app = app_after_a_seed_run();
+    let size = egui::vec2;
+    let app = snapshot_view(&mut r, app, "model_panel", size(420.0, 480.0), views::model_panel);
+    let app = snapshot_view(&mut r, app, "experiment_editor", size(420.0, 640.0), |a, ui| {
+        views::experiment_editor(a, ui)
+    });
+    let app = snapshot_view(&mut r, app, "token_strip", size(1000.0, 220.0), views::token_strip);
+    let app = snapshot_view(&mut r, app, "conditions", size(1000.0, 320.0), views::conditions);
+    let app = snapshot_view(&mut r, app, "outcome_grid", size(1000.0, 460.0), views::outcome_grid);
+    let app = snapshot_view(&mut r, app, "probe_chart", size(1000.0, 360.0), views::probe_chart);
+    let app = snapshot_view(&mut r, app, "score_table", size(1000.0, 360.0), views::score_table);
+    let _ = snapshot_view(&mut r, app, "kv_delta", size(1000.0, 520.0), views::kv_delta);
+    r.unwrap();
+}
