@@ -25,6 +25,10 @@ pub struct Cli {
     /// With the app: run the experiment as soon as the model is loaded.
     #[arg(long)]
     pub run: bool,
+    /// Layers to offload to the GPU (default: all, where the build has a GPU backend and a GPU
+    /// is present; 0 keeps the model and its KV cache in host memory).
+    #[arg(long, global = true, env = "KVLAB_GPU_LAYERS")]
+    pub gpu_layers: Option<u32>,
     /// What to do; without a subcommand the desktop app opens.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -180,11 +184,11 @@ fn read_spec(path: &Path) -> Result<ExperimentSpec> {
     ExperimentSpec::from_json(&text).with_context(|| format!("in {}", path.display()))
 }
 
-fn load(path: &Path) -> Result<LoadedModel> {
+fn load(path: &Path, n_gpu_layers: Option<u32>) -> Result<LoadedModel> {
     eprintln!("loading {} …", path.display());
     Ok(LoadedModel::load(
         path,
-        &LoadOptions::default(),
+        &LoadOptions { n_gpu_layers },
         None,
         |_| {},
     )?)
@@ -193,8 +197,9 @@ fn load(path: &Path) -> Result<LoadedModel> {
 /// Runs a parsed command line.
 pub fn execute(cli: Cli) -> Result<()> {
     engine::log::init(cli.verbose);
+    let gpu_layers = cli.gpu_layers;
     let Some(command) = cli.command else {
-        return open_app(cli.open, cli.run);
+        return open_app(cli.open, cli.run, gpu_layers);
     };
     match command {
         Command::Run {
@@ -207,7 +212,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             session,
         } => {
             let spec = read_spec(&spec)?;
-            let model = load(&model)?;
+            let model = load(&model, gpu_layers)?;
             let options = RunOptions {
                 threads: threads.unwrap_or_else(runner::default_threads),
                 delta_layer,
@@ -283,14 +288,14 @@ pub fn execute(cli: Cli) -> Result<()> {
             session,
             model,
             threads,
-        } => verify(&session, model, threads),
+        } => verify(&session, model, threads, gpu_layers),
         Command::Bench {
             model,
             quick,
             json,
             threads,
         } => {
-            let model = load(&model)?;
+            let model = load(&model, gpu_layers)?;
             let threads = threads.unwrap_or_else(runner::default_threads);
             let r = crate::bench::run(&model, quick, threads, |s| eprintln!("{s} …"))?;
             if json {
@@ -312,7 +317,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             threads,
         } => {
             let spec = read_spec(&spec)?;
-            let model = load(&model)?;
+            let model = load(&model, gpu_layers)?;
             let sweep = SweepSpec {
                 kind: match over {
                     SweepOver::Position => SweepKind::Position { range: None },
@@ -358,7 +363,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             text,
             special,
         } => {
-            let m = load(&model)?;
+            let m = load(&model, gpu_layers)?;
             let info = m.info();
             let fp = m.fingerprint();
             println!(
@@ -393,7 +398,10 @@ pub fn execute(cli: Cli) -> Result<()> {
                 let head = if i == 0 { "devices" } else { "" };
                 println!("{head:<15}{}", d.summary());
             }
-            println!("KV cache       {}", engine::kv_cache_home(&devices, None, info.n_layer));
+            println!(
+                "KV cache       {}",
+                engine::kv_cache_home(&devices, gpu_layers, info.n_layer)
+            );
             match m.check_kv_surgery_supported() {
                 Ok(()) => println!("KV surgery     supported"),
                 Err(e) => println!("KV surgery     not supported: {e}"),
@@ -411,7 +419,12 @@ pub fn execute(cli: Cli) -> Result<()> {
 }
 
 /// Re-runs a session and compares everything but timings with its saved results.
-fn verify(path: &Path, model: Option<PathBuf>, threads: Option<i32>) -> Result<()> {
+fn verify(
+    path: &Path,
+    model: Option<PathBuf>,
+    threads: Option<i32>,
+    gpu_layers: Option<u32>,
+) -> Result<()> {
     let s = Session::load(path)?;
     let saved = s
         .results
@@ -420,7 +433,7 @@ fn verify(path: &Path, model: Option<PathBuf>, threads: Option<i32>) -> Result<(
     let model_path = model
         .or_else(|| s.model.as_ref().map(|m| m.path.clone()))
         .with_context(|| "the session names no model: pass --model")?;
-    let m = load(&model_path)?;
+    let m = load(&model_path, gpu_layers)?;
     if m.fingerprint() != &saved.model {
         bail!(
             "{} is not the model these results came from ({} {} bytes, expected {} {} bytes): results are never compared across models",
@@ -460,9 +473,10 @@ fn verify(path: &Path, model: Option<PathBuf>, threads: Option<i32>) -> Result<(
 }
 
 /// Opens the desktop app, on a model, an experiment or a session if one is given.
-fn open_app(path: Option<PathBuf>, run_at_start: bool) -> Result<()> {
+fn open_app(path: Option<PathBuf>, run_at_start: bool, gpu_layers: Option<u32>) -> Result<()> {
     let mut start = crate::ui::StartOptions {
         run_at_start,
+        gpu_layers,
         ..Default::default()
     };
     if let Some(p) = path {

@@ -121,6 +121,40 @@ fn inspect_shows_metadata_and_tokens() {
     assert!(stdout.contains("layers         30"), "{stdout}");
     assert!(stdout.contains("quantization   Q4_1"), "{stdout}");
     assert!(stdout.contains("\" SF\""), "{stdout}");
+    // Devices and the KV cache's home; --gpu-layers 0 keeps it in host memory in any build.
+    assert!(stdout.contains("devices        CPU: "), "{stdout}");
+    let out = kvlab(&["--gpu-layers", "0", "inspect", model.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("KV cache       host memory ("),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn version_names_the_llama_cpp_build_and_the_backends() {
+    let out = kvlab(&["--version"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.starts_with(&format!("kvlab {}\n", env!("CARGO_PKG_VERSION"))),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("llama.cpp  llama-cpp-sys-2 0.1.161, ggml 0."),
+        "{stdout}"
+    );
+    let backends = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("backends   "))
+        .expect("a backends line");
+    assert!(backends.starts_with("cpu"), "{stdout}");
+    assert_eq!(
+        backends.contains("vulkan"),
+        cfg!(feature = "vulkan"),
+        "{stdout}"
+    );
 }
 
 #[test]

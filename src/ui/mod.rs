@@ -28,6 +28,8 @@ pub struct StartOptions {
     pub session: Option<PathBuf>,
     /// Run the experiment once the model is loaded.
     pub run_at_start: bool,
+    /// GPU layers for this launch (`kvlab --gpu-layers N`), overriding the saved preference.
+    pub gpu_layers: Option<u32>,
 }
 
 /// Opens the window.
@@ -59,6 +61,9 @@ pub fn run(start: StartOptions) -> Result<()> {
                 app.restore_autosave(&auto);
             }
             app.run_when_loaded = start.run_at_start;
+            if let Some(n) = start.gpu_layers {
+                app.state.gpu_layers = Some(n);
+            }
             let model = start.model.or_else(|| {
                 let from_session = app.results_model.as_ref().map(|m| m.path.clone());
                 from_session
