@@ -12,7 +12,7 @@ FEATURES ?=
 KVLAB_RUNTIME_DIR := $(CURDIR)/target/runtime
 CARGO_FLAGS := $(if $(FEATURES),--features $(FEATURES),)
 
-.PHONY: run run-cli test screenshot package package-check deps model build clean
+.PHONY: run run-cli test screenshot package package-check check-vulkan check-cuda deps model build clean
 
 ## Opens the kvlab app on the seed experiment with the demo model.
 run: deps model
@@ -45,6 +45,15 @@ package: deps
 ## metadata and that the unpacked kvlab runs on the demo model (packaging/check-deb.sh).
 package-check: package model
 	CARGO="$(CARGO)" bash packaging/check-deb.sh "$(MODEL)" target/package/kvlab_*.deb
+
+## Builds with --features vulkan (target/vulkan) and runs the core integration tests on Mesa's
+## software Vulkan driver, lavapipe: the model and its KV cache on a Vulkan device, no GPU needed.
+check-vulkan: deps model
+	bash packaging/check-vulkan.sh "$(MODEL)"
+
+## The same with CUDA on this machine's NVIDIA GPU (needs nvcc); BENCH_MODEL=big.gguf adds tokens/s.
+check-cuda: deps model
+	KVLAB_BENCH_MODEL="$(BENCH_MODEL)" bash packaging/check-backend.sh cuda "$(MODEL)"
 
 build: deps
 	$(CARGO) build $(CARGO_FLAGS)

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::model_path;
 use egui_kittest::Harness;
+use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
 use kvlab::experiment::Span;
 use kvlab::ui::app::Busy;
@@ -266,4 +267,45 @@ fn a_sweep_runs_from_its_tab_and_shows_its_effects() {
     h.get_by_label_contains("Span sweep of zero on SF");
     // Sweeps are saved with the session.
     assert!(h.state().to_session().sweep.is_some());
+}
+
+#[test]
+fn the_gpu_layers_slider_moves_the_kv_cache_and_reloads_the_model() {
+    let mut h = harness(4);
+    wait_for(&mut h, "llama.cpp's devices", |a| !a.devices.is_empty());
+    assert!(
+        h.query_by_role_and_label(Role::Slider, "GPU layers")
+            .is_none(),
+        "no slider without a GPU"
+    );
+    load(&mut h, model_path().to_str().unwrap());
+    // As a GPU build on a machine with a GPU would see it (llama.cpp ignores the offload here).
+    let mut gpu = h.state().devices[0].clone();
+    gpu.name = "Vulkan0".into();
+    gpu.backend = "Vulkan".into();
+    gpu.is_gpu = true;
+    h.state_mut().devices.push(gpu);
+    h.step();
+    h.get_by_label("KV cache: Vulkan0 memory (all 30 layers)");
+    assert!(h.query_by_label("Reload to apply").is_none());
+
+    h.get_by_role_and_label(Role::Slider, "GPU layers")
+        .set_value_accesskit(11.0);
+    h.step();
+    assert_eq!(h.state().state.gpu_layers, Some(11));
+    // What the loaded model has stays shown until it is reloaded with the new setting.
+    h.get_by_label("KV cache: Vulkan0 memory (all 30 layers)");
+    h.get_by_label("Reload to apply").click();
+    h.step();
+    wait_for(&mut h, "the reload", |a| {
+        a.busy == Busy::Idle && a.model.as_ref().is_some_and(|m| m.gpu_layers == Some(11))
+    });
+    h.get_by_label("KV cache: 10 of 30 layers on Vulkan0, the rest in host memory");
+    assert!(h.query_by_label("Reload to apply").is_none());
+
+    // The far end of the slider is "all" (llama.cpp's default), not a number.
+    h.get_by_role_and_label(Role::Slider, "GPU layers")
+        .set_value_accesskit(31.0);
+    h.step();
+    assert_eq!(h.state().state.gpu_layers, None);
 }
