@@ -24,7 +24,8 @@ test: deps model
 	@# Mesa's Vulkan driver (UI snapshots) complains on every start without a runtime dir.
 	@mkdir -p -m 700 "$(KVLAB_RUNTIME_DIR)"
 	XDG_RUNTIME_DIR="$${XDG_RUNTIME_DIR:-$(KVLAB_RUNTIME_DIR)}" KVLAB_TEST_MODEL="$(MODEL)" $(CARGO) test $(CARGO_FLAGS) --all-targets
-	$(CARGO) build $(CARGO_FLAGS)
+	@# `cargo test` built target/debug/kvlab for the CLI tests; a plain `cargo build` here would
+	@# build llama.cpp a second time (the test dependencies change a build-script dependency).
 	bash packaging/window-check.sh "$(MODEL)" target/window-check.png
 
 ## Runs the seed experiment in the terminal (no window).

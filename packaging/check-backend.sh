@@ -63,7 +63,8 @@ case "$backend" in
     if [ "${KVLAB_VULKAN_ANY_DEVICE:-0}" != 1 ]; then
       # Only lavapipe: the check must not depend on whatever GPU the machine has.
       VK_ICD_FILENAMES="$(compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" | head -1)"
-      export VK_ICD_FILENAMES
+      # llama.cpp skips CPU-type Vulkan devices unless they are named: lavapipe is device 0 here.
+      export VK_ICD_FILENAMES GGML_VK_VISIBLE_DEVICES=0
     fi
     ;;
   cuda)
@@ -84,8 +85,11 @@ mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 export KVLAB_TEST_MODEL="$model"
 cargo="${CARGO:-cargo}"
 
-step "building kvlab with --features $backend"
-"$cargo" build --features "$backend"
+# One build for the binary and the tests: `cargo build` alone would resolve a build-script
+# dependency differently from `cargo test` and build llama.cpp twice.
+tests=(--test engine --test outcomes --test sweep)
+step "building kvlab and its tests with --features $backend"
+"$cargo" test --features "$backend" --no-run "${tests[@]}"
 bin="$CARGO_TARGET_DIR/debug/kvlab"
 
 step "the build and the device"
@@ -107,7 +111,7 @@ grep -E "${device}0 KV buffer size" "$out/seed-8.log" | head -1 \
   || fail "llama.cpp did not put the KV cache on ${device}0 (see $out/seed-8.log)"
 
 step "the core integration tests with every layer on ${device}0 (engine, outcomes, sweeps)"
-"$cargo" test --features "$backend" --test engine --test outcomes --test sweep -- --test-threads 1
+"$cargo" test --features "$backend" "${tests[@]}" -- --test-threads 1
 
 if [ -n "${KVLAB_BENCH_MODEL:-}" ]; then
   step "kvlab bench --quick on $KVLAB_BENCH_MODEL"

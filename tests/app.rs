@@ -50,6 +50,11 @@ fn load(h: &mut Harness<'_, KvlabApp>, path: &str) {
     h.get_by_label("Load").click();
     h.step();
     wait_for(h, "the load to end", |a| a.busy == Busy::Idle);
+    // The token strip appears above the conditions and the tabs once the prompts are tokenized;
+    // clicking before that could hit a widget that is about to move.
+    wait_for(h, "the token strip", |a| {
+        a.model.is_none() || a.prepared.is_some() || a.prepare_error.is_some()
+    });
 }
 
 #[test]
