@@ -346,9 +346,9 @@ fn fixed_size(ty: u32) -> Option<u64> {
 }
 
 fn parse<R: Read + Seek>(r: &mut Reader<R>) -> Result<GgufSummary, ParseError> {
-    let magic: [u8; 4] = r.bytes().map_err(|_| {
-        ParseError::Bad(format!("the file has only {} bytes", r.size))
-    })?;
+    let magic: [u8; 4] = r
+        .bytes()
+        .map_err(|_| ParseError::Bad(format!("the file has only {} bytes", r.size)))?;
     if &magic != b"GGUF" {
         let start: String = magic
             .iter()
@@ -534,14 +534,29 @@ mod tests {
     fn says_what_is_wrong() {
         let bytes = llama_like().bytes();
         let err = summary_from_bytes(&bytes[..bytes.len() - 20]).unwrap_err();
-        assert!(err.contains("past the end") || err.contains("fill"), "{err}");
-        assert!(summary_from_bytes(b"GGU").unwrap_err().contains("only 3 bytes"));
-        assert!(summary_from_bytes(b"{\"json\": 1}").unwrap_err().contains("not \"GGUF\""));
+        assert!(
+            err.contains("past the end") || err.contains("fill"),
+            "{err}"
+        );
+        assert!(
+            summary_from_bytes(b"GGU")
+                .unwrap_err()
+                .contains("only 3 bytes")
+        );
+        assert!(
+            summary_from_bytes(b"{\"json\": 1}")
+                .unwrap_err()
+                .contains("not \"GGUF\"")
+        );
         let mut v1 = bytes.clone();
         v1[4] = 1;
         assert!(summary_from_bytes(&v1).unwrap_err().contains("version 1"));
         let no_arch = Gguf::default().u32("llama.block_count", 3).bytes();
-        assert!(summary_from_bytes(&no_arch).unwrap_err().contains("architecture"));
+        assert!(
+            summary_from_bytes(&no_arch)
+                .unwrap_err()
+                .contains("architecture")
+        );
     }
 
     #[test]

@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::model_path;
-use egui_kittest::Harness;
+use common::{model_path, wait_for};
 use egui::accesskit::Role;
+use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use kvlab::experiment::Span;
 use kvlab::ui::app::Busy;
@@ -24,21 +22,6 @@ fn harness(max_tokens: usize) -> Harness<'static, KvlabApp> {
         // as boxes rather than failing.
         .allow_missing_glyphs()
         .build_ui_state(|ui, app: &mut KvlabApp| app.show(ui), app)
-}
-
-/// Steps frames until `done` holds; the worker runs in the background meanwhile. A guard against
-/// hangs, not a speed assertion.
-fn wait_for(h: &mut Harness<'_, KvlabApp>, what: &str, done: impl Fn(&KvlabApp) -> bool) {
-    let start = Instant::now();
-    while !done(h.state()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-        h.step();
-    }
-    h.step();
 }
 
 fn load(h: &mut Harness<'_, KvlabApp>, path: &str) {
@@ -163,7 +146,10 @@ fn a_model_is_described_before_it_loads_and_the_devices_are_listed() {
     let spec = &h.state().state.spec;
     let n_seq = spec.variants.len() + spec.conditions.len();
     // SmolLM2-135M: 23,040 bytes per cell; each sequence's stream rounds up to 256 cells.
-    let kv = format!("{:.1} MiB", (n_seq * 256 * 23_040) as f64 / (1 << 20) as f64);
+    let kv = format!(
+        "{:.1} MiB",
+        (n_seq * 256 * 23_040) as f64 / (1 << 20) as f64
+    );
     h.get_by_label_contains(&format!("KV cache {kv} for {n_seq} sequences"));
     h.get_by_label_contains("(weights 93.8 MiB + ");
 

@@ -126,10 +126,7 @@ fn inspect_shows_metadata_and_tokens() {
     let out = kvlab(&["--gpu-layers", "0", "inspect", model.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(
-        stdout.contains("KV cache       host memory ("),
-        "{stdout}"
-    );
+    assert!(stdout.contains("KV cache       host memory ("), "{stdout}");
 }
 
 #[test]

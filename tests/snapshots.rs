@@ -11,28 +11,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::model_path;
+use common::{model_path, wait_for};
 use egui_kittest::{Harness, SnapshotResults};
 use kvlab::engine::Device;
 use kvlab::ui::app::Busy;
 use kvlab::ui::state::AnalysisTab;
 use kvlab::ui::{AppState, KvlabApp, views};
-
-/// Steps `h` until `done` holds (a guard against hangs, not a speed assertion).
-fn wait_for(h: &mut Harness<'_, KvlabApp>, what: &str, done: impl Fn(&KvlabApp) -> bool) {
-    let start = Instant::now();
-    while !done(h.state()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-        h.step();
-    }
-    h.step();
-}
 
 /// The app after loading the test model and running the seed grid for a few tokens.
 fn app_after_a_seed_run() -> KvlabApp {
@@ -45,9 +29,12 @@ fn app_after_a_seed_run() -> KvlabApp {
         .with_size(egui::vec2(1400.0, 900.0))
         .allow_missing_glyphs()
         .build_ui_state(|ui, app: &mut KvlabApp| app.show(ui), app);
-    h.state_mut().queue(kvlab::ui::state::Command::LoadModel(model_path()));
+    h.state_mut()
+        .queue(kvlab::ui::state::Command::LoadModel(model_path()));
     h.step();
-    wait_for(&mut h, "the model", |a| a.busy == Busy::Idle && a.model.is_some());
+    wait_for(&mut h, "the model", |a| {
+        a.busy == Busy::Idle && a.model.is_some()
+    });
     wait_for(&mut h, "the token strip", |a| a.prepared.is_some());
     h.state_mut().queue(kvlab::ui::state::Command::Run);
     h.step();
@@ -122,15 +109,61 @@ fn main_views_match_their_snapshots() {
     let mut r = SnapshotResults::new();
     let app = app_after_a_seed_run();
     let size = egui::vec2;
-    let app = snapshot_view(&mut r, app, "model_panel", size(420.0, 480.0), views::model_panel);
-    let app = snapshot_view(&mut r, app, "experiment_editor", size(420.0, 640.0), |a, ui| {
-        views::experiment_editor(a, ui)
-    });
-    let app = snapshot_view(&mut r, app, "token_strip", size(1000.0, 220.0), views::token_strip);
-    let app = snapshot_view(&mut r, app, "conditions", size(1000.0, 320.0), views::conditions);
-    let app = snapshot_view(&mut r, app, "outcome_grid", size(1000.0, 460.0), views::outcome_grid);
-    let app = snapshot_view(&mut r, app, "probe_chart", size(1000.0, 360.0), views::probe_chart);
-    let app = snapshot_view(&mut r, app, "score_table", size(1000.0, 360.0), views::score_table);
-    let _ = snapshot_view(&mut r, app, "kv_delta", size(1000.0, 520.0), views::kv_delta);
+    let app = snapshot_view(
+        &mut r,
+        app,
+        "model_panel",
+        size(420.0, 480.0),
+        views::model_panel,
+    );
+    let app = snapshot_view(
+        &mut r,
+        app,
+        "experiment_editor",
+        size(420.0, 640.0),
+        |a, ui| views::experiment_editor(a, ui),
+    );
+    let app = snapshot_view(
+        &mut r,
+        app,
+        "token_strip",
+        size(1000.0, 220.0),
+        views::token_strip,
+    );
+    let app = snapshot_view(
+        &mut r,
+        app,
+        "conditions",
+        size(1000.0, 320.0),
+        views::conditions,
+    );
+    let app = snapshot_view(
+        &mut r,
+        app,
+        "outcome_grid",
+        size(1000.0, 460.0),
+        views::outcome_grid,
+    );
+    let app = snapshot_view(
+        &mut r,
+        app,
+        "probe_chart",
+        size(1000.0, 360.0),
+        views::probe_chart,
+    );
+    let app = snapshot_view(
+        &mut r,
+        app,
+        "score_table",
+        size(1000.0, 360.0),
+        views::score_table,
+    );
+    let _ = snapshot_view(
+        &mut r,
+        app,
+        "kv_delta",
+        size(1000.0, 520.0),
+        views::kv_delta,
+    );
     r.unwrap();
 }

@@ -253,7 +253,10 @@ mod tests {
         assert_eq!(kv_layers_on_gpu(&gpu, Some(30), 30), 29);
         assert_eq!(kv_layers_on_gpu(&gpu, Some(1), 30), 0);
         assert_eq!(kv_layers_on_gpu(&gpu, Some(0), 30), 0);
-        assert_eq!(kv_cache_home(&gpu, None, 30), "Vulkan0 memory (all 30 layers)");
+        assert_eq!(
+            kv_cache_home(&gpu, None, 30),
+            "Vulkan0 memory (all 30 layers)"
+        );
         assert_eq!(
             kv_cache_home(&gpu, Some(11), 30),
             "10 of 30 layers on Vulkan0, the rest in host memory"
@@ -267,7 +270,12 @@ mod tests {
     #[test]
     fn llama_cpp_build_names_ggml() {
         let build = llama_cpp_build();
-        assert!(build.starts_with(&format!("llama-cpp-sys-2 {LLAMA_CPP_SYS_2_VERSION}, ggml 0.")), "{build}");
+        assert!(
+            build.starts_with(&format!(
+                "llama-cpp-sys-2 {LLAMA_CPP_SYS_2_VERSION}, ggml 0."
+            )),
+            "{build}"
+        );
     }
     #[test]
     fn pinned_version_matches_cargo_toml() {

@@ -10,9 +10,9 @@ use super::state::{AnalysisTab, AppState, Command, seed_spec};
 use super::views;
 use super::worker::{Job, Worker, WorkerEvent};
 use crate::engine::{Device, ModelFingerprint, ModelInfo};
-use crate::gguf::GgufSummary;
 use crate::experiment::RunResults;
 use crate::experiment::sweep::{SweepKind, SweepResults, SweepSpec};
+use crate::gguf::GgufSummary;
 use crate::runner::{Prepared, RowRef, RunEvent, RunOptions};
 use crate::session::{self, ModelRef, Session};
 

@@ -250,7 +250,12 @@ fn run_kv_estimate(app: &KvlabApp, bytes_per_cell: u64) -> (u64, u64) {
         Some(p) => p.prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(0) as u64,
         None => {
             let text: usize = spec.prompt.turns.iter().map(|t| t.content.len() + 8).sum();
-            let needle = spec.variants.iter().map(|v| v.needle.len()).max().unwrap_or(0);
+            let needle = spec
+                .variants
+                .iter()
+                .map(|v| v.needle.len())
+                .max()
+                .unwrap_or(0);
             ((text + needle) / 4) as u64
         }
     };

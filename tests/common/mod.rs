@@ -51,3 +51,22 @@ pub fn kvlab(args: &[&str]) -> std::process::Output {
         .output()
         .expect("kvlab runs")
 }
+
+/// Steps a UI harness until `done` holds; the app's worker runs in the background meanwhile. A
+/// guard against hangs (5 minutes), not a speed assertion.
+pub fn wait_for(
+    h: &mut egui_kittest::Harness<'_, kvlab::ui::KvlabApp>,
+    what: &str,
+    done: impl Fn(&kvlab::ui::KvlabApp) -> bool,
+) {
+    let start = std::time::Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(300),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        h.step();
+    }
+    h.step();
+}
