@@ -30,17 +30,9 @@ timed() { # timed LABEL CMD...: runs CMD and prints how long it took
 }
 
 [ "$(uname)" = Linux ] || die "package.sh builds Linux packages; on macOS use packaging/macos/make-app.sh, on Windows packaging/windows/build-msi.ps1"
-have python3 || die "python3 is needed to read cargo metadata (run make deps)"
-
 # Name, version and target directory, from Cargo.toml through cargo.
 step="reading cargo metadata"
-meta="$("$cargo" metadata --format-version 1 --no-deps)" || die "cargo metadata failed: is Rust installed (make deps)?"
-read -r version target_dir < <(python3 -c '
-import json, sys
-m = json.load(sys.stdin)
-p = next(p for p in m["packages"] if p["name"] == "kvlab")
-print(p["version"], m["target_directory"])' <<<"$meta")
-[ -n "$version" ] || die "could not read kvlab's version from Cargo.toml"
+. packaging/cargo-meta.sh
 arch="$(uname -m)"
 echo "package: kvlab $version ($arch)${*:+, cargo flags: $*}"
 

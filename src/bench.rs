@@ -183,9 +183,8 @@ fn bare_decode(
     }
     lab.eval(&items, |_, _| {})?;
     let mut next = vec![*prompt.last().expect("prompt"); n];
-    let mut pos = (prompt.len() - 1) as i32;
     let t0 = Instant::now();
-    for _ in 0..steps {
+    for pos in ((prompt.len() - 1) as i32..).take(steps) {
         let items: Vec<BatchItem> = (0..n)
             .map(|s| BatchItem {
                 seq: s as i32,
@@ -195,7 +194,6 @@ fn bare_decode(
             })
             .collect();
         lab.eval(&items, |k, logits| next[k] = argmax(logits) as i32)?;
-        pos += 1;
     }
     Ok(t0.elapsed().as_secs_f64())
 }
@@ -268,10 +266,9 @@ pub fn run(
         l.set_state(1, &st)?;
     }
     let intervention = t0.elapsed().as_secs_f64() / reps as f64;
-    let mut pos = (prompt.len() - 1) as i32;
     let mut tok = *prompt.last().expect("prompt");
     let t0 = Instant::now();
-    for _ in 0..reps {
+    for pos in ((prompt.len() - 1) as i32..).take(reps) {
         let item = [BatchItem {
             seq: 1,
             token: tok,
@@ -279,7 +276,6 @@ pub fn run(
             logits: true,
         }];
         l.eval(&item, |_, logits| tok = argmax(logits) as i32)?;
-        pos += 1;
     }
     let step = t0.elapsed().as_secs_f64() / reps as f64;
 

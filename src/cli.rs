@@ -494,6 +494,7 @@ fn open_app(path: Option<PathBuf>, run_at_start: bool, gpu_layers: Option<u32>) 
             _ => start.model = Some(p),
         }
     }
+    crate::console::release_if_own();
     crate::ui::run(start)
 }
 
@@ -504,6 +505,15 @@ pub fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if crate::console::is_own() {
+                // Started from Explorer or the Start menu: the console closes as kvlab exits, so
+                // the message would flash by unread.
+                rfd::MessageDialog::new()
+                    .set_level(rfd::MessageLevel::Error)
+                    .set_title("kvlab")
+                    .set_description(format!("{e:#}"))
+                    .show();
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -241,7 +241,7 @@ impl<R: Read + Seek> Reader<R> {
         let left = self.size.saturating_sub(self.pos);
         if n.checked_mul(unit).is_none_or(|b| b > left) {
             return Err(ParseError::Bad(format!(
-                "{what} of {n} items at byte {} runs past the end of the file",
+                "{what} of {n} items at byte {} runs past the end of the file; the file may be truncated",
                 self.pos
             )));
         }

@@ -7,10 +7,12 @@
 //! - [`session`]: session files on disk and shareable reports.
 //! - [`bench`]: speed figures (`kvlab bench`).
 //! - [`cli`]: the command line.
+//! - [`console`]: the console window on Windows (kept for the CLI, let go for the app).
 //! - [`ui`]: the desktop app.
 
 pub mod bench;
 pub mod cli;
+pub mod console;
 pub mod engine;
 pub mod experiment;
 pub mod gguf;

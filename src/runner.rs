@@ -739,13 +739,16 @@ struct WaveJob<'a> {
     tokens: &'a [i32],
 }
 
+/// Per job: the log-probs of its answer's tokens; per job: the probes' log-probs at its first step.
+type JobScores = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 /// Scores jobs in one batched evaluation (one sequence each). Returns the per-token log-probs of
 /// each job and, per job, the log-probs of `probe_ids` at its first step.
 fn score_jobs(
     lab: &mut Lab<'_>,
     jobs: &[WaveJob<'_>],
     probe_ids: &[Option<usize>],
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), RunError> {
+) -> Result<JobScores, RunError> {
     let mut items = Vec::new();
     let mut targets: Vec<(usize, i32, bool)> = Vec::new();
     for (slot, job) in jobs.iter().enumerate() {

@@ -35,27 +35,34 @@ fn desktop_entry_mime_type_and_metainfo_agree() {
     assert!(meta.contains("<binary>kvlab</binary>"));
 }
 
+/// The icons make-icons.sh renders from assets/kvlab.svg, rendered once per test run.
+fn rendered_icons() -> &'static std::path::Path {
+    static ICONS: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ICONS.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("icons");
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new("bash")
+            .arg(format!(
+                "{}/packaging/linux/make-icons.sh",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
 #[test]
 fn icons_render_in_every_hicolor_size() {
-    let dir = tempfile::tempdir().unwrap();
-    let script = format!(
-        "{}/packaging/linux/make-icons.sh",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir = rendered_icons();
     for size in [16, 24, 32, 48, 64, 128, 256, 512] {
-        let png = dir
-            .path()
-            .join(format!("hicolor/{size}x{size}/apps/kvlab.png"));
+        let png = dir.join(format!("hicolor/{size}x{size}/apps/kvlab.png"));
         let bytes = std::fs::read(&png).unwrap_or_else(|_| panic!("{} missing", png.display()));
         assert_eq!(&bytes[1..4], b"PNG");
         // The PNG header's width and height.
@@ -103,17 +110,7 @@ fn every_deb_asset_is_in_the_repo_or_made_by_package_sh() {
     assert!(package_sh.contains("out=\"target/package\""));
     assert!(package_sh.contains("make-icons.sh \"$out/icons\""));
     assert!(package_sh.contains("build --release \"$@\""));
-    let icons = tempfile::tempdir().unwrap();
-    let out = Command::new("bash")
-        .arg(root.join("packaging/linux/make-icons.sh"))
-        .arg(icons.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let icons = rendered_icons();
 
     let assets = deb_assets();
     let mut installed = Vec::new();
@@ -123,7 +120,7 @@ fn every_deb_asset_is_in_the_repo_or_made_by_package_sh() {
             assert!(root.join("src/main.rs").exists());
         } else if let Some(icon) = source.strip_prefix("target/package/icons/") {
             assert!(
-                icons.path().join(icon).is_file(),
+                icons.join(icon).is_file(),
                 "{source} is not among the icons make-icons.sh renders"
             );
         } else if source == "target/package/copyright" {
@@ -198,6 +195,7 @@ fn installer_versions_come_from_cargo_toml() {
     assert!(mentions_version(&read("Cargo.toml"), version));
     for file in [
         "packaging/package.sh",
+        "packaging/cargo-meta.sh",
         "packaging/check-deb.sh",
         "packaging/macos/Info.plist",
         "packaging/macos/make-app.sh",
@@ -219,7 +217,8 @@ fn installer_versions_come_from_cargo_toml() {
         );
     }
     let make_app = read("packaging/macos/make-app.sh");
-    assert!(make_app.contains("metadata --format-version 1 --no-deps"));
+    assert!(make_app.contains(". packaging/cargo-meta.sh"));
+    assert!(read("packaging/cargo-meta.sh").contains("metadata --format-version 1 --no-deps"));
     assert!(make_app.contains("s/@VERSION@/$version/g"));
     // Windows: the .wxs takes the version as a preprocessor variable that build-msi.ps1 reads.
     let wxs = read("packaging/windows/kvlab.wxs");
@@ -265,4 +264,46 @@ fn make_app_refuses_to_run_off_macos() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only runs on macOS"));
+}
+
+/// src/console.rs is the only Windows-only code; it is dependency-free so that it compiles alone
+/// for Windows here. Needs `rustup target add x86_64-pc-windows-gnu` (skipped, saying so, without).
+#[test]
+fn the_windows_console_code_compiles_for_windows() {
+    const TARGET: &str = "x86_64-pc-windows-gnu";
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == TARGET)
+        })
+        .unwrap_or(false);
+    if !installed {
+        eprintln!("skipped: no {TARGET} target (rustup target add {TARGET})");
+        return;
+    }
+    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("windows-console");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc)
+        .args([
+            "--edition",
+            "2024",
+            "--crate-type",
+            "lib",
+            "--target",
+            TARGET,
+        ])
+        .args(["-D", "warnings", "--out-dir"])
+        .arg(&out_dir)
+        .arg(format!("{}/src/console.rs", env!("CARGO_MANIFEST_DIR")))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "src/console.rs does not compile for Windows:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -121,7 +121,7 @@ fn main_views_match_their_snapshots() {
         app,
         "experiment_editor",
         size(420.0, 640.0),
-        |a, ui| views::experiment_editor(a, ui),
+        views::experiment_editor,
     );
     let app = snapshot_view(
         &mut r,

@@ -22,13 +22,7 @@ out="target/package"
 die() { echo "make-app: $*" >&2; exit 1; }
 have() { command -v "$1" >/dev/null 2>&1; }
 
-meta="$("$cargo" metadata --format-version 1 --no-deps)" || die "cargo metadata failed: is Rust installed (make deps)?"
-read -r version target_dir < <(python3 -c '
-import json, sys
-m = json.load(sys.stdin)
-p = next(p for p in m["packages"] if p["name"] == "kvlab")
-print(p["version"], m["target_directory"])' <<<"$meta")
-[ -n "$version" ] || die "could not read kvlab's version from Cargo.toml"
+. packaging/cargo-meta.sh   # version, target_dir
 arch="$(uname -m)"
 plist_src="packaging/macos/Info.plist"
 min_macos="$(/usr/libexec/PlistBuddy -c 'Print :LSMinimumSystemVersion' "$plist_src")"

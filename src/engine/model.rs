@@ -86,58 +86,18 @@ impl std::fmt::Debug for LoadedModel {
     }
 }
 
-/// Reads the 4-byte magic and version of a GGUF file, explaining what is wrong otherwise.
+/// Reads a GGUF file's metadata (magic, version, keys) before llama.cpp sees it, so that a wrong
+/// or truncated file is explained in words instead of failing inside the loader.
 pub fn check_gguf_header(path: &Path) -> Result<(), EngineError> {
-    let shown = path.display().to_string();
-    let mut f = std::fs::File::open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            EngineError::ModelNotFound(shown.clone())
-        } else {
-            EngineError::Io {
-                path: shown.clone(),
-                source: e,
-            }
+    use crate::gguf::GgufError;
+    match crate::gguf::read_summary(path) {
+        Ok(_) => Ok(()),
+        Err(GgufError::Io { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(EngineError::ModelNotFound(path))
         }
-    })?;
-    let meta = f.metadata().map_err(|e| EngineError::Io {
-        path: shown.clone(),
-        source: e,
-    })?;
-    if meta.is_dir() {
-        return Err(EngineError::NotGguf {
-            path: shown,
-            reason: "it is a folder".into(),
-        });
+        Err(GgufError::Io { path, source }) => Err(EngineError::Io { path, source }),
+        Err(GgufError::NotGguf { path, reason }) => Err(EngineError::NotGguf { path, reason }),
     }
-    let mut head = [0u8; 8];
-    let n = read_up_to(&mut f, &mut head).map_err(|e| EngineError::Io {
-        path: shown.clone(),
-        source: e,
-    })?;
-    if n < 8 {
-        return Err(EngineError::NotGguf {
-            path: shown,
-            reason: format!("the file has only {} bytes", meta.len()),
-        });
-    }
-    if &head[..4] != b"GGUF" {
-        let start: String = head[..4]
-            .iter()
-            .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
-            .collect();
-        return Err(EngineError::NotGguf {
-            path: shown,
-            reason: format!("it starts with {start:?}, not \"GGUF\""),
-        });
-    }
-    let version = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if !(2..=3).contains(&version) {
-        return Err(EngineError::NotGguf {
-            path: shown,
-            reason: format!("GGUF version {version} is not one llama.cpp reads (2 or 3)"),
-        });
-    }
-    Ok(())
 }
 
 fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {

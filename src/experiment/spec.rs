@@ -475,10 +475,10 @@ impl ExperimentSpec {
             if !names.contains(c.variant.as_str()) {
                 return Err(err(format!("there is no variant named {:?}", c.variant)));
             }
-            if let Intervention::Transplant { from } = &c.intervention {
-                if !names.contains(from.as_str()) {
-                    return Err(err(format!("there is no donor variant named {from:?}")));
-                }
+            if let Intervention::Transplant { from } = &c.intervention
+                && !names.contains(from.as_str())
+            {
+                return Err(err(format!("there is no donor variant named {from:?}")));
             }
             if c.intervention == Intervention::Remove
                 && (c.layers != LayerSet::All || c.part != KvPart::Both)
@@ -530,7 +530,9 @@ impl ExperimentSpec {
     pub fn seed_grid(&self) -> Vec<Condition> {
         let n = self.variants.len();
         let mut out = Vec::new();
-        let kinds: [fn(&ExperimentSpec, usize) -> Option<(Option<String>, Intervention)>; 4] = [
+        // Per variant index: the condition's label and intervention, if it applies.
+        type Kind = fn(&ExperimentSpec, usize) -> Option<(Option<String>, Intervention)>;
+        let kinds: [Kind; 4] = [
             |_, _| Some((None, Intervention::None)),
             |_, _| Some((None, Intervention::Zero)),
             |s, i| {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
 use crate::engine::{Device, LoadOptions, LoadedModel, ModelFingerprint, ModelInfo};
@@ -102,10 +102,8 @@ impl Worker {
 
     /// The next event, if any (never blocks).
     pub fn poll(&self) -> Option<WorkerEvent> {
-        match self.events.try_recv() {
-            Ok(e) => Some(e),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        // Empty or disconnected (the worker is gone): nothing to show either way.
+        self.events.try_recv().ok()
     }
 }
 

@@ -33,6 +33,12 @@ pub fn model() -> &'static LoadedModel {
     })
 }
 
+/// Whether the test model's layers run on a GPU backend (a `vulkan`/`cuda`/`metal` build on a
+/// machine with such a device): there batched and one-token evaluations use different kernels.
+pub fn layers_on_gpu() -> bool {
+    kvlab::engine::devices().iter().any(|d| d.is_gpu)
+}
+
 /// A shipped experiment.
 pub fn asset_spec(name: &str) -> ExperimentSpec {
     let path = format!(
