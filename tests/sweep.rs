@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use common::{asset_spec, model};
+use common::{assert_same_score, asset_spec, model};
 use kvlab::experiment::spec::KvPart;
 use kvlab::experiment::sweep::{SweepKind, SweepSpec};
 use kvlab::experiment::{Condition, Intervention, LayerSet, Span};
@@ -56,13 +56,13 @@ fn sweep_items_equal_the_same_conditions_in_a_grid() {
         .collect();
     let grid = runner::run(model(), &spec, &RunOptions::default(), |_| {}).unwrap();
     for (point, cond) in r.points.iter().zip(&grid.conditions) {
-        assert_eq!(
-            point.preference, cond.preference,
-            "{}: bit-exact",
-            point.label
-        );
+        assert_same_score(point.preference, cond.preference, &point.label);
     }
-    assert_eq!(r.reference.preference, grid.conditions[3].preference);
+    assert_same_score(
+        r.reference.preference,
+        grid.conditions[3].preference,
+        "the reference",
+    );
     // The needle itself matters most.
     let effects = r.effects(0);
     assert!(
@@ -115,7 +115,7 @@ fn layer_sweeps_cover_single_and_cumulative_ranges() {
         .conditions
         .retain(|c| c.variant == "NY" && c.intervention == Intervention::Zero);
     let grid = runner::run(model(), &grid_spec, &options, |_| {}).unwrap();
-    assert_eq!(all.preference, grid.conditions[0].preference);
+    assert_same_score(all.preference, grid.conditions[0].preference, &all.label);
 }
 
 #[test]
@@ -146,6 +146,10 @@ fn position_by_layer_cells_equal_the_layer_sweep_at_the_needle() {
             .unwrap();
         let single = &l.points[layer as usize];
         assert_eq!(single.label, format!("layer {layer}"));
-        assert_eq!(cell.preference, single.preference, "layer {layer}");
+        assert_same_score(
+            cell.preference,
+            single.preference,
+            &format!("layer {layer}"),
+        );
     }
 }
