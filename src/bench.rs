@@ -112,9 +112,8 @@ fn large_session_figures(
         .into());
     };
     let ctx = egui::Context::default();
-    let mut app = crate::ui::KvlabApp::new(&ctx, crate::ui::AppState::default());
-    app.state.spec = loaded.spec;
-    app.results = loaded.results;
+    let mut app = crate::ui::KvlabApp::new(&ctx, crate::ui::Prefs::default());
+    app.replace_document(crate::ui::Document::from_session(loaded, None), true);
     let mut slowest = 0f64;
     let mut first = 0f64;
     for frame in 0..10 {

@@ -9,13 +9,15 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use kvlab::experiment::Span;
 use kvlab::ui::app::Busy;
-use kvlab::ui::{AppState, KvlabApp};
+use kvlab::ui::{KvlabApp, Prefs};
 
 fn harness(max_tokens: usize) -> Harness<'static, KvlabApp> {
-    let mut state = AppState::default();
-    state.spec.generation.max_tokens = max_tokens;
-    state.threads = 2;
-    let app = KvlabApp::new(&egui::Context::default(), state);
+    let prefs = Prefs {
+        threads: 2,
+        ..Prefs::default()
+    };
+    let mut app = KvlabApp::new(&egui::Context::default(), prefs);
+    app.doc.spec.generation.max_tokens = max_tokens;
     Harness::builder()
         .with_size(egui::vec2(1400.0, 900.0))
         // Generated text is whatever the model writes (emoji too); the app shows missing glyphs
@@ -60,7 +62,7 @@ fn load_move_needle_add_condition_run_and_stop() {
         .click();
     h.step();
     assert_eq!(
-        h.state().state.spec.needle_span,
+        h.state().doc.spec.needle_span,
         Some(Span { start: 7, end: 8 })
     );
     wait_for(&mut h, "re-tokenizing", |a| {
@@ -69,18 +71,18 @@ fn load_move_needle_add_condition_run_and_stop() {
     h.get_by_label_contains("needle: 7 (chosen)");
     h.get_by_label("Auto").click();
     h.step();
-    assert_eq!(h.state().state.spec.needle_span, None);
+    assert_eq!(h.state().doc.spec.needle_span, None);
 
     // One condition: zero the needle in the SF prompt.
     h.get_by_label("Clear").click();
     h.step();
     h.get_by_label("Add condition").click();
     h.step();
-    assert_eq!(h.state().state.spec.conditions.len(), 1);
+    assert_eq!(h.state().doc.spec.conditions.len(), 1);
     h.get_by_label("Run").click();
     h.step();
-    wait_for(&mut h, "the run", |a| a.results.is_some());
-    let r = h.state().results.clone().unwrap();
+    wait_for(&mut h, "the run", |a| a.doc.results.is_some());
+    let r = h.state().doc.results.clone().unwrap();
     assert!(r.complete);
     assert_eq!(r.conditions[0].intervention, "zero");
     // Text is in the grid, with the verdict and the divergence marker.
@@ -101,23 +103,28 @@ fn load_move_needle_add_condition_run_and_stop() {
     );
 
     // Stop mid-run: partial results, and the app stays usable.
-    h.state_mut().state.spec.generation.max_tokens = 400;
+    h.state_mut().doc.spec.generation.max_tokens = 400;
     h.get_by_label("Run").click();
     h.step();
     wait_for(&mut h, "the first tokens", |a| a.live.tokens > 0);
     h.get_by_label("Stop").click();
     h.step();
     wait_for(&mut h, "the stop", |a| a.busy == Busy::Idle);
-    let partial = h.state().results.clone().expect("partial results are kept");
+    let partial = h
+        .state()
+        .doc
+        .results
+        .clone()
+        .expect("partial results are kept");
     assert!(!partial.complete);
     assert!(partial.conditions[0].generation.tokens.len() < 400);
     h.get_by_label_contains("Stopped early");
 
-    h.state_mut().state.spec.generation.max_tokens = 5;
+    h.state_mut().doc.spec.generation.max_tokens = 5;
     h.get_by_label("Run").click();
     h.step();
     wait_for(&mut h, "the run after a stop", |a| {
-        a.busy == Busy::Idle && a.results.as_ref().is_some_and(|r| r.complete)
+        a.busy == Busy::Idle && a.doc.results.as_ref().is_some_and(|r| r.complete)
     });
 }
 
@@ -143,7 +150,7 @@ fn a_model_is_described_before_it_loads_and_the_devices_are_listed() {
     h.get_by_label("llama");
     h.get_by_label("30");
     h.get_by_label("KV cache: host memory (no GPU device)");
-    let spec = &h.state().state.spec;
+    let spec = &h.state().doc.spec;
     let n_seq = spec.variants.len() + spec.conditions.len();
     // SmolLM2-135M: 23,040 bytes per cell; each sequence's stream rounds up to 256 cells.
     let kv = format!(
@@ -176,7 +183,7 @@ fn a_bad_model_file_shows_an_error_and_the_app_stays_usable() {
             >= 1
     );
     // The path field keeps what was typed; replace it with the real model.
-    h.state_mut().state.model_path = None;
+    h.state_mut().prefs.model_path = None;
     h.step();
     load(&mut h, model_path().to_str().unwrap());
     assert!(h.state().model.is_some());
@@ -194,16 +201,16 @@ fn sessions_save_open_mark_changes_and_guard_foreign_results() {
     h.step();
     h.get_by_label("Run").click();
     h.step();
-    wait_for(&mut h, "the run", |a| a.results.is_some());
+    wait_for(&mut h, "the run", |a| a.doc.results.is_some());
     assert!(h.state().is_dirty());
     assert!(h.state().title().starts_with("• "), "{}", h.state().title());
 
     let path = dir.path().join("mine.kvlab");
-    assert!(h.state_mut().save_to(&path));
-    h.step();
+    h.state_mut().save_to(&path);
+    wait_for(&mut h, "the save", |a| a.tasks.is_idle());
     assert!(!h.state().is_dirty());
     assert_eq!(h.state().title(), "seed-short — kvlab");
-    h.state_mut().state.notes = "zero keeps it".into();
+    h.state_mut().doc.notes = "zero keeps it".into();
     h.step();
     assert!(h.state().title().starts_with("• "));
 
@@ -213,7 +220,7 @@ fn sessions_save_open_mark_changes_and_guard_foreign_results() {
     let foreign = dir.path().join("foreign.kvlab");
     s.save(&foreign).unwrap();
     h.state_mut().open_session(&foreign);
-    h.step();
+    wait_for(&mut h, "the session to open", |a| a.tasks.is_idle());
     assert!(h.state().is_read_only());
     h.get_by_label_contains("Read-only: these results came from");
     assert!(
@@ -223,7 +230,7 @@ fn sessions_save_open_mark_changes_and_guard_foreign_results() {
     h.get_by_label("Re-run on the loaded model").click();
     h.step();
     wait_for(&mut h, "the re-run", |a| {
-        a.busy == Busy::Idle && a.results.is_some()
+        a.busy == Busy::Idle && a.doc.results.is_some()
     });
     assert!(
         !h.state().is_read_only(),
@@ -250,9 +257,9 @@ fn a_sweep_runs_from_its_tab_and_shows_its_effects() {
     h.get_by_label("Run sweep").click();
     h.step();
     wait_for(&mut h, "the sweep", |a| {
-        a.sweep.is_some() && a.busy == Busy::Idle
+        a.doc.sweep.is_some() && a.busy == Busy::Idle
     });
-    let r = h.state().sweep.clone().unwrap();
+    let r = h.state().doc.sweep.clone().unwrap();
     assert!(r.complete);
     assert_eq!(r.points.len(), 17, "the needle plus 0..=16 more tokens");
     h.get_by_label_contains("Span sweep of zero on SF");
@@ -283,7 +290,7 @@ fn the_gpu_layers_slider_moves_the_kv_cache_and_reloads_the_model() {
     h.get_by_role_and_label(Role::Slider, "GPU layers")
         .set_value_accesskit(11.0);
     h.step();
-    assert_eq!(h.state().state.gpu_layers, Some(11));
+    assert_eq!(h.state().prefs.gpu_layers, Some(11));
     // What the loaded model has stays shown until it is reloaded with the new setting.
     h.get_by_label("KV cache: Vulkan0 memory (all 30 layers)");
     h.get_by_label("Reload to apply").click();
@@ -298,5 +305,141 @@ fn the_gpu_layers_slider_moves_the_kv_cache_and_reloads_the_model() {
     h.get_by_role_and_label(Role::Slider, "GPU layers")
         .set_value_accesskit(31.0);
     h.step();
-    assert_eq!(h.state().state.gpu_layers, None);
+    assert_eq!(h.state().prefs.gpu_layers, None);
+}
+
+/// A sweep as a session file holds it (made up: these tests are about what the app keeps).
+fn a_sweep() -> kvlab::experiment::sweep::SweepResults {
+    use kvlab::experiment::sweep::{SweepKind, SweepPoint, SweepResults, SweepSpec};
+    let point = |label: &str, index| SweepPoint {
+        label: label.into(),
+        index,
+        layer: None,
+        preference: Some(-1.25),
+        scores: vec![-3.0, -1.75],
+        first_step_probes: vec![],
+    };
+    SweepResults {
+        sweep: SweepSpec {
+            kind: SweepKind::Position { range: None },
+            variant: "SF".into(),
+            intervention: kvlab::experiment::Intervention::Zero,
+            layers: kvlab::experiment::LayerSet::All,
+            part: kvlab::experiment::spec::KvPart::Both,
+        },
+        measure: "expected answers".into(),
+        reference: point("no intervention", 0),
+        points: vec![point("position 3", 3), point("position 4", 4)],
+        complete: true,
+    }
+}
+
+/// A session with notes and a sweep, saved in `dir` as NAME.kvlab.
+fn a_session_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let mut spec = kvlab::experiment::ExperimentSpec::seed();
+    spec.name = name.into();
+    let mut s = kvlab::session::Session::new(spec);
+    s.notes = "the sweep matters".into();
+    s.sweep = Some(a_sweep());
+    let path = dir.join(format!("{name}.kvlab"));
+    s.save(&path).unwrap();
+    path
+}
+
+/// A file dropped on the window, as the windowing layer hands it to egui.
+#[derive(Debug)]
+struct Dropped(std::path::PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+fn drop_file(h: &mut Harness<'_, KvlabApp>, path: &std::path::Path) {
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(path.to_path_buf())));
+    h.run_steps(2);
+    wait_for(h, "the dropped file", |a| a.tasks.is_idle());
+}
+
+#[test]
+fn dropping_a_session_file_opens_it_and_other_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = a_session_file(dir.path(), "dropped");
+    let mut h = harness(4);
+    drop_file(&mut h, &path);
+    assert_eq!(h.state().doc.spec.name, "dropped");
+    assert_eq!(h.state().doc.path.as_deref(), Some(path.as_path()));
+    assert_eq!(h.state().doc.sweep, Some(a_sweep()));
+    assert!(!h.state().is_dirty(), "just opened");
+    assert_eq!(h.state().title(), "dropped — kvlab");
+
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "hello").unwrap();
+    drop_file(&mut h, &text);
+    h.get_by_label_contains("is neither");
+    assert_eq!(h.state().doc.spec.name, "dropped", "nothing replaced");
+}
+
+#[test]
+fn restoring_the_autosave_keeps_the_sweep_and_the_file_it_belongs_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let auto = a_session_file(dir.path(), "autosave");
+    let mut h = harness(4);
+    let file = dir.path().join("mine.kvlab");
+    h.state_mut().prefs.last_session_path = Some(file.clone());
+    h.state_mut().restore_autosave(&auto);
+    h.step();
+    assert_eq!(h.state().doc.sweep, Some(a_sweep()));
+    assert_eq!(h.state().doc.notes, "the sweep matters");
+    assert_eq!(h.state().doc.path.as_deref(), Some(file.as_path()));
+    assert!(h.state().is_dirty(), "a restored autosave is not saved yet");
+    // The sweep tab draws it.
+    h.get_by_label("Sweeps").click();
+    h.step();
+    h.get_by_label_contains("Position sweep of zero on SF");
+}
+
+#[test]
+fn the_seed_experiment_starts_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = a_session_file(dir.path(), "old");
+    let mut h = harness(4);
+    h.state_mut().open_session(&path);
+    wait_for(&mut h, "the session to open", |a| a.tasks.is_idle());
+    assert!(h.state().doc.sweep.is_some());
+    h.get_by_label("Seed experiment").click();
+    h.run_steps(2);
+    let doc = &h.state().doc;
+    assert_eq!(doc.spec, kvlab::experiment::ExperimentSpec::seed());
+    assert!(
+        doc.sweep.is_none(),
+        "no stale sweep from the previous experiment"
+    );
+    assert!(doc.results.is_none() && doc.notes.is_empty() && doc.path.is_none());
+    h.get_by_label("Sweeps").click();
+    h.step();
+    assert!(
+        h.query_by_label_contains("Position sweep of zero")
+            .is_none()
+    );
+}
+
+#[test]
+fn the_first_start_explains_the_demo_and_can_be_dismissed() {
+    let mut h = harness(4);
+    h.get_by_label("Welcome to kvlab: the seed experiment");
+    h.get_by_label(kvlab::ui::views::WELCOME_TEXT);
+    h.get_by_label("Got it").click();
+    h.run_steps(2);
+    assert!(
+        h.state().prefs.welcome_dismissed,
+        "remembered between launches"
+    );
+    assert!(h.query_by_label(kvlab::ui::views::WELCOME_TEXT).is_none());
 }

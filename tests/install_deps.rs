@@ -61,12 +61,15 @@ impl FakeMachine {
             std::env::var("PATH").unwrap_or_default()
         );
         let mut cmd = Command::new("bash");
-        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/install-deps.sh"))
-            .arg(flag)
-            .env("PATH", path)
-            .env("KVLAB_DEPS_ROOT", self.root())
-            .env("KVLAB_DEPS_OS", "Linux")
-            .env_remove("LIBCLANG_PATH");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/packaging/install-deps.sh"
+        ))
+        .arg(flag)
+        .env("PATH", path)
+        .env("KVLAB_DEPS_ROOT", self.root())
+        .env("KVLAB_DEPS_OS", "Linux")
+        .env_remove("LIBCLANG_PATH");
         if let Some(p) = libclang_path {
             cmd.env("LIBCLANG_PATH", p);
         }
@@ -136,7 +139,10 @@ fn a_complete_machine_needs_nothing() {
     assert!(out.status.success(), "{}", text(&out));
     let report = text(&out);
     assert!(!report.contains("MISSING"), "{report}");
-    assert!(report.contains("loads "), "names the libclang file: {report}");
+    assert!(
+        report.contains("loads "),
+        "names the libclang file: {report}"
+    );
     assert!(report.contains("all requirements met"), "{report}");
 }
 

@@ -15,31 +15,33 @@ use common::{model_path, wait_for};
 use egui_kittest::{Harness, SnapshotResults};
 use kvlab::engine::Device;
 use kvlab::ui::app::Busy;
-use kvlab::ui::state::AnalysisTab;
-use kvlab::ui::{AppState, KvlabApp, views};
+use kvlab::ui::prefs::AnalysisTab;
+use kvlab::ui::{KvlabApp, Prefs, views};
 
 /// The app after loading the test model and running the seed grid for a few tokens.
 fn app_after_a_seed_run() -> KvlabApp {
-    let mut state = AppState::default();
-    state.spec.generation.max_tokens = 12;
-    state.threads = 2;
-    state.tab = AnalysisTab::Probes;
-    let app = KvlabApp::new(&egui::Context::default(), state);
+    let prefs = Prefs {
+        threads: 2,
+        tab: AnalysisTab::Probes,
+        ..Prefs::default()
+    };
+    let mut app = KvlabApp::new(&egui::Context::default(), prefs);
+    app.doc.spec.generation.max_tokens = 12;
     let mut h = Harness::builder()
         .with_size(egui::vec2(1400.0, 900.0))
         .allow_missing_glyphs()
         .build_ui_state(|ui, app: &mut KvlabApp| app.show(ui), app);
     h.state_mut()
-        .queue(kvlab::ui::state::Command::LoadModel(model_path()));
+        .queue(kvlab::ui::commands::Command::LoadModel(model_path()));
     h.step();
     wait_for(&mut h, "the model", |a| {
         a.busy == Busy::Idle && a.model.is_some()
     });
     wait_for(&mut h, "the token strip", |a| a.prepared.is_some());
-    h.state_mut().queue(kvlab::ui::state::Command::Run);
+    h.state_mut().queue(kvlab::ui::commands::Command::Run);
     h.step();
     wait_for(&mut h, "the run", |a| {
-        a.busy == Busy::Idle && a.results.as_ref().is_some_and(|r| r.complete)
+        a.busy == Busy::Idle && a.doc.results.as_ref().is_some_and(|r| r.complete)
     });
     let mut app = h.into_state();
     pin_machine_specific(&mut app);
@@ -58,7 +60,7 @@ fn pin_machine_specific(app: &mut KvlabApp) {
     }];
     app.status = "Done.".into();
     app.slowest_frame_ms = 0.0;
-    app.state.threads = 2;
+    app.prefs.threads = 2;
 }
 
 /// The views that show text the model generated.

@@ -2,7 +2,7 @@
 //!
 //! This is how kvlab reaches the K/V rows of single cells: llama.cpp has no API to edit one
 //! cell's data, but it serializes a sequence's cache to host memory and reads it back. The
-//! layout (see `shared/notes/llama-cpp-sequence-state.md`) is not a stable llama.cpp API, so the
+//! layout (documented in `docs/llama-cpp-state.md`) is not a stable llama.cpp API, so the
 //! parser is strict: anything it does not recognize is refused, and every edit keeps the byte
 //! length and the structure unchanged, so a state that parsed is never written back corrupted.
 //!

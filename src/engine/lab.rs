@@ -3,7 +3,7 @@
 //! With `kv_unified = false` every sequence gets its own stream, so a sequence restored from
 //! state bytes has the same cell layout as the one it was copied from, and an unmodified copy
 //! reproduces the original token for token (a unified cache changes the floating-point reduction
-//! order and small models flip on near-ties; see the shared note).
+//! order and small models flip on near-ties; see `docs/llama-cpp-state.md`).
 
 use std::num::NonZeroU32;
 

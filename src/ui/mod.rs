@@ -1,12 +1,18 @@
-//! The desktop app: a view over [`state::AppState`] and the worker's results.
+//! The desktop app: a view over a [`Document`] and the worker's results.
 //!
+//! - [`document`]: the experiment, its results and its file — what a session holds.
+//! - [`prefs`]: what the app remembers between launches (never the experiment).
+//! - [`commands`]: what panels ask for, each with its label and shortcut.
+//! - [`tasks`]: file I/O and header reads on side threads (the UI thread does no disk I/O).
 //! - [`app`]: the app struct, event handling, commands run at the end of each frame.
 //! - [`views`]: the panels.
-//! - [`state`]: the persisted state and the commands.
 //! - [`worker`]: the thread that owns llama.cpp.
 
 pub mod app;
-pub mod state;
+pub mod commands;
+pub mod document;
+pub mod prefs;
+pub mod tasks;
 pub mod views;
 pub mod worker;
 
@@ -15,7 +21,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 pub use app::KvlabApp;
-pub use state::AppState;
+pub use document::Document;
+pub use prefs::Prefs;
 
 /// What to open the window on.
 #[derive(Debug, Default)]
@@ -47,31 +54,36 @@ pub fn run(start: StartOptions) -> Result<()> {
         "kvlab",
         options,
         Box::new(move |cc| {
-            let state: AppState = cc
+            let prefs: Prefs = cc
                 .storage
                 .and_then(|s| eframe::get_value(s, app::STORAGE_KEY))
                 .unwrap_or_default();
-            let mut app = KvlabApp::new(&cc.egui_ctx, state);
+            let mut app = KvlabApp::new(&cc.egui_ctx, prefs);
             app.autosave_path = crate::session::autosave_path();
             if let Some(session) = &start.session {
                 app.open_session(session);
             } else if let Some(spec) = start.spec {
-                app.state.spec = spec;
+                app.replace_document(Document::new(spec), true);
             } else if let Some(auto) = app.autosave_path.clone().filter(|p| p.is_file()) {
                 app.restore_autosave(&auto);
             }
             app.run_when_loaded = start.run_at_start;
             if let Some(n) = start.gpu_layers {
-                app.state.gpu_layers = Some(n);
+                app.prefs.gpu_layers = Some(n);
             }
+            // A session being opened brings its own model once it has been read (see
+            // `KvlabApp::on_task`); otherwise the restored document's model or the last one.
             let model = start.model.or_else(|| {
-                let from_session = app.results_model.as_ref().map(|m| m.path.clone());
-                from_session
+                if start.session.is_some() {
+                    return None;
+                }
+                let from_doc = app.doc.results_model.as_ref().map(|m| m.path.clone());
+                from_doc
                     .filter(|p| p.is_file())
-                    .or_else(|| app.state.model_path.clone().filter(|p| p.is_file()))
+                    .or_else(|| app.prefs.model_path.clone().filter(|p| p.is_file()))
             });
             if let Some(m) = model {
-                app.queue(state::Command::LoadModel(m));
+                app.queue(commands::Command::LoadModel(m));
             }
             Ok(Box::new(app))
         }),

@@ -1,0 +1,138 @@
+//! The outcome grid: live text during a run, then each row's generation with its verdict,
+//! divergence and near-tie marks.
+
+use egui::{Color32, RichText, Sense, Ui};
+
+use super::{BAD, WARN, named, ui_preview, verdict_color};
+use crate::experiment::grid::{self};
+use crate::ui::app::{Busy, KvlabApp};
+
+/// The outcome grid: live text during a run, then the results with verdicts, divergence markers
+/// and top-k tooltips on every generated token.
+pub fn outcome_grid(app: &mut KvlabApp, ui: &mut Ui) {
+    ui.heading("Outcome grid");
+    if let Some(r) = &app.doc.results {
+        let rows = grid::rows(r);
+        egui::Grid::new("outcome")
+            .striped(true)
+            .min_col_width(120.0)
+            .show(ui, |ui| {
+                ui.label("");
+                for v in &r.variants {
+                    ui.label(RichText::new(&v.name).strong());
+                }
+                ui.end_row();
+                ui.label(RichText::new("baseline").strong());
+                for v in &r.variants {
+                    cell_tokens(ui, &v.baseline, None, ("base", &v.name));
+                }
+                ui.end_row();
+                for row in rows {
+                    ui.label(RichText::new(&row.label).strong());
+                    for (col, cell) in row.cells.iter().enumerate() {
+                        match cell {
+                            Some(c) => {
+                                ui.vertical(|ui| {
+                                    if let Some(v) = &c.verdict {
+                                        ui.label(RichText::new(v).color(verdict_color(v)).strong());
+                                    }
+                                    let div = match c.first_divergence {
+                                        None => "same as baseline".to_string(),
+                                        Some(i) if c.fragile => {
+                                            format!("departs at token {i} · near-tie")
+                                        }
+                                        Some(i) => format!("departs at token {i}"),
+                                    };
+                                    ui.label(RichText::new(div).small().weak());
+                                    cell_tokens(
+                                        ui,
+                                        &c.generation,
+                                        c.first_divergence,
+                                        (&row.label, &col.to_string()),
+                                    );
+                                });
+                            }
+                            None => {
+                                ui.label("—");
+                            }
+                        }
+                    }
+                    ui.end_row();
+                }
+            });
+        if !r.complete {
+            ui.label(RichText::new("Stopped early: partial results, not scored.").color(WARN));
+        }
+    } else if matches!(app.busy, Busy::Running { .. }) || app.live.tokens > 0 {
+        let spec = &app.doc.spec;
+        egui::Grid::new("live")
+            .striped(true)
+            .min_col_width(120.0)
+            .show(ui, |ui| {
+                ui.label(RichText::new("baseline").strong());
+                for (v, t) in spec.variants.iter().zip(&app.live.baselines) {
+                    ui.label(format!("{}: {}", v.name, ui_preview(t)));
+                }
+                ui.end_row();
+                for (c, t) in spec.conditions.iter().zip(&app.live.conditions) {
+                    ui.label(RichText::new(format!("{} ({})", c.row_label(), c.variant)).strong());
+                    ui.label(ui_preview(t));
+                    ui.end_row();
+                }
+            });
+    } else {
+        ui.label(RichText::new("Run the experiment to fill the grid (Ctrl+Enter).").weak());
+    }
+}
+
+/// A generation as one wrapped text (one galley, cached by egui, so a 1000-token cell costs one
+/// widget, not 1000); the first departing token is marked; hovering a token shows its top-k
+/// alternatives, found from the pointer's character position.
+fn cell_tokens(
+    ui: &mut Ui,
+    g: &crate::experiment::results::Generation,
+    diverge: Option<usize>,
+    id: (&str, &str),
+) {
+    egui::ScrollArea::vertical()
+        .id_salt(id)
+        .max_height(110.0)
+        .show(ui, |ui| {
+            let width = 360.0;
+            let font = egui::TextStyle::Monospace.resolve(ui.style());
+            let color = ui.visuals().text_color();
+            let mut job = egui::text::LayoutJob::default();
+            job.wrap.max_width = width;
+            let mut starts = Vec::with_capacity(g.steps.len());
+            let mut chars = 0usize;
+            let mut plain = String::new();
+            for (i, s) in g.steps.iter().enumerate() {
+                starts.push(chars);
+                let text = s.token.piece.replace('\n', "¶ ");
+                chars += text.chars().count();
+                plain.push_str(&text);
+                let mut format = egui::TextFormat::simple(font.clone(), color);
+                if diverge == Some(i) {
+                    format.background = BAD;
+                    format.color = Color32::WHITE;
+                }
+                job.append(&text, 0.0, format);
+            }
+            let galley = ui.painter().layout_job(job);
+            let (rect, response) = ui.allocate_exact_size(galley.size(), Sense::hover());
+            ui.painter().galley(rect.min, galley.clone(), color);
+            let response = named(response, plain);
+            if let Some(pos) = response.hover_pos() {
+                let at = galley.cursor_from_pos(pos - rect.min).index.0;
+                let i = starts.partition_point(|&s| s <= at).saturating_sub(1);
+                if let Some(s) = g.steps.get(i) {
+                    response.on_hover_ui_at_pointer(|ui| {
+                        ui.label(format!("step {i} · {:?} · gap {:.3}", s.token.piece, s.gap));
+                        for a in &s.top {
+                            ui.label(format!("{:>6.1}%  {:?}", a.logprob.exp() * 100.0, a.piece));
+                        }
+                    });
+                }
+            }
+        });
+}
