@@ -110,15 +110,12 @@ fn load_move_needle_add_condition_run_and_stop() {
     h.get_by_label("Stop").click();
     h.step();
     wait_for(&mut h, "the stop", |a| a.busy == Busy::Idle);
-    let partial = h
-        .state()
-        .doc
-        .results
-        .clone()
-        .expect("partial results are kept");
-    assert!(!partial.complete);
-    assert!(partial.conditions[0].generation.tokens.len() < 400);
-    h.get_by_label_contains("Stopped early");
+    // Stopping never costs a complete result: the earlier run stays (issue #15).
+    let kept = h.state().doc.results.clone().expect("results are kept");
+    assert!(kept.complete);
+    assert_eq!(kept, r, "the earlier complete run, unchanged");
+    h.get_by_label_contains("the previous complete results are kept");
+    assert!(h.query_by_label_contains("Stopped early").is_none());
 
     h.state_mut().doc.spec.generation.max_tokens = 5;
     h.get_by_label("Run").click();
@@ -442,4 +439,53 @@ fn the_first_start_explains_the_demo_and_can_be_dismissed() {
         "remembered between launches"
     );
     assert!(h.query_by_label(kvlab::ui::views::WELCOME_TEXT).is_none());
+}
+
+#[test]
+fn a_stopped_first_run_shows_its_partial_results_and_edits_mark_results_stale() {
+    let mut h = harness(400);
+    load(&mut h, model_path().to_str().unwrap());
+    // With nothing earlier to keep, a stopped run shows what it generated, marked partial.
+    h.get_by_label("Run").click();
+    h.step();
+    wait_for(&mut h, "the first tokens", |a| a.live.tokens > 0);
+    h.get_by_label("Stop").click();
+    h.step();
+    wait_for(&mut h, "the stop", |a| a.busy == Busy::Idle);
+    let partial = h
+        .state()
+        .doc
+        .results
+        .clone()
+        .expect("the partial run is shown");
+    assert!(!partial.complete);
+    assert!(partial.conditions[0].generation.tokens.len() < 400);
+    h.get_by_label_contains("Stopped early");
+
+    h.state_mut().doc.spec.generation.max_tokens = 4;
+    h.get_by_label("Run").click();
+    h.step();
+    wait_for(&mut h, "the run", |a| {
+        a.busy == Busy::Idle && a.doc.results.as_ref().is_some_and(|r| r.complete)
+    });
+    assert!(h.query_by_label(kvlab::ui::views::STALE_TEXT).is_none());
+    // Any edit that changes what a run does marks the results as stale, in the grid and in
+    // the analysis views; renaming the experiment does not.
+    h.state_mut().doc.spec.name = "renamed".into();
+    h.step();
+    assert!(h.query_by_label(kvlab::ui::views::STALE_TEXT).is_none());
+    h.get_by_label("Add condition").click();
+    h.run_steps(2);
+    assert_eq!(
+        h.query_all_by_label(kvlab::ui::views::STALE_TEXT).count(),
+        2,
+        "above the grid and above the analysis view"
+    );
+    h.get_by_label("Run").click();
+    h.step();
+    wait_for(&mut h, "the refresh", |a| {
+        a.busy == Busy::Idle && a.doc.results.as_ref().is_some_and(|r| r.complete)
+    });
+    h.step();
+    assert!(h.query_by_label(kvlab::ui::views::STALE_TEXT).is_none());
 }

@@ -83,6 +83,15 @@ impl Document {
         s
     }
 
+    /// Whether the results were measured on the experiment as it is now. Anything that changes
+    /// what a run does (prompt, variants, needle, conditions, generation settings, probes)
+    /// makes them stale; renaming the experiment does not.
+    pub fn results_are_current(&self) -> bool {
+        self.results
+            .as_ref()
+            .is_none_or(|r| same_experiment(&r.spec, &self.spec))
+    }
+
     /// Marks results or the sweep as changed.
     pub fn touch(&mut self) {
         self.revision += 1;
@@ -105,6 +114,16 @@ impl Document {
     pub fn title(&self) -> &str {
         &self.spec.name
     }
+}
+
+/// Whether two specs describe the same experiment (names aside).
+fn same_experiment(a: &ExperimentSpec, b: &ExperimentSpec) -> bool {
+    if a.name == b.name {
+        return a == b;
+    }
+    let mut a = a.clone();
+    a.name.clone_from(&b.name);
+    &a == b
 }
 
 #[cfg(test)]
@@ -162,6 +181,35 @@ mod tests {
         assert!(d.results.is_none() && d.sweep.is_none() && d.results_model.is_none());
         assert!(d.path.is_none());
         assert_eq!(d.spec, ExperimentSpec::seed());
+    }
+
+    #[test]
+    fn results_go_stale_when_the_experiment_changes_but_not_when_renamed() {
+        let mut d = Document::seed();
+        assert!(d.results_are_current(), "no results: nothing stale");
+        // A real run's results (a version-0 file, migrated as the app would read it).
+        let text = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/results-v0.json"
+        ));
+        let results = Session::from_json(text, "results-v0.json")
+            .unwrap()
+            .results
+            .unwrap();
+        d.spec = results.spec.clone();
+        d.results = Some(results);
+        assert!(d.results_are_current());
+        d.spec.name = "renamed".into();
+        assert!(d.results_are_current(), "a new name is the same experiment");
+        d.spec.conditions.pop();
+        assert!(!d.results_are_current(), "one condition fewer");
+        let mut d2 = d.clone();
+        d2.spec = d2.results.as_ref().unwrap().spec.clone();
+        d2.spec.needle_span = Some(crate::experiment::Span {
+            start: 99,
+            end: 100,
+        });
+        assert!(!d2.results_are_current(), "another needle");
     }
 
     #[test]

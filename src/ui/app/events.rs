@@ -148,10 +148,20 @@ impl KvlabApp {
                     r.timings.score_s,
                     self.slowest_frame_ms
                 );
+                let keep_previous =
+                    !r.complete && self.doc.results.as_ref().is_some_and(|p| p.complete);
+                if keep_previous {
+                    // Never lose a complete result to a Stop: the partial run is dropped.
+                    self.status = format!(
+                        "Run stopped after {} tokens; the previous complete results are kept.",
+                        self.live.tokens
+                    );
+                } else {
+                    self.doc.results = Some(*r);
+                    self.doc.results_model = self.loaded_model_ref();
+                    self.doc.touch();
+                }
                 tracing::info!(target: "kvlab::ui", "{}", self.status);
-                self.doc.results = Some(*r);
-                self.doc.results_model = self.loaded_model_ref();
-                self.doc.touch();
             }
             WorkerEvent::SweepDone(r) => {
                 self.busy = Busy::Idle;

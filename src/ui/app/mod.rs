@@ -315,6 +315,9 @@ impl KvlabApp {
                     ui.selectable_value(&mut self.prefs.tab, AnalysisTab::KvDelta, "KV delta");
                     ui.selectable_value(&mut self.prefs.tab, AnalysisTab::Sweeps, "Sweeps");
                 });
+                if self.prefs.tab != AnalysisTab::Sweeps {
+                    views::stale_banner(self, ui);
+                }
                 match self.prefs.tab {
                     AnalysisTab::Probes => views::probe_chart(self, ui),
                     AnalysisTab::Scores => views::score_table(self, ui),

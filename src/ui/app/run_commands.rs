@@ -118,9 +118,7 @@ impl KvlabApp {
             tokens: 0,
             started: Some(Instant::now()),
         };
-        self.doc.results = None;
-        self.doc.results_model = None;
-        self.doc.touch();
+        // The current results stay until this run completes (see `on_event`).
         self.busy = Busy::Running {
             stage: "starting".into(),
             done: 0,

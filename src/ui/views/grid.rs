@@ -11,7 +11,23 @@ use crate::ui::app::{Busy, KvlabApp};
 /// and top-k tooltips on every generated token.
 pub fn outcome_grid(app: &mut KvlabApp, ui: &mut Ui) {
     ui.heading("Outcome grid");
-    if let Some(r) = &app.doc.results {
+    // A run in progress shows its live text; the results it will replace stay in the document
+    // until it completes (a Stop never costs a complete result).
+    let live_run = matches!(app.busy, Busy::Running { .. }) && !app.live.baselines.is_empty();
+    if !live_run && let Some(r) = &app.doc.results {
+        let current = app.doc.results_are_current();
+        super::stale_banner(app, ui);
+        ui.add_enabled_ui(current, |ui| results_grid(ui, r));
+    } else if live_run || app.live.tokens > 0 {
+        live_grid(app, ui);
+    } else {
+        ui.label(RichText::new("Run the experiment to fill the grid (Ctrl+Enter).").weak());
+    }
+}
+
+/// The finished (or stopped) run: a row per condition under the baselines.
+fn results_grid(ui: &mut Ui, r: &crate::experiment::RunResults) {
+    {
         let rows = grid::rows(r);
         egui::Grid::new("outcome")
             .striped(true)
@@ -63,7 +79,12 @@ pub fn outcome_grid(app: &mut KvlabApp, ui: &mut Ui) {
         if !r.complete {
             ui.label(RichText::new("Stopped early: partial results, not scored.").color(WARN));
         }
-    } else if matches!(app.busy, Busy::Running { .. }) || app.live.tokens > 0 {
+    }
+}
+
+/// The text streaming in during a run, row by row.
+fn live_grid(app: &KvlabApp, ui: &mut Ui) {
+    {
         let spec = &app.doc.spec;
         egui::Grid::new("live")
             .striped(true)
@@ -80,8 +101,6 @@ pub fn outcome_grid(app: &mut KvlabApp, ui: &mut Ui) {
                     ui.end_row();
                 }
             });
-    } else {
-        ui.label(RichText::new("Run the experiment to fill the grid (Ctrl+Enter).").weak());
     }
 }
 

@@ -7,7 +7,9 @@ mod grid;
 mod menu;
 mod model;
 
-use egui::Color32;
+use egui::{Color32, RichText, Ui};
+
+use crate::ui::app::KvlabApp;
 
 pub use analysis::{kv_delta, probe_chart, score_table, sweeps};
 pub use experiment::{conditions, experiment_editor, token_strip};
@@ -50,3 +52,15 @@ fn verdict_color(v: &str) -> Color32 {
         WARN
     }
 }
+
+/// Says so above results measured on an earlier version of the experiment (they stay readable,
+/// greyed, until the next run replaces them).
+pub fn stale_banner(app: &KvlabApp, ui: &mut Ui) {
+    if !app.doc.results_are_current() {
+        ui.label(RichText::new(STALE_TEXT).color(WARN));
+    }
+}
+
+/// What stale results say.
+pub const STALE_TEXT: &str = "From an earlier version of the experiment — Run to refresh. The experiment changed since \
+     these results were measured.";
