@@ -1,0 +1,242 @@
+//! Generation, all sequences together: every baseline and every condition is a [`Slot`], and
+//! one [`step`] advances all live slots by one token in one batched decode (as llama.cpp's
+//! server does with its `server_slot`s in `update_slots`). Every slot draws from its own
+//! generator, all seeded alike, so a condition whose logits equal its baseline's makes the
+//! same choices.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::engine::lab::BatchItem;
+use crate::engine::{EngineError, Lab, LoadedModel};
+use crate::experiment::metrics::{self, LogProbs, Rng};
+use crate::experiment::results::{Alternative, Generation, Step};
+use crate::experiment::spec::{ExperimentSpec, Sampling};
+
+use super::plan::Plan;
+use super::prompts::PreparedPrompt;
+use super::score::probe_token_ids;
+use super::{RowRef, RunEvent};
+
+/// One sequence being generated.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    /// Whose generation it is.
+    pub row: RowRef,
+    /// Its sequence in the context.
+    pub seq: i32,
+    /// The token to feed next.
+    pub next_token: i32,
+    /// Where it goes.
+    pub next_pos: i32,
+    /// What was generated so far.
+    pub generation: Generation,
+    /// Its random generator (sampling).
+    pub rng: Rng,
+    /// Stopped at an end-of-generation token.
+    pub done: bool,
+}
+
+impl Slot {
+    /// A slot that continues `prompt` (cached but its last token) in `seq`.
+    fn new(row: RowRef, seq: i32, prompt: &PreparedPrompt, seed: u64) -> Slot {
+        Slot {
+            row,
+            seq,
+            next_token: prompt.last_id(),
+            next_pos: prompt.last_pos(),
+            generation: Generation::default(),
+            rng: Rng::new(seed),
+            done: false,
+        }
+    }
+}
+
+/// A grid's slots: each variant's baseline (in sequence i), then each condition.
+fn slots(plan: &Plan<'_>) -> Vec<Slot> {
+    let seed = plan.sampling_seed();
+    let baselines = plan
+        .prompts
+        .iter()
+        .enumerate()
+        .map(|(vi, p)| Slot::new(RowRef::Baseline(vi), vi as i32, p, seed));
+    let conditions = plan.conditions.iter().map(|c| {
+        let p = &plan.prompts[c.variant];
+        Slot::new(RowRef::Condition(c.index), c.seq, p, seed)
+    });
+    baselines.chain(conditions).collect()
+}
+
+/// What every step needs besides the slots: how to choose, what to record, and token texts.
+pub(crate) struct Stepper<'a> {
+    model: &'a LoadedModel,
+    spec: &'a ExperimentSpec,
+    probe_ids: Vec<Option<usize>>,
+    pieces: HashMap<i32, String>,
+}
+
+impl<'a> Stepper<'a> {
+    /// A stepper for `spec` on `model`.
+    pub fn new(model: &'a LoadedModel, spec: &'a ExperimentSpec) -> Stepper<'a> {
+        Stepper {
+            model,
+            spec,
+            probe_ids: probe_token_ids(model, &spec.probes),
+            pieces: HashMap::new(),
+        }
+    }
+
+    /// A token's text (cached).
+    fn piece(&mut self, id: i32) -> String {
+        let model = self.model;
+        self.pieces
+            .entry(id)
+            .or_insert_with(|| model.piece(id))
+            .clone()
+    }
+}
+
+/// The step a slot takes from `logits`: the chosen token, the top alternatives, the probes and
+/// the top-1/top-2 gap (pieces are filled in later).
+fn choose(
+    logits: &[f32],
+    spec: &ExperimentSpec,
+    probe_ids: &[Option<usize>],
+    rng: &mut Rng,
+) -> Step {
+    let lp = LogProbs::new(logits);
+    let mut top = metrics::top_k_with(logits, spec.top_k.max(2), &lp)
+        .into_iter()
+        .map(|(id, logprob)| (id as i32, logprob))
+        .collect::<Vec<_>>();
+    // Greedy takes the top token (same tie rule as argmax), saving a pass.
+    let id = match spec.generation.sampling {
+        Sampling::Greedy => top[0].0 as usize,
+        _ => metrics::choose(logits, &spec.generation.sampling, rng),
+    };
+    let probes = probe_ids
+        .iter()
+        .map(|p| p.map_or(f32::NAN, |id| lp.of(logits, id)))
+        .collect();
+    let gap = match top.as_slice() {
+        [a, b, ..] => a.1 - b.1,
+        _ => f32::INFINITY,
+    };
+    top.truncate(spec.top_k);
+    let alternative = |id: i32, logprob: f32| Alternative {
+        id,
+        piece: String::new(),
+        logprob,
+    };
+    Step {
+        token: alternative(id as i32, lp.of(logits, id)),
+        top: top
+            .into_iter()
+            .map(|(id, logprob)| alternative(id, logprob))
+            .collect(),
+        probes,
+        gap,
+    }
+}
+
+/// Advances every live slot by one token in one batched decode, reporting each token as
+/// step `at`. Returns how many tokens were generated (0: every slot is done).
+pub(crate) fn step(
+    lab: &mut Lab<'_>,
+    slots: &mut [Slot],
+    stepper: &mut Stepper<'_>,
+    at: usize,
+    on_event: &mut impl FnMut(RunEvent),
+) -> Result<usize, EngineError> {
+    let active: Vec<usize> = (0..slots.len()).filter(|&i| !slots[i].done).collect();
+    if active.is_empty() {
+        return Ok(0);
+    }
+    let items: Vec<BatchItem> = active
+        .iter()
+        .map(|&i| BatchItem {
+            seq: slots[i].seq,
+            token: slots[i].next_token,
+            pos: slots[i].next_pos,
+            logits: true,
+        })
+        .collect();
+    let mut chosen: Vec<(usize, Step)> = Vec::with_capacity(active.len());
+    let (spec, probe_ids) = (stepper.spec, &stepper.probe_ids);
+    lab.eval(&items, |k, logits| {
+        let slot = active[k];
+        chosen.push((slot, choose(logits, spec, probe_ids, &mut slots[slot].rng)));
+    })?;
+    for (i, mut st) in chosen {
+        st.token.piece = stepper.piece(st.token.id);
+        for a in &mut st.top {
+            a.piece = stepper.piece(a.id);
+        }
+        let s = &mut slots[i];
+        s.generation.tokens.push(st.token.id);
+        on_event(RunEvent::Token {
+            row: s.row,
+            step: at,
+            piece: st.token.piece.clone(),
+        });
+        if spec.generation.stop_at_eog && stepper.model.is_end_of_generation(st.token.id) {
+            s.done = true;
+        }
+        s.next_token = st.token.id;
+        s.next_pos += 1;
+        s.generation.steps.push(st);
+    }
+    Ok(active.len())
+}
+
+/// A grid's generations.
+pub(crate) struct Generated {
+    /// Per variant its baseline, then per planned condition its generation (texts filled in).
+    pub generations: Vec<Generation>,
+    /// Tokens generated, all sequences together.
+    pub n_tokens: usize,
+    /// False when `cancel` stopped it.
+    pub complete: bool,
+}
+
+/// Generates the plan's `max_tokens` in every slot, one batched step at a time, reporting
+/// progress as half of the run's work (scoring is the other half).
+pub(crate) fn generate(
+    lab: &mut Lab<'_>,
+    plan: &Plan<'_>,
+    cancel: &AtomicBool,
+    on_event: &mut impl FnMut(RunEvent),
+) -> Result<Generated, EngineError> {
+    let mut slots = slots(plan);
+    let mut stepper = Stepper::new(lab.model(), plan.spec);
+    let max_tokens = plan.spec.generation.max_tokens;
+    let (mut n_tokens, mut complete) = (0, true);
+    for i in 0..max_tokens {
+        if cancel.load(Ordering::Relaxed) {
+            complete = false;
+            break;
+        }
+        let n = step(lab, &mut slots, &mut stepper, i, on_event)?;
+        if n == 0 {
+            break;
+        }
+        n_tokens += n;
+        on_event(RunEvent::Progress {
+            done: i + 1,
+            total: 2 * max_tokens,
+        });
+    }
+    let generations = slots
+        .into_iter()
+        .map(|s| {
+            let mut g = s.generation;
+            g.text = lab.model().detokenize(&g.tokens);
+            g
+        })
+        .collect();
+    Ok(Generated {
+        generations,
+        n_tokens,
+        complete,
+    })
+}

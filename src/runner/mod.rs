@@ -1,0 +1,244 @@
+//! Runs an experiment on a loaded model, exactly as the seed did:
+//! cache prompt[:-1] → intervene → feed the last prompt token → generate.
+//!
+//! Why this protocol: an intervention must act on a cache the model has already built, and its
+//! effect must show in what the model does next. So each variant's prompt is evaluated once,
+//! but its last token; every condition starts from a copy of that cache (state bytes, edited by
+//! the codec, or with cells removed), then the last token is fed and generation runs. Baselines
+//! continue the evaluated prompt in place, with no state round trip, so "the `none` condition
+//! equals the baseline" is a real check of the copy path. All sequences decode together, one
+//! batch per step, and the caches conditions generated from are re-used for scoring.
+//!
+//! A run is a short sequence of steps, each in its own module:
+//! - `plan`: prompts rendered and tokenized, every name, span and layer set resolved and
+//!   checked before any context exists;
+//! - `surgery`: a condition's starting cache (the only code that knows zero, transplant and
+//!   remove);
+//! - `generate`: all sequences advanced together, one batched decode per step;
+//! - `score`: teacher-forced log-probs of continuations, shared by grids and sweeps;
+//! - `assemble`: results from the measured numbers (pure);
+//! - `sweep`: many conditions measured by scores alone.
+
+mod assemble;
+mod delta;
+mod generate;
+mod plan;
+mod prompts;
+mod score;
+mod surgery;
+mod sweep;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use thiserror::Error;
+
+use crate::engine::lab::BatchItem;
+use crate::engine::{EngineError, Lab, LabOptions, LoadedModel, SeqState};
+use crate::experiment::results::{RunResults, RunSettings, Timings};
+use crate::experiment::spec::{ExperimentSpec, SpecError};
+
+pub use delta::kv_delta;
+pub use prompts::{Prepared, PreparedPrompt, prepare_prompts};
+pub use sweep::run_sweep;
+
+use plan::Plan;
+use score::GridScores;
+
+/// Why a run failed.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The spec does not fit the model or itself.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// llama.cpp or the state codec failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Run-time settings that are not part of the experiment.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// CPU threads for llama.cpp.
+    pub threads: i32,
+    /// Tokens per llama.cpp call.
+    pub n_batch: u32,
+    /// Compute one layer's full K/V difference rows between the first two variants.
+    pub delta_layer: Option<usize>,
+    /// Set to stop the run; what was generated so far is returned, marked incomplete.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            threads: default_threads(),
+            n_batch: 512,
+            delta_layer: None,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// The physical cores llama.cpp should use by default (at most 8).
+pub fn default_threads() -> i32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get().min(8) as i32)
+        .unwrap_or(4)
+}
+
+/// What a run reports while it works (for progress bars and live grids).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    /// A stage began.
+    Stage(String),
+    /// A token was generated. `row`: `Baseline(variant)` or `Condition(index)`.
+    Token {
+        /// Whose token.
+        row: RowRef,
+        /// Step index.
+        step: usize,
+        /// Its text.
+        piece: String,
+    },
+    /// Steps done out of total (generation and scoring).
+    Progress {
+        /// Done.
+        done: usize,
+        /// Total.
+        total: usize,
+    },
+}
+
+/// A sequence of the grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowRef {
+    /// The baseline of variant i.
+    Baseline(usize),
+    /// Condition i.
+    Condition(usize),
+}
+
+/// Runs `spec` on `model`.
+pub fn run(
+    model: &LoadedModel,
+    spec: &ExperimentSpec,
+    options: &RunOptions,
+    mut on_event: impl FnMut(RunEvent),
+) -> Result<RunResults, RunError> {
+    on_event(RunEvent::Stage("preparing prompts".into()));
+    let plan = Plan::new(model, spec)?;
+    let mut lab = Lab::new(model, plan.lab_options(options))?;
+    let mut timings = Timings::default();
+
+    on_event(RunEvent::Stage("evaluating prompts".into()));
+    let t = Instant::now();
+    let prompt_states = eval_prompts(&mut lab, &plan.prompts)?;
+    timings.prompt_s = t.elapsed().as_secs_f64();
+
+    on_event(RunEvent::Stage("applying interventions".into()));
+    let condition_states = surgery::load_all(&mut lab, &plan, &prompt_states)?;
+
+    on_event(RunEvent::Stage("generating".into()));
+    let t = Instant::now();
+    let generated = generate::generate(&mut lab, &plan, &options.cancel, &mut on_event)?;
+    timings.generate_s = t.elapsed().as_secs_f64();
+    timings.tokens_per_s = generated.n_tokens as f64 / timings.generate_s.max(1e-9);
+    // Per variant its baseline, then per condition its generation.
+    let mut baselines = generated.generations;
+    let conditions = baselines.split_off(plan.prompts.len());
+
+    let t = Instant::now();
+    let jobs = score::grid_jobs(model, &plan, &baselines)?;
+    let scores = if generated.complete {
+        score_stage(
+            &mut lab,
+            &plan,
+            &jobs,
+            &condition_states,
+            options,
+            &mut on_event,
+        )?
+    } else {
+        None
+    };
+    timings.score_s = t.elapsed().as_secs_f64();
+    // Complete when neither generating nor scoring was stopped.
+    let complete = scores.is_some();
+    let scores = scores.unwrap_or_else(|| GridScores::empty(plan.conditions.len()));
+    let kv_delta = delta::first_two(&plan.prompts, &prompt_states, options.delta_layer)?;
+    Ok(RunResults {
+        kvlab_version: env!("CARGO_PKG_VERSION").into(),
+        llama_cpp_2_version: crate::engine::LLAMA_CPP_2_VERSION.into(),
+        model: model.fingerprint().clone(),
+        model_info: model.info().clone(),
+        spec: spec.clone(),
+        settings: settings(lab.options()),
+        needle_span: plan.needle,
+        conditions: assemble::condition_results(&plan, conditions, &baselines, scores),
+        variants: assemble::variant_results(&plan.prompts, baselines),
+        kv_delta,
+        complete,
+        warnings: plan.warnings,
+        timings,
+    })
+}
+
+/// Scores every condition's continuations (the baselines' and the expected answers), reporting
+/// progress as the second half of the run's work; `None` when stopped.
+fn score_stage(
+    lab: &mut Lab<'_>,
+    plan: &Plan<'_>,
+    jobs: &[score::GridJob],
+    condition_states: &[Vec<u8>],
+    options: &RunOptions,
+    on_event: &mut impl FnMut(RunEvent),
+) -> Result<Option<GridScores>, RunError> {
+    on_event(RunEvent::Stage("scoring continuations".into()));
+    let (n, max_tokens) = (jobs.len().max(1), plan.spec.generation.max_tokens);
+    let on_wave = |done: usize| {
+        on_event(RunEvent::Progress {
+            done: max_tokens + done * max_tokens / n,
+            total: 2 * max_tokens,
+        })
+    };
+    Ok(score::score_grid(
+        lab,
+        plan,
+        jobs,
+        condition_states,
+        &options.cancel,
+        on_wave,
+    )?)
+}
+
+/// The settings a run used: its context's shape.
+fn settings(lab: LabOptions) -> RunSettings {
+    RunSettings {
+        threads: lab.threads,
+        n_ctx_per_seq: lab.n_ctx_per_seq,
+        n_seq: lab.n_seq,
+        n_batch: lab.n_batch,
+    }
+}
+
+/// Evaluates every variant's prompt but its last token, in one batch (variant i in sequence i),
+/// and returns each sequence's state: the cache every condition starts from.
+fn eval_prompts(lab: &mut Lab<'_>, prompts: &[PreparedPrompt]) -> Result<Vec<SeqState>, RunError> {
+    let mut items = Vec::new();
+    for (vi, p) in prompts.iter().enumerate() {
+        for (pos, t) in p.tokens[..p.tokens.len() - 1].iter().enumerate() {
+            items.push(BatchItem {
+                seq: vi as i32,
+                token: t.id,
+                pos: pos as i32,
+                logits: false,
+            });
+        }
+    }
+    lab.eval(&items, |_, _| {})?;
+    Ok((0..prompts.len())
+        .map(|vi| lab.state(vi as i32))
+        .collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,366 @@
+//! A run's plan: everything the spec leaves implicit, resolved and checked once, before any
+//! context is created. Names become indices (variant, donor), default spans become spans,
+//! layer sets become layer lists, and every condition gets its sequence. The later steps index
+//! into the plan and never look a name up again, so a spec that resolved cannot fail halfway
+//! through a run for a reason the spec could have told.
+
+use crate::engine::{KvPart, LabOptions, LoadedModel};
+use crate::experiment::needle::check_span_in_cache;
+use crate::experiment::spec::{Condition, ExperimentSpec, Intervention, Sampling, Span, SpecError};
+
+use super::prompts::{Prepared, PreparedPrompt, prepare_prompts};
+use super::{RunError, RunOptions};
+
+/// What a condition does to its variant's cache, with names resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Edit {
+    /// Nothing: the copy path alone.
+    None,
+    /// The span's rows set to zero.
+    Zero,
+    /// The span's rows copied from variant `donor`'s cache.
+    Transplant {
+        /// The donor's variant index.
+        donor: usize,
+    },
+    /// The span's cells taken out of the sequence.
+    Remove,
+}
+
+/// One condition, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PlannedCondition {
+    /// Its index in the spec's conditions.
+    pub index: usize,
+    /// The variant whose prompt it starts from.
+    pub variant: usize,
+    /// What is done to the cache.
+    pub edit: Edit,
+    /// The positions touched (the condition's own span or the needle).
+    pub span: Span,
+    /// The layers touched, in increasing order.
+    pub layers: Vec<u32>,
+    /// K, V or both.
+    pub part: KvPart,
+    /// The sequence it generates in (grid runs: after the variants' baselines).
+    pub seq: i32,
+}
+
+/// Everything a grid run needs, resolved (see the module docs).
+#[derive(Debug, Clone)]
+pub(crate) struct Plan<'s> {
+    /// The spec as given.
+    pub spec: &'s ExperimentSpec,
+    /// One per variant, in spec order; variant i's baseline runs in sequence i.
+    pub prompts: Vec<PreparedPrompt>,
+    /// The needle span (given or found).
+    pub needle: Span,
+    /// What the user should know about the rendering.
+    pub warnings: Vec<String>,
+    /// One per spec condition, in spec order.
+    pub conditions: Vec<PlannedCondition>,
+    /// Sequences a grid run uses: the baselines, then the conditions.
+    pub n_seq: u32,
+    /// Cells per sequence: the longest prompt, the generation and a margin.
+    pub n_ctx_per_seq: u32,
+}
+
+impl<'s> Plan<'s> {
+    /// Renders and tokenizes the prompts with `model`, then resolves the spec against them.
+    pub fn new(model: &LoadedModel, spec: &'s ExperimentSpec) -> Result<Plan<'s>, RunError> {
+        let Prepared {
+            prompts,
+            span,
+            warnings,
+        } = prepare_prompts(model, spec)?;
+        let mut plan = Plan::resolve(spec, prompts, span, model.info().n_layer)?;
+        plan.warnings = warnings;
+        Ok(plan)
+    }
+
+    /// Resolves `spec` against already prepared prompts (one per variant) for a model of
+    /// `n_layer` layers: checks every condition's span against its prompt's cache, its layers
+    /// against the model, a transplant's prompts for alignment. Needs no model.
+    pub fn resolve(
+        spec: &'s ExperimentSpec,
+        prompts: Vec<PreparedPrompt>,
+        needle: Span,
+        n_layer: u32,
+    ) -> Result<Plan<'s>, SpecError> {
+        spec.validate()?;
+        check_prompts(spec, &prompts)?;
+        let n_var = prompts.len();
+        let conditions = spec
+            .conditions
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                let seq = (n_var + index) as i32;
+                resolve_condition(spec, &prompts, needle, n_layer, index, c, seq)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_prompt = prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(0);
+        Ok(Plan {
+            spec,
+            n_seq: (n_var + conditions.len()) as u32,
+            n_ctx_per_seq: (max_prompt + spec.generation.max_tokens + 8) as u32,
+            prompts,
+            needle,
+            warnings: Vec::new(),
+            conditions,
+        })
+    }
+
+    /// The shape of a grid run's context.
+    pub fn lab_options(&self, options: &RunOptions) -> LabOptions {
+        LabOptions {
+            n_seq: self.n_seq,
+            n_ctx_per_seq: self.n_ctx_per_seq,
+            threads: options.threads,
+            n_batch: options.n_batch,
+        }
+    }
+
+    /// The spec's condition behind a planned one.
+    pub fn condition(&self, c: &PlannedCondition) -> &'s Condition {
+        &self.spec.conditions[c.index]
+    }
+
+    /// The seed every sequence's random generator starts from (0 when greedy).
+    pub fn sampling_seed(&self) -> u64 {
+        match self.spec.generation.sampling {
+            Sampling::Sample { seed, .. } => seed,
+            Sampling::Greedy => 0,
+        }
+    }
+}
+
+/// One prompt per variant, each with a token to cache and a last token to feed.
+fn check_prompts(spec: &ExperimentSpec, prompts: &[PreparedPrompt]) -> Result<(), SpecError> {
+    if prompts.len() != spec.variants.len() {
+        return Err(SpecError::Variants(format!(
+            "{} prompts were prepared for {} variants",
+            prompts.len(),
+            spec.variants.len()
+        )));
+    }
+    if let Some(p) = prompts.iter().find(|p| p.tokens.len() < 2) {
+        return Err(SpecError::Span(format!(
+            "the prompt of {} has {} token(s); it needs at least 2",
+            p.name,
+            p.tokens.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves and checks one condition; errors name it.
+fn resolve_condition(
+    spec: &ExperimentSpec,
+    prompts: &[PreparedPrompt],
+    needle: Span,
+    n_layer: u32,
+    index: usize,
+    c: &Condition,
+    seq: i32,
+) -> Result<PlannedCondition, SpecError> {
+    let err = |reason: String| SpecError::Condition {
+        index,
+        label: c.row_label(),
+        reason,
+    };
+    let variant_index = |name: &str, role: &str| {
+        spec.variant_index(name)
+            .ok_or_else(|| err(format!("there is no {role}variant named {name:?}")))
+    };
+    let variant = variant_index(&c.variant, "")?;
+    let span = c.span.unwrap_or(needle);
+    check_span_in_cache(span, prompts[variant].tokens.len(), "the span")
+        .map_err(|e| err(e.to_string()))?;
+    if let Some(max) = c.layers.max()
+        && max >= n_layer
+    {
+        return Err(err(format!(
+            "layer {max} is out of range: the model has {n_layer} layers (0..{})",
+            n_layer.saturating_sub(1)
+        )));
+    }
+    let edit = match &c.intervention {
+        Intervention::None => Edit::None,
+        Intervention::Zero => Edit::Zero,
+        Intervention::Remove => Edit::Remove,
+        Intervention::Transplant { from } => {
+            let donor = variant_index(from, "donor ")?;
+            let (a, b) = (&prompts[variant], &prompts[donor]);
+            if a.tokens.len() != b.tokens.len() {
+                return Err(err(format!(
+                    "the prompts of {} ({} tokens) and {} ({} tokens) do not align: a transplant \
+                     copies the donor's cache at the same positions, so the variants must \
+                     tokenize to the same length",
+                    a.name,
+                    a.tokens.len(),
+                    b.name,
+                    b.tokens.len()
+                )));
+            }
+            Edit::Transplant { donor }
+        }
+    };
+    Ok(PlannedCondition {
+        index,
+        variant,
+        edit,
+        span,
+        layers: c.layers.resolve(n_layer),
+        part: c.part,
+        seq,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::TokenPiece;
+    use crate::experiment::LayerSet;
+
+    /// A prompt of `n` tokens; `needle` goes at position 2.
+    fn prompt(name: &str, n: usize, needle: i32) -> PreparedPrompt {
+        PreparedPrompt {
+            name: name.into(),
+            text: String::new(),
+            tokens: (0..n)
+                .map(|i| TokenPiece {
+                    id: if i == 2 { needle } else { i as i32 + 100 },
+                    piece: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn condition(variant: &str, intervention: Intervention) -> Condition {
+        Condition {
+            label: None,
+            variant: variant.into(),
+            intervention,
+            layers: LayerSet::All,
+            part: KvPart::Both,
+            span: None,
+        }
+    }
+
+    /// The seed's spec (variants SF and NY) with the given conditions.
+    fn spec(conditions: Vec<Condition>) -> ExperimentSpec {
+        ExperimentSpec {
+            conditions,
+            ..ExperimentSpec::seed()
+        }
+    }
+
+    const NEEDLE: Span = Span { start: 2, end: 3 };
+
+    fn resolve(spec: &ExperimentSpec, sf_len: usize) -> Result<Plan<'_>, SpecError> {
+        let prompts = vec![prompt("SF", sf_len, 1), prompt("NY", 10, 2)];
+        Plan::resolve(spec, prompts, NEEDLE, 4)
+    }
+
+    /// The error is about condition `index` and says `what`.
+    fn assert_condition_error(e: SpecError, index: usize, what: &str) {
+        let msg = e.to_string();
+        assert!(
+            matches!(e, SpecError::Condition { index: i, .. } if i == index),
+            "{msg}"
+        );
+        assert!(msg.contains(what), "{msg}");
+    }
+
+    #[test]
+    fn a_good_spec_resolves_indices_spans_layers_and_sequences() {
+        let mut zero_k = condition("NY", Intervention::Zero);
+        zero_k.layers = LayerSet::parse("1,3").unwrap();
+        zero_k.part = KvPart::K;
+        zero_k.span = Some(Span { start: 4, end: 6 });
+        let s = spec(vec![
+            condition("SF", Intervention::None),
+            condition("SF", Intervention::Transplant { from: "NY".into() }),
+            zero_k,
+            condition("NY", Intervention::Remove),
+        ]);
+        let plan = resolve(&s, 10).unwrap();
+        assert_eq!(plan.n_seq, 6);
+        assert_eq!(plan.n_ctx_per_seq, 10 + 100 + 8);
+        let c = &plan.conditions;
+        assert_eq!(c[0].edit, Edit::None);
+        assert_eq!(c[1].edit, Edit::Transplant { donor: 1 });
+        assert_eq!(c[2].edit, Edit::Zero);
+        assert_eq!(c[3].edit, Edit::Remove);
+        assert_eq!(
+            c.iter().map(|c| c.variant).collect::<Vec<_>>(),
+            [0, 0, 1, 1]
+        );
+        assert_eq!(c.iter().map(|c| c.seq).collect::<Vec<_>>(), [2, 3, 4, 5]);
+        assert_eq!(c.iter().map(|c| c.index).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(c[0].span, NEEDLE);
+        assert_eq!(c[0].layers, [0, 1, 2, 3]);
+        assert_eq!(c[2].span, Span { start: 4, end: 6 });
+        assert_eq!(c[2].layers, [1, 3]);
+        assert_eq!(c[2].part, KvPart::K);
+        assert_eq!(
+            plan.condition(&c[2]).row_label(),
+            s.conditions[2].row_label()
+        );
+    }
+
+    #[test]
+    fn a_layer_out_of_range_names_the_condition() {
+        let mut c = condition("SF", Intervention::Zero);
+        c.layers = LayerSet::parse("2-4").unwrap();
+        let s = spec(vec![condition("SF", Intervention::None), c]);
+        let e = resolve(&s, 10).unwrap_err();
+        assert_condition_error(
+            e,
+            1,
+            "layer 4 is out of range: the model has 4 layers (0..3)",
+        );
+    }
+
+    #[test]
+    fn a_span_beyond_the_cache_names_the_condition() {
+        let mut c = condition("NY", Intervention::Zero);
+        // The NY prompt has 10 tokens; positions 0..9 are cached.
+        c.span = Some(Span { start: 8, end: 10 });
+        let e = resolve(&spec(vec![c]), 10).unwrap_err();
+        assert_condition_error(e, 0, "outside the prompt's cache");
+    }
+
+    #[test]
+    fn a_transplant_between_unaligned_prompts_names_the_condition() {
+        let s = spec(vec![condition(
+            "SF",
+            Intervention::Transplant { from: "NY".into() },
+        )]);
+        let e = resolve(&s, 11).unwrap_err();
+        assert_condition_error(e, 0, "SF (11 tokens) and NY (10 tokens) do not align");
+    }
+
+    #[test]
+    fn an_unknown_variant_names_the_condition() {
+        let s = spec(vec![condition("LA", Intervention::Zero)]);
+        let e = resolve(&s, 10).unwrap_err();
+        assert_condition_error(e, 0, "there is no variant named \"LA\"");
+        let s = spec(vec![condition(
+            "SF",
+            Intervention::Transplant { from: "LA".into() },
+        )]);
+        let e = resolve(&s, 10).unwrap_err();
+        assert_condition_error(e, 0, "there is no donor variant named \"LA\"");
+    }
+
+    #[test]
+    fn prompts_must_match_the_variants() {
+        let s = spec(Vec::new());
+        let e = Plan::resolve(&s, vec![prompt("SF", 10, 1)], NEEDLE, 4).unwrap_err();
+        assert!(matches!(e, SpecError::Variants(_)), "{e}");
+        let e = resolve(&s, 1).unwrap_err();
+        assert!(e.to_string().contains("needs at least 2"), "{e}");
+    }
+}

@@ -1,0 +1,263 @@
+//! Teacher-forced scoring, the one path grids and sweeps share: how likely a given continuation
+//! is under a given cache. Each job loads its cache into its own sequence, feeds the prompt's
+//! last token and the continuation but its last token, and reads each next token's log-prob;
+//! a wave is one batched evaluation, one sequence per job. The sum and mean a continuation is
+//! judged by are computed here and nowhere else.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::engine::lab::BatchItem;
+use crate::engine::{EngineError, Lab, LoadedModel};
+use crate::experiment::metrics::LogProbs;
+use crate::experiment::outcome::ExpectedScore;
+use crate::experiment::results::{ContinuationScore, Generation};
+
+use super::plan::Plan;
+use super::prompts::PreparedPrompt;
+
+/// One continuation to score from one cache.
+pub(crate) struct Job<'a> {
+    /// The cache's state bytes.
+    pub state: &'a [u8],
+    /// The prompt the cache holds all but the last token of.
+    pub prompt: &'a PreparedPrompt,
+    /// The continuation.
+    pub tokens: &'a [i32],
+}
+
+/// What a job measured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Scored {
+    /// The log-prob of each continuation token.
+    pub per_token: Vec<f32>,
+    /// The log-probs of the probes' tokens at the first step (empty without a first step).
+    pub first_probes: Vec<f32>,
+}
+
+/// Scores a wave of jobs (job i in sequence i) in one batched evaluation; `probe_ids` are
+/// also read at each job's first step.
+pub(crate) fn score_wave(
+    lab: &mut Lab<'_>,
+    jobs: &[Job<'_>],
+    probe_ids: &[Option<usize>],
+) -> Result<Vec<Scored>, EngineError> {
+    let mut items = Vec::new();
+    let mut targets: Vec<(usize, i32, bool)> = Vec::new();
+    for (slot, job) in jobs.iter().enumerate() {
+        let seq = slot as i32;
+        lab.set_state_bytes(seq, job.state)?;
+        let mut token = job.prompt.last_id();
+        for (i, (pos, &next)) in (job.prompt.last_pos()..).zip(job.tokens).enumerate() {
+            items.push(BatchItem {
+                seq,
+                token,
+                pos,
+                logits: true,
+            });
+            targets.push((slot, next, i == 0));
+            token = next;
+        }
+    }
+    let mut out = vec![Scored::default(); jobs.len()];
+    lab.eval(&items, |k, logits| {
+        let (slot, target, first) = targets[k];
+        let lp = LogProbs::new(logits);
+        out[slot].per_token.push(lp.of(logits, target as usize));
+        if first {
+            out[slot].first_probes = probe_ids
+                .iter()
+                .map(|p| p.map_or(f32::NAN, |id| lp.of(logits, id)))
+                .collect();
+        }
+    })?;
+    Ok(out)
+}
+
+/// A continuation's sum and mean log-prob (mean 0 for no tokens).
+pub(crate) fn totals(per_token: &[f32]) -> (f64, f64) {
+    let sum: f64 = per_token.iter().map(|&x| x as f64).sum();
+    let mean = if per_token.is_empty() {
+        0.0
+    } else {
+        sum / per_token.len() as f64
+    };
+    (sum, mean)
+}
+
+/// The score of one of `variant`'s expected answers.
+pub(crate) fn expected_score(variant: &str, answer: &str, per_token: Vec<f32>) -> ExpectedScore {
+    let (sum, mean) = totals(&per_token);
+    ExpectedScore {
+        variant: variant.into(),
+        answer: answer.into(),
+        sum,
+        mean,
+        per_token,
+    }
+}
+
+/// The score of `of_variant`'s baseline continuation.
+pub(crate) fn continuation_score(of_variant: &str, per_token: &[f32]) -> ContinuationScore {
+    let (sum, mean) = totals(per_token);
+    ContinuationScore {
+        of_variant: of_variant.into(),
+        sum,
+        mean,
+        n_tokens: per_token.len(),
+    }
+}
+
+/// An expected answer's tokens (as written: no BOS, no special tokens).
+pub(crate) fn answer_ids(model: &LoadedModel, answer: &str) -> Result<Vec<i32>, EngineError> {
+    Ok(model
+        .tokenize(answer, false, false)?
+        .iter()
+        .map(|t| t.id)
+        .collect())
+}
+
+/// The first token of each probe string.
+pub(crate) fn probe_token_ids(model: &LoadedModel, probes: &[String]) -> Vec<Option<usize>> {
+    probes
+        .iter()
+        .map(|p| {
+            model
+                .tokenize(p, false, false)
+                .ok()
+                .and_then(|t| t.first().map(|t| t.id as usize))
+        })
+        .collect()
+}
+
+/// What a grid job measures.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// A variant's baseline continuation.
+    Baseline(usize),
+    /// A variant's expected answer.
+    Expected(usize, usize),
+}
+
+/// One continuation to score under one planned condition's cache.
+pub(crate) struct GridJob {
+    condition: usize,
+    target: Target,
+    tokens: Vec<i32>,
+}
+
+/// A grid's scores, per planned condition.
+#[derive(Debug, Clone)]
+pub(crate) struct GridScores {
+    /// Each variant's baseline continuation.
+    pub scores: Vec<Vec<ContinuationScore>>,
+    /// Each expected answer.
+    pub expected: Vec<Vec<ExpectedScore>>,
+}
+
+impl GridScores {
+    /// No scores for `n` conditions (a stopped run).
+    pub fn empty(n: usize) -> GridScores {
+        GridScores {
+            scores: vec![Vec::new(); n],
+            expected: vec![Vec::new(); n],
+        }
+    }
+}
+
+/// Every grid job, condition by condition: each variant's baseline continuation, then every
+/// expected answer.
+pub(crate) fn grid_jobs(
+    model: &LoadedModel,
+    plan: &Plan<'_>,
+    baselines: &[Generation],
+) -> Result<Vec<GridJob>, EngineError> {
+    if plan.conditions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut answers = Vec::new();
+    for (vi, v) in plan.spec.variants.iter().enumerate() {
+        for (ai, answer) in v.expected.iter().enumerate() {
+            answers.push((Target::Expected(vi, ai), answer_ids(model, answer)?));
+        }
+    }
+    let mut jobs = Vec::new();
+    for condition in 0..plan.conditions.len() {
+        for (vi, b) in baselines.iter().enumerate() {
+            jobs.push(GridJob {
+                condition,
+                target: Target::Baseline(vi),
+                tokens: b.tokens.clone(),
+            });
+        }
+        for (target, tokens) in &answers {
+            jobs.push(GridJob {
+                condition,
+                target: *target,
+                tokens: tokens.clone(),
+            });
+        }
+    }
+    Ok(jobs)
+}
+
+/// Scores the grid's jobs in waves of `plan.n_seq`, each from its condition's cache
+/// (`condition_states`, per planned condition), calling `on_wave(jobs done)` after each wave.
+/// `None` when `cancel` was set before the last wave.
+pub(crate) fn score_grid(
+    lab: &mut Lab<'_>,
+    plan: &Plan<'_>,
+    jobs: &[GridJob],
+    condition_states: &[Vec<u8>],
+    cancel: &AtomicBool,
+    mut on_wave: impl FnMut(usize),
+) -> Result<Option<GridScores>, EngineError> {
+    let mut out = GridScores::empty(plan.conditions.len());
+    let mut done = 0;
+    for wave in jobs.chunks(plan.n_seq as usize) {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let batch: Vec<Job<'_>> = wave
+            .iter()
+            .map(|job| Job {
+                state: &condition_states[job.condition],
+                prompt: &plan.prompts[plan.conditions[job.condition].variant],
+                tokens: &job.tokens,
+            })
+            .collect();
+        for (job, scored) in wave.iter().zip(score_wave(lab, &batch, &[])?) {
+            match job.target {
+                Target::Baseline(vi) => out.scores[job.condition].push(continuation_score(
+                    &plan.prompts[vi].name,
+                    &scored.per_token,
+                )),
+                Target::Expected(vi, ai) => {
+                    let v = &plan.spec.variants[vi];
+                    out.expected[job.condition].push(expected_score(
+                        &v.name,
+                        &v.expected[ai],
+                        scored.per_token,
+                    ))
+                }
+            }
+        }
+        done += wave.len();
+        on_wave(done);
+    }
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_are_the_sum_and_the_mean() {
+        assert_eq!(totals(&[-1.0, -2.0, -3.0]), (-6.0, -2.0));
+        assert_eq!(totals(&[]).1, 0.0);
+        let s = expected_score("SF", " Here", vec![-0.5, -1.5]);
+        assert_eq!((s.sum, s.mean, s.per_token.len()), (-2.0, -1.0, 2));
+        let c = continuation_score("NY", &[-0.25]);
+        assert_eq!((c.sum, c.mean, c.n_tokens), (-0.25, -0.25, 1));
+    }
+}
