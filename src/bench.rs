@@ -81,6 +81,15 @@ fn large_session(
             c
         })
         .collect();
+    // Sessions are validated when read: the spec and the settings match the results.
+    let spec_template = r.spec.conditions[0].clone();
+    r.spec.conditions = (0..n_cond)
+        .map(|i| crate::experiment::Condition {
+            label: Some(format!("condition {i}")),
+            ..spec_template.clone()
+        })
+        .collect();
+    r.settings.n_seq = (r.variants.len() + n_cond) as u32;
     let mut s = crate::session::Session::new(r.spec.clone());
     s.results = Some(r);
     s

@@ -7,11 +7,36 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::engine::{self, LoadOptions, LoadedModel};
+use crate::experiment::results::check_threads;
 use crate::experiment::spec::KvPart;
 use crate::experiment::sweep::{SweepKind, SweepSpec};
 use crate::experiment::{ExperimentSpec, Intervention, LayerSet, grid};
 use crate::runner::{self, RunEvent, RunOptions};
 use crate::session::{ModelRef, Session, report};
+
+/// Prints a line on standard output; a closed pipe or a full disk becomes an error (exit code 1)
+/// instead of a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+            .context("cannot write to standard output")?
+    };
+}
+
+/// Prints a line of progress on standard error; if stderr is gone the note is dropped (never a
+/// panic).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// Like [`note!`], without the newline.
+macro_rules! note_inline {
+    ($($arg:tt)*) => {{
+        let _ = write!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
 
 /// kvlab: KV-cache surgery on local LLMs.
 #[derive(Debug, Parser)]
@@ -177,15 +202,95 @@ fn version_line() -> String {
     )
 }
 
-/// Reads an experiment file, naming the file in any error.
+/// Reads an experiment file, naming the file in any error: a regular file of bounded size.
 fn read_spec(path: &Path) -> Result<ExperimentSpec> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the experiment {}", path.display()))?;
-    ExperimentSpec::from_json(&text).with_context(|| format!("in {}", path.display()))
+    ExperimentSpec::from_file(path).map_err(anyhow::Error::msg)
 }
 
+/// A thread count from the command line, checked; `None`: the default.
+fn threads_arg(threads: Option<i32>) -> Result<i32> {
+    match threads {
+        Some(t) => Ok(check_threads(t as i64, "--threads").map_err(anyhow::Error::msg)?),
+        None => Ok(runner::default_threads()),
+    }
+}
+
+/// Checks, before any work, that a file can be written where `option` says: not a folder or a
+/// device, in a folder that exists and takes new files. Finished work is never lost to a late
+/// "cannot write".
+fn check_output(path: &Path, option: &str) -> Result<()> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            if let Some(kind) = crate::gguf::not_a_regular_file(&m) {
+                bail!("{option} {shown} is {kind}: give a file name");
+            }
+            if m.permissions().readonly() {
+                bail!("{option} {shown} is read-only");
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!("{option} {shown}: {e}"),
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!(
+            "{option} {shown}: the folder {} does not exist",
+            dir.display()
+        );
+    }
+    // A file created and removed at once: the folder takes new files.
+    let probe = dir.join(format!(".kvlab-write-check.{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .with_context(|| format!("{option} {shown}: cannot create files in {}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// This machine's memory in bytes (Linux: MemTotal), for the "does the KV cache fit" check.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Checks a spec against the loaded model before a run allocates anything.
+fn check_fits(spec: &ExperimentSpec, model: &LoadedModel) -> Result<()> {
+    let info = model.info();
+    let head_dim = info.n_embd.checked_div(info.n_head).unwrap_or(0);
+    let per_cell = crate::gguf::kv_bytes_per_cell(
+        std::iter::repeat_n(info.n_head_kv, info.n_layer as usize),
+        head_dim,
+        head_dim,
+    );
+    spec.check_fits(info.n_ctx_train, per_cell, host_memory())?;
+    // About four characters a token: long prompts take minutes on a CPU, say so up front.
+    let chars: usize = spec.prompt.turns.iter().map(|t| t.content.len()).sum();
+    if chars / 4 > LONG_PROMPT_TOKENS {
+        note!(
+            "warning: the prompt is about {} tokens long; evaluating it for {} variants may take minutes",
+            chars / 4,
+            spec.variants.len()
+        );
+    }
+    Ok(())
+}
+
+/// Prompts longer than this (estimated) get a warning before a run.
+const LONG_PROMPT_TOKENS: usize = 4096;
+
 fn load(path: &Path, n_gpu_layers: Option<u32>) -> Result<LoadedModel> {
-    eprintln!("loading {} …", path.display());
+    note!("loading {} …", path.display());
     Ok(LoadedModel::load(
         path,
         &LoadOptions { n_gpu_layers },
@@ -199,6 +304,17 @@ pub fn execute(cli: Cli) -> Result<()> {
     engine::log::init(cli.verbose);
     let gpu_layers = cli.gpu_layers;
     let Some(command) = cli.command else {
+        if let Some(p) = &cli.open
+            && std::fs::symlink_metadata(p).is_err()
+        {
+            let word = p.display().to_string();
+            if !word.contains(['/', '\\', '.']) {
+                bail!(
+                    "unknown subcommand {word:?}: kvlab knows run, report, verify, sweep, bench and inspect (kvlab --help)"
+                );
+            }
+            bail!("{word}: no such file to open");
+        }
         return open_app(cli.open, cli.run, gpu_layers);
     };
     match command {
@@ -212,29 +328,47 @@ pub fn execute(cli: Cli) -> Result<()> {
             session,
         } => {
             let spec = read_spec(&spec)?;
+            let threads = threads_arg(threads)?;
+            if let Some(out) = &out {
+                check_output(out, "--out")?;
+            }
+            if let Some(path) = &session {
+                check_output(path, "--session")?;
+            }
             let model = load(&model, gpu_layers)?;
+            check_fits(&spec, &model)?;
+            let n_layer = model.info().n_layer as usize;
+            if let Some(l) = delta_layer
+                && l >= n_layer
+            {
+                bail!(
+                    "--delta-layer {l} is out of range: the model has layers 0 to {}",
+                    n_layer.saturating_sub(1)
+                );
+            }
             let options = RunOptions {
-                threads: threads.unwrap_or_else(runner::default_threads),
+                threads,
                 delta_layer,
                 ..RunOptions::default()
             };
             let results = runner::run(&model, &spec, &options, |e| {
                 if let RunEvent::Stage(s) = e {
-                    eprintln!("{s} …");
+                    note!("{s} …");
                 }
             })?;
             for w in &results.warnings {
-                eprintln!("warning: {w}");
+                note!("warning: {w}");
             }
-            eprintln!(
+            note!(
                 "done: {:.1} tokens/s generating, {:.2}s scoring",
-                results.timings.tokens_per_s, results.timings.score_s
+                results.timings.tokens_per_s,
+                results.timings.score_s
             );
             let json = serde_json::to_string_pretty(&results)?;
             if let Some(out) = &out {
                 std::fs::write(out, &json)
                     .with_context(|| format!("cannot write {}", out.display()))?;
-                eprintln!("results written to {}", out.display());
+                note!("results written to {}", out.display());
             }
             if let Some(path) = &session {
                 let mut s = Session::new(spec.clone());
@@ -245,15 +379,14 @@ pub fn execute(cli: Cli) -> Result<()> {
                 });
                 s.results = Some(results.clone());
                 s.save(path)?;
-                eprintln!("session saved to {}", path.display());
+                note!("session saved to {}", path.display());
             }
             let printed = match format {
                 Format::Table => grid::to_table(&results, std::io::stdout().is_terminal()),
                 Format::Markdown => grid::to_markdown(&results),
                 Format::Json => json,
             };
-            let mut stdout = std::io::stdout().lock();
-            writeln!(stdout, "{printed}")?;
+            say!("{printed}");
             Ok(())
         }
         Command::Report {
@@ -262,9 +395,18 @@ pub fn execute(cli: Cli) -> Result<()> {
             markdown,
             csv,
         } => {
+            for (path, option) in [
+                (&html, "--html"),
+                (&markdown, "--markdown"),
+                (&csv, "--csv"),
+            ] {
+                if let Some(path) = path {
+                    check_output(path, option)?;
+                }
+            }
             let s = Session::load(&session)?;
             if html.is_none() && markdown.is_none() && csv.is_none() {
-                println!("{}", report::markdown(&s));
+                say!("{}", report::markdown(&s));
                 return Ok(());
             }
             let outputs = [
@@ -279,7 +421,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                         render(&s).as_bytes(),
                         crate::session::Fault::None,
                     )?;
-                    eprintln!("wrote {}", path.display());
+                    note!("wrote {}", path.display());
                 }
             }
             Ok(())
@@ -295,13 +437,13 @@ pub fn execute(cli: Cli) -> Result<()> {
             json,
             threads,
         } => {
+            let threads = threads_arg(threads)?;
             let model = load(&model, gpu_layers)?;
-            let threads = threads.unwrap_or_else(runner::default_threads);
-            let r = crate::bench::run(&model, quick, threads, |s| eprintln!("{s} …"))?;
+            let r = crate::bench::run(&model, quick, threads, |s| note!("{s} …"))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                say!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!("{}", crate::bench::to_table(&r));
+                say!("{}", crate::bench::to_table(&r));
             }
             Ok(())
         }
@@ -317,7 +459,18 @@ pub fn execute(cli: Cli) -> Result<()> {
             threads,
         } => {
             let spec = read_spec(&spec)?;
+            let threads = threads_arg(threads)?;
+            if let Some(out) = &out {
+                check_output(out, "--out")?;
+            }
+            let layers = LayerSet::parse(&layers)?;
+            if let Some(v) = &variant
+                && spec.variant_index(v).is_none()
+            {
+                bail!("--variant {v:?}: the experiment has no variant of that name");
+            }
             let model = load(&model, gpu_layers)?;
+            check_fits(&spec, &model)?;
             let sweep = SweepSpec {
                 kind: match over {
                     SweepOver::Position => SweepKind::Position { range: None },
@@ -331,30 +484,30 @@ pub fn execute(cli: Cli) -> Result<()> {
                 } else {
                     Intervention::Zero
                 },
-                layers: LayerSet::parse(&layers)?,
+                layers,
                 part: KvPart::Both,
             };
             let options = RunOptions {
-                threads: threads.unwrap_or_else(runner::default_threads),
+                threads,
                 ..RunOptions::default()
             };
             let started = std::time::Instant::now();
             let r = runner::run_sweep(&model, &spec, &sweep, &options, |e| match e {
-                RunEvent::Stage(s) => eprintln!("{s} …"),
+                RunEvent::Stage(s) => note!("{s} …"),
                 RunEvent::Progress { done, total } => {
                     let el = started.elapsed().as_secs_f64();
                     let eta = el / done.max(1) as f64 * (total - done) as f64;
-                    eprint!("\r{done}/{total} items, about {eta:.0}s left   ");
+                    note_inline!("\r{done}/{total} items, about {eta:.0}s left   ");
                 }
                 _ => {}
             })?;
-            eprintln!();
+            note!();
             let vi = spec.variant_index(&sweep.variant).unwrap_or(0);
-            println!("{}", crate::experiment::sweep::to_table(&r, vi));
+            say!("{}", crate::experiment::sweep::to_table(&r, vi));
             if let Some(out) = out {
                 std::fs::write(&out, serde_json::to_string_pretty(&r)?)
                     .with_context(|| format!("cannot write {}", out.display()))?;
-                eprintln!("sweep written to {}", out.display());
+                note!("sweep written to {}", out.display());
             }
             Ok(())
         }
@@ -366,51 +519,52 @@ pub fn execute(cli: Cli) -> Result<()> {
             let m = load(&model, gpu_layers)?;
             let info = m.info();
             let fp = m.fingerprint();
-            println!(
+            say!(
                 "file           {} ({:.1} MiB)",
                 fp.file_name,
                 fp.file_size as f64 / (1 << 20) as f64
             );
-            println!("architecture   {}", info.architecture);
+            say!("architecture   {}", info.architecture);
             if let Some(name) = &info.name {
-                println!("name           {name}");
+                say!("name           {name}");
             }
-            println!("quantization   {}", info.quantization);
-            println!("parameters     {:.1} M", info.n_params as f64 / 1e6);
-            println!("layers         {}", info.n_layer);
-            println!(
+            say!("quantization   {}", info.quantization);
+            say!("parameters     {:.1} M", info.n_params as f64 / 1e6);
+            say!("layers         {}", info.n_layer);
+            say!(
                 "heads          {} (KV heads {})",
-                info.n_head, info.n_head_kv
+                info.n_head,
+                info.n_head_kv
             );
-            println!("embedding      {}", info.n_embd);
-            println!("context        {} (trained)", info.n_ctx_train);
-            println!("vocabulary     {}", info.n_vocab);
-            println!(
+            say!("embedding      {}", info.n_embd);
+            say!("context        {} (trained)", info.n_ctx_train);
+            say!("vocabulary     {}", info.n_vocab);
+            say!(
                 "chat template  {}",
                 if info.has_chat_template { "yes" } else { "no" }
             );
-            println!(
+            say!(
                 "adds BOS       {}",
                 if info.adds_bos { "yes" } else { "no" }
             );
             let devices = engine::devices();
             for (i, d) in devices.iter().enumerate() {
                 let head = if i == 0 { "devices" } else { "" };
-                println!("{head:<15}{}", d.summary());
+                say!("{head:<15}{}", d.summary());
             }
-            println!(
+            say!(
                 "KV cache       {}",
                 engine::kv_cache_home(&devices, gpu_layers, info.n_layer)
             );
             match m.check_kv_surgery_supported() {
-                Ok(()) => println!("KV surgery     supported"),
-                Err(e) => println!("KV surgery     not supported: {e}"),
+                Ok(()) => say!("KV surgery     supported"),
+                Err(e) => say!("KV surgery     not supported: {e}"),
             }
             if let Some(text) = text {
                 let tokens = m.tokenize(&text, true, special)?;
-                println!("\n{} tokens:", tokens.len());
+                say!("\n{} tokens:", tokens.len());
                 for (i, t) in tokens.iter().enumerate() {
-                    println!("{i:>5}  {:>7}  {:?}", t.id, t.piece);
+                    say!("{i:>5}  {:>7}  {:?}", t.id, t.piece);
                 }
             }
             Ok(())
@@ -430,10 +584,24 @@ fn verify(
         .results
         .as_ref()
         .with_context(|| format!("{} has no results to verify", path.display()))?;
+    // Threads are a run setting, not a result: --threads wins; the recorded count is used
+    // when this machine can run it.
+    let threads = match threads {
+        Some(_) => threads_arg(threads)?,
+        None => match check_threads(saved.settings.threads as i64, "the session") {
+            Ok(t) => t,
+            Err(e) => {
+                let t = runner::default_threads();
+                note!("note: {e}; verifying with {t}");
+                t
+            }
+        },
+    };
     let model_path = model
         .or_else(|| s.model.as_ref().map(|m| m.path.clone()))
         .with_context(|| "the session names no model: pass --model")?;
     let m = load(&model_path, gpu_layers)?;
+    check_fits(&saved.spec, &m)?;
     if m.fingerprint() != &saved.model {
         bail!(
             "{} is not the model these results came from ({} {} bytes, expected {} {} bytes): results are never compared across models",
@@ -445,7 +613,7 @@ fn verify(
         );
     }
     let options = RunOptions {
-        threads: threads.unwrap_or(saved.settings.threads),
+        threads,
         delta_layer: saved
             .kv_delta
             .as_ref()
@@ -456,14 +624,14 @@ fn verify(
     let fresh = runner::run(&m, &saved.spec, &options, |_| {})?;
     let differences = crate::experiment::compare::differences(saved, &fresh);
     if differences.is_empty() {
-        println!(
+        say!(
             "verified: re-running {} reproduces its results exactly",
             path.display()
         );
         Ok(())
     } else {
         for d in differences.iter().take(20) {
-            println!("differs: {d}");
+            say!("differs: {d}");
         }
         bail!(
             "{} differences between the saved and the re-run results",
@@ -498,20 +666,38 @@ fn open_app(path: Option<PathBuf>, run_at_start: bool, gpu_layers: Option<u32>) 
     crate::ui::run(start)
 }
 
+/// An error and its causes, `: `-separated, each cause shown once: an I/O error whose text the
+/// message already holds ("x.kvlab: No such file") is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.contains(&c) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c);
+    }
+    text
+}
+
 /// Entry point for `main`: parses, runs, and turns errors into a message and exit code 1.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match execute(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let message = error_text(&e);
+            note!("error: {message}");
             if crate::console::is_own() {
                 // Started from Explorer or the Start menu: the console closes as kvlab exits, so
                 // the message would flash by unread.
                 rfd::MessageDialog::new()
                     .set_level(rfd::MessageLevel::Error)
                     .set_title("kvlab")
-                    .set_description(format!("{e:#}"))
+                    .set_description(message)
                     .show();
             }
             std::process::ExitCode::FAILURE

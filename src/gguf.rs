@@ -83,17 +83,41 @@ impl GgufSummary {
 }
 
 /// Bytes one KV-cell takes: per layer, K and V of `n_head_kv` heads, two bytes (F16) per channel.
+/// Saturates at `u64::MAX` instead of overflowing (a forged header can ask for anything).
 pub fn kv_bytes_per_cell(n_head_kv_per_layer: impl Iterator<Item = u32>, dk: u32, dv: u32) -> u64 {
     n_head_kv_per_layer
-        .map(|h| 2 * h as u64 * (dk as u64 + dv as u64))
-        .sum()
+        .map(|h| {
+            2u64.saturating_mul(h as u64)
+                .saturating_mul(dk as u64 + dv as u64)
+        })
+        .fold(0u64, u64::saturating_add)
 }
 
 /// KV cells a run allocates: one stream per sequence, each rounded up to 256 cells as the
 /// engine's `Lab` does, long enough for the prompt, the generation and a small margin.
+/// Saturates at `u64::MAX` instead of overflowing.
 pub fn kv_cells_for_run(n_seq: u64, prompt_tokens: u64, max_tokens: u64) -> u64 {
-    n_seq * (prompt_tokens + max_tokens + 8).div_ceil(256) * 256
+    let per_seq = prompt_tokens
+        .saturating_add(max_tokens)
+        .saturating_add(8)
+        .div_ceil(256)
+        .saturating_mul(256);
+    n_seq.saturating_mul(per_seq)
 }
+
+/// llama.cpp's `LLAMA_MAX_LAYERS` (llama-hparams.h): `<arch>.block_count` must be in 1..=this, or
+/// llama.cpp aborts the process (`GGML_ASSERT`) while loading.
+pub const LLAMA_MAX_LAYERS: u32 = 512;
+/// llama.cpp's `LLAMA_MAX_EXPERTS` (llama-hparams.h): the most `<arch>.expert_count` may say.
+pub const LLAMA_MAX_EXPERTS: u32 = 1024;
+/// Attention heads (KV heads) a header may name; no model has near this many.
+const MAX_HEADS: u32 = 1 << 16;
+/// Channels per head a header may name.
+const MAX_HEAD_DIM: u32 = 1 << 16;
+/// Embedding size a header may name.
+const MAX_EMBD: u32 = 1 << 24;
+/// The RoPE scaling names llama.cpp knows (`LLAMA_ROPE_SCALING_TYPES`); any other aborts it.
+const ROPE_SCALING_TYPES: [&str; 4] = ["none", "linear", "yarn", "longrope"];
 
 /// llama.cpp's `llama_ftype` as the names people use.
 pub fn file_type_name(ftype: u32) -> String {
@@ -158,12 +182,20 @@ pub fn read_summary(path: &Path) -> Result<GgufSummary, GgufError> {
         path: shown.clone(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
-    if meta.is_dir() {
+    // Looked at before opening: opening a FIFO blocks until someone writes to it.
+    let kind = std::fs::metadata(path).map_err(io)?;
+    if let Some(what) = not_a_regular_file(&kind) {
         return Err(GgufError::NotGguf {
             path: shown,
-            reason: "it is a folder".into(),
+            reason: format!("it is {what}, not a regular file"),
+        });
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if let Some(what) = not_a_regular_file(&meta) {
+        return Err(GgufError::NotGguf {
+            path: shown,
+            reason: format!("it is {what}, not a regular file"),
         });
     }
     let mut r = Reader {
@@ -190,6 +222,33 @@ pub fn read_summary(path: &Path) -> Result<GgufSummary, GgufError> {
             reason,
         },
     })
+}
+
+/// What a file that is not a regular file is, in words ("a folder", "a named pipe (FIFO)"), or
+/// `None` for a regular file. Reading such a file can block forever (a FIFO) or never end
+/// (`/dev/zero`), so model, experiment and session paths must be regular files.
+pub fn not_a_regular_file(meta: &std::fs::Metadata) -> Option<&'static str> {
+    let t = meta.file_type();
+    if t.is_file() {
+        return None;
+    }
+    if t.is_dir() {
+        return Some("a folder");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return Some("a named pipe (FIFO)");
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return Some("a device");
+        }
+        if t.is_socket() {
+            return Some("a socket");
+        }
+    }
+    Some("not a regular file")
 }
 
 /// Reads the metadata from bytes in memory (tests, and files already read).
@@ -377,9 +436,18 @@ fn parse<R: Read + Seek>(r: &mut Reader<R>) -> Result<GgufSummary, ParseError> {
         let key = r
             .string(MAX_KEY_LEN)?
             .ok_or_else(|| ParseError::Bad(format!("an overlong metadata key at byte {at}")))?;
+        if key.is_empty() {
+            return Err(ParseError::Bad(format!(
+                "an empty metadata key at byte {at}"
+            )));
+        }
         let ty = r.u32()?;
         let value = r.value(ty, 0)?;
-        kv.insert(key, value);
+        if kv.insert(key.clone(), value).is_some() {
+            return Err(ParseError::Bad(format!(
+                "the metadata key {key:?} appears twice"
+            )));
+        }
     }
     let text = |k: &str| match kv.get(k) {
         Some(Value::Str(s)) => Some(s.clone()),
@@ -393,6 +461,7 @@ fn parse<R: Read + Seek>(r: &mut Reader<R>) -> Result<GgufSummary, ParseError> {
     let architecture = text("general.architecture")
         .ok_or_else(|| ParseError::Bad("it has no general.architecture".into()))?;
     let a = |k: &str| format!("{architecture}.{k}");
+    check_llama_limits(&kv, &architecture).map_err(ParseError::Bad)?;
     let n_embd = int(&a("embedding_length")).unwrap_or(0);
     let n_head = int(&a("attention.head_count")).unwrap_or(0);
     let n_head_kv = match kv.get(&a("attention.head_count_kv")) {
@@ -417,6 +486,135 @@ fn parse<R: Read + Seek>(r: &mut Reader<R>) -> Result<GgufSummary, ParseError> {
         has_chat_template: kv.contains_key("tokenizer.chat_template"),
         architecture,
     })
+}
+
+/// Checks the header values on which llama.cpp asserts (`GGML_ASSERT` in `load_hparams`, which
+/// aborts the whole process) instead of returning an error: a file that passes loads or fails
+/// with llama.cpp's own message. Values of the wrong type are left to llama.cpp, which refuses
+/// them with an error.
+fn check_llama_limits(
+    kv: &std::collections::HashMap<String, Value>,
+    arch: &str,
+) -> Result<(), String> {
+    let key = |k: &str| format!("{arch}.{k}");
+    // The largest integer a key holds (per-layer arrays: their largest element).
+    let raw = |k: &str| -> Option<i128> {
+        match kv.get(&key(k)) {
+            Some(Value::Int(i)) => Some(*i),
+            Some(Value::Ints(v)) => v.iter().copied().max(),
+            _ => None,
+        }
+    };
+    let block_count = key("block_count");
+    let n_layer = match raw("block_count") {
+        None => {
+            return Err(format!(
+                "it has no {block_count}; llama.cpp needs the number of layers"
+            ));
+        }
+        Some(n) if !(1..=LLAMA_MAX_LAYERS as i128).contains(&n) => {
+            return Err(format!(
+                "{block_count} is {n}; llama.cpp accepts 1 to {LLAMA_MAX_LAYERS} layers (LLAMA_MAX_LAYERS)"
+            ));
+        }
+        Some(n) => n,
+    };
+    // Not llama.cpp's asserts but kvlab's memory estimate: no model comes near these, and with
+    // them one KV cell costs at most 2^43 bytes, so estimates stay far from overflowing.
+    for (k, max) in [
+        ("attention.head_count", MAX_HEADS),
+        ("attention.head_count_kv", MAX_HEADS),
+        ("attention.key_length", MAX_HEAD_DIM),
+        ("attention.value_length", MAX_HEAD_DIM),
+        ("embedding_length", MAX_EMBD),
+    ] {
+        let smallest = match kv.get(&key(k)) {
+            Some(Value::Ints(v)) => v.iter().copied().min(),
+            _ => raw(k),
+        };
+        if let Some(n) = smallest.filter(|&n| n < 0).or(raw(k))
+            && !(0..=max as i128).contains(&n)
+        {
+            return Err(format!(
+                "{} is {n}, not a plausible value (kvlab accepts 0 to {max})",
+                key(k)
+            ));
+        }
+    }
+    if let Some(n) = raw("nextn_predict_layers")
+        && !(0..=n_layer).contains(&n)
+    {
+        return Err(format!(
+            "{} is {n}, more than the {n_layer} layers in {block_count}",
+            key("nextn_predict_layers")
+        ));
+    }
+    let experts = raw("expert_count").unwrap_or(0);
+    if !(0..=LLAMA_MAX_EXPERTS as i128).contains(&experts) {
+        return Err(format!(
+            "{} is {experts}; llama.cpp accepts at most {LLAMA_MAX_EXPERTS} experts (LLAMA_MAX_EXPERTS)",
+            key("expert_count")
+        ));
+    }
+    let used = raw("expert_used_count").unwrap_or(0);
+    let groups = raw("expert_group_count").unwrap_or(0);
+    let group_used = raw("expert_group_used_count").unwrap_or(0);
+    let bad = |what: String| Err(format!("{what}, which llama.cpp cannot load"));
+    if !(0..=experts).contains(&used) {
+        return bad(format!(
+            "{} is {used} but {} is {experts}",
+            key("expert_used_count"),
+            key("expert_count")
+        ));
+    }
+    if experts > 0 {
+        if used == 0 {
+            return bad(format!(
+                "{} is {experts} but {} is 0 or missing",
+                key("expert_count"),
+                key("expert_used_count")
+            ));
+        }
+        if !(0..experts).contains(&groups) {
+            return bad(format!(
+                "{} is {groups}, not below {} ({experts})",
+                key("expert_group_count"),
+                key("expert_count")
+            ));
+        }
+        if groups > 1 && (experts % groups != 0 || !(1..groups).contains(&group_used)) {
+            return bad(format!(
+                "{} is {groups} and {} is {group_used} for {experts} experts",
+                key("expert_group_count"),
+                key("expert_group_used_count")
+            ));
+        }
+    } else if groups != 0 {
+        return bad(format!(
+            "{} is {groups} in a model without experts",
+            key("expert_group_count")
+        ));
+    }
+    if let Some(Value::Str(t)) = kv.get(&key("rope.scaling.type"))
+        && !ROPE_SCALING_TYPES.contains(&t.as_str())
+    {
+        return Err(format!(
+            "{} is {t:?}; llama.cpp knows {}",
+            key("rope.scaling.type"),
+            ROPE_SCALING_TYPES.join(", ")
+        ));
+    }
+    for sub in ["posnet.block_count", "convnext.block_count"] {
+        if let Some(n) = raw(sub)
+            && n > n_layer
+        {
+            return bad(format!(
+                "{} is {n}, more than {block_count} ({n_layer})",
+                key(sub)
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -557,6 +755,64 @@ mod tests {
                 .unwrap_err()
                 .contains("architecture")
         );
+    }
+
+    #[test]
+    fn values_llama_cpp_asserts_on_are_refused_before_it_sees_them() {
+        let err = |g: Gguf| summary_from_bytes(&g.bytes()).unwrap_err();
+        let llama = || Gguf::default().str("general.architecture", "llama");
+        let layers = |n| llama().u32("llama.block_count", n);
+        assert!(err(llama()).contains("no llama.block_count"));
+        let e = err(layers(0));
+        assert!(
+            e.contains("llama.block_count is 0; llama.cpp accepts 1 to 512"),
+            "{e}"
+        );
+        assert!(err(layers(513)).contains("LLAMA_MAX_LAYERS"));
+        assert!(summary_from_bytes(&layers(512).bytes()).is_ok());
+        assert!(summary_from_bytes(&layers(1).bytes()).is_ok());
+        let e = err(layers(30).u32("llama.expert_count", 1025));
+        assert!(e.contains("expert_count is 1025"), "{e}");
+        let e = err(layers(30).u32("llama.expert_count", 8));
+        assert!(e.contains("expert_used_count is 0 or missing"), "{e}");
+        let e = err(layers(30)
+            .u32("llama.expert_count", 8)
+            .u32("llama.expert_used_count", 9));
+        assert!(e.contains("expert_used_count is 9"), "{e}");
+        let e = err(layers(30)
+            .u32("llama.expert_count", 8)
+            .u32("llama.expert_used_count", 2)
+            .u32("llama.expert_group_count", 3));
+        assert!(e.contains("expert_group_count is 3"), "{e}");
+        let moe = layers(30)
+            .u32("llama.expert_count", 8)
+            .u32("llama.expert_used_count", 2)
+            .u32("llama.expert_group_count", 4)
+            .u32("llama.expert_group_used_count", 2);
+        assert!(summary_from_bytes(&moe.bytes()).is_ok());
+        let e = err(layers(30).str("llama.rope.scaling.type", "YaRN"));
+        assert!(e.contains("rope.scaling.type is \"YaRN\""), "{e}");
+        assert!(
+            summary_from_bytes(&layers(30).str("llama.rope.scaling.type", "yarn").bytes()).is_ok()
+        );
+        let e = err(layers(30).u32("llama.nextn_predict_layers", 31));
+        assert!(e.contains("nextn_predict_layers is 31"), "{e}");
+        let e = err(layers(30).u32("llama.attention.head_count_kv", u32::MAX));
+        assert!(e.contains("head_count_kv is 4294967295"), "{e}");
+        let e = err(layers(3).i32s("llama.attention.head_count_kv", &[1, -1, 2]));
+        assert!(e.contains("head_count_kv is -1"), "{e}");
+        let e = err(layers(30).str("general.name", "a").str("general.name", "b"));
+        assert!(e.contains("\"general.name\" appears twice"), "{e}");
+        let e = err(layers(30).str("", "x"));
+        assert!(e.contains("empty metadata key"), "{e}");
+    }
+
+    #[test]
+    fn estimates_saturate_instead_of_overflowing() {
+        let per_cell = kv_bytes_per_cell(std::iter::repeat_n(u32::MAX, 600), u32::MAX, u32::MAX);
+        assert_eq!(per_cell, u64::MAX);
+        assert_eq!(kv_cells_for_run(u64::MAX, u64::MAX, u64::MAX), u64::MAX);
+        assert_eq!(kv_cells_for_run(2, 0, u64::MAX), u64::MAX);
     }
 
     #[test]

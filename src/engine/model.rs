@@ -152,6 +152,13 @@ impl LoadedModel {
         mut progress: impl FnMut(f32) + Send + 'static,
     ) -> Result<LoadedModel, EngineError> {
         check_gguf_header(path)?;
+        if path.to_str().is_none() {
+            // llama.cpp takes the path as UTF-8 text; it would fail with no word of why.
+            return Err(EngineError::LoadFailed {
+                path: path.display().to_string(),
+                detail: "the path is not valid UTF-8 (llama.cpp opens files by UTF-8 name): rename the file or its folder".into(),
+            });
+        }
         let fingerprint = fingerprint(path)?;
         let backend = backend()?;
         let mut params = LlamaModelParams::default();

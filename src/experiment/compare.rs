@@ -1,4 +1,5 @@
-//! Comparing two runs' results (for `kvlab verify`): every field but the timings, exactly.
+//! Comparing two runs' results (for `kvlab verify`): every field but the timings and the thread
+//! count, exactly.
 
 use serde_json::Value;
 
@@ -11,6 +12,10 @@ pub fn differences(saved: &RunResults, fresh: &RunResults) -> Vec<String> {
         let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
         if let Some(o) = v.as_object_mut() {
             o.remove("timings");
+            // Threads are how the run was done, not what it produced.
+            if let Some(settings) = o.get_mut("settings").and_then(|s| s.as_object_mut()) {
+                settings.remove("threads");
+            }
         }
         v
     };

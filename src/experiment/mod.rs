@@ -2,6 +2,7 @@
 //! finding, metrics, the results a run produces and the outcome grid.
 
 pub mod compare;
+pub mod floats;
 pub mod grid;
 pub mod jinja;
 pub mod metrics;

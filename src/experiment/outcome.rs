@@ -17,10 +17,13 @@ pub struct ExpectedScore {
     /// The answer text.
     pub answer: String,
     /// Sum of token log-probs.
+    #[serde(with = "crate::experiment::floats")]
     pub sum: f64,
     /// Mean per token.
+    #[serde(with = "crate::experiment::floats")]
     pub mean: f64,
     /// Per token log-probs.
+    #[serde(with = "crate::experiment::floats")]
     pub per_token: Vec<f32>,
 }
 

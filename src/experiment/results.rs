@@ -15,6 +15,7 @@ pub struct Alternative {
     /// Its text.
     pub piece: String,
     /// Its log-probability at that step.
+    #[serde(with = "crate::experiment::floats")]
     pub logprob: f32,
 }
 
@@ -26,8 +27,10 @@ pub struct Step {
     /// The most likely tokens at this step.
     pub top: Vec<Alternative>,
     /// Log-probability of each probe's token (in the spec's probe order).
+    #[serde(with = "crate::experiment::floats")]
     pub probes: Vec<f32>,
     /// Top-1 minus top-2 log-prob: below 0.1 the choice is a near-tie.
+    #[serde(with = "crate::experiment::floats")]
     pub gap: f32,
 }
 
@@ -48,8 +51,10 @@ pub struct ContinuationScore {
     /// The variant whose baseline continuation was scored.
     pub of_variant: String,
     /// Sum of the token log-probs.
+    #[serde(with = "crate::experiment::floats")]
     pub sum: f64,
     /// Mean per token.
+    #[serde(with = "crate::experiment::floats")]
     pub mean: f64,
     /// Tokens scored.
     pub n_tokens: usize,
@@ -93,7 +98,7 @@ pub struct ConditionResult {
     #[serde(default)]
     pub expected: Vec<ExpectedScore>,
     /// Own variant's expected-answer score minus the best other variant's (needs expected answers).
-    #[serde(default)]
+    #[serde(default, with = "crate::experiment::floats")]
     pub preference: Option<f64>,
     /// The preference in words: "keeps SF, +2.10", "flips to NY, −8.50".
     #[serde(default)]
@@ -123,8 +128,10 @@ pub struct KvDelta {
     /// Second variant.
     pub variant_b: String,
     /// `k_l2[layer][position]`.
+    #[serde(with = "crate::experiment::floats")]
     pub k_l2: Vec<Vec<f32>>,
     /// `v_l2[layer][position]`.
+    #[serde(with = "crate::experiment::floats")]
     pub v_l2: Vec<Vec<f32>>,
     /// The full rows of one layer, when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,8 +144,10 @@ pub struct LayerDelta {
     /// The layer.
     pub layer: usize,
     /// `k[position][channel]`.
+    #[serde(with = "crate::experiment::floats")]
     pub k: Vec<Vec<f32>>,
     /// `v[position][channel]`.
+    #[serde(with = "crate::experiment::floats")]
     pub v: Vec<Vec<f32>>,
 }
 
@@ -155,16 +164,73 @@ pub struct RunSettings {
     pub n_batch: u32,
 }
 
+/// The most tokens per llama.cpp call a run may ask for (llama.cpp allocates a batch this size).
+pub const MAX_N_BATCH: u32 = 1 << 16;
+
+/// The most threads a saved run may say it used, on any machine.
+pub const MAX_THREADS_RECORDED: i32 = 1 << 16;
+
+/// The most CPU threads a run may ask for: four per core this machine has. llama.cpp starts
+/// every thread it is asked for (100,000 crash it; thousands make it crawl).
+pub fn max_threads() -> i32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (4 * cores).min(i32::MAX as usize) as i32
+}
+
+/// Checks a thread count from the command line or a file; `from` says where it came from.
+pub fn check_threads(threads: i64, from: &str) -> Result<i32, String> {
+    let max = max_threads();
+    if !(1..=max as i64).contains(&threads) {
+        return Err(format!(
+            "{from} asks for {threads} threads; use 1 to {max} (four per core on this machine)"
+        ));
+    }
+    Ok(threads as i32)
+}
+
+impl RunSettings {
+    /// Checks settings read from a file as if a user had typed them (`verify` re-runs with
+    /// them): threads in range, a batch that holds one token of every sequence.
+    pub fn validate(&self) -> Result<(), String> {
+        // Any machine's count is readable (the file may come from a bigger one); `verify`
+        // checks it against this machine's cores before running.
+        if !(1..=MAX_THREADS_RECORDED).contains(&self.threads) {
+            return Err(format!(
+                "settings.threads is {}; a run uses 1 to {MAX_THREADS_RECORDED} threads",
+                self.threads
+            ));
+        }
+        if self.n_seq as usize > super::spec::MAX_SEQUENCES {
+            return Err(format!(
+                "settings.n_seq is {}; llama.cpp runs at most {} sequences",
+                self.n_seq,
+                super::spec::MAX_SEQUENCES
+            ));
+        }
+        if !(self.n_seq.max(1)..=MAX_N_BATCH).contains(&self.n_batch) {
+            return Err(format!(
+                "settings.n_batch is {}; it must hold one token of each of the {} sequences and be at most {MAX_N_BATCH}",
+                self.n_batch, self.n_seq
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Wall-clock timings (excluded from reproducibility comparisons).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Timings {
     /// Seconds evaluating prompts.
+    #[serde(with = "crate::experiment::floats")]
     pub prompt_s: f64,
     /// Seconds generating.
+    #[serde(with = "crate::experiment::floats")]
     pub generate_s: f64,
     /// Generated tokens per second, all sequences together.
+    #[serde(with = "crate::experiment::floats")]
     pub tokens_per_s: f64,
     /// Seconds scoring continuations.
+    #[serde(with = "crate::experiment::floats")]
     pub score_s: f64,
 }
 
@@ -201,6 +267,60 @@ pub struct RunResults {
 }
 
 impl RunResults {
+    /// Checks that results read from a file agree with their own spec, so that the grid, the
+    /// reports and `verify` can index them: one result per variant and per condition, in spec
+    /// order, each condition naming a variant, settings in range.
+    pub fn validate(&self) -> Result<(), String> {
+        self.spec
+            .validate()
+            .map_err(|e| format!("results.spec: {e}"))?;
+        self.settings
+            .validate()
+            .map_err(|e| format!("results.{e}"))?;
+        let names: Vec<&str> = self.spec.variants.iter().map(|v| v.name.as_str()).collect();
+        let got: Vec<&str> = self.variants.iter().map(|v| v.name.as_str()).collect();
+        if names != got {
+            return Err(format!(
+                "results.variants are {got:?}, but the spec has the variants {names:?}"
+            ));
+        }
+        if self.conditions.len() != self.spec.conditions.len() {
+            return Err(format!(
+                "results.conditions has {} items, but the spec has {} conditions",
+                self.conditions.len(),
+                self.spec.conditions.len()
+            ));
+        }
+        for (i, (c, sc)) in self
+            .conditions
+            .iter()
+            .zip(&self.spec.conditions)
+            .enumerate()
+        {
+            if c.variant != sc.variant {
+                return Err(format!(
+                    "results.conditions[{i}] is of variant {:?}, but the spec's condition {i} is of {:?}",
+                    c.variant, sc.variant
+                ));
+            }
+        }
+        let n_seq = self.variants.len() + self.conditions.len();
+        if self.settings.n_seq as usize != n_seq {
+            return Err(format!(
+                "results.settings.n_seq is {}, but the results have {n_seq} sequences",
+                self.settings.n_seq
+            ));
+        }
+        if let Some(d) = &self.kv_delta {
+            for (name, rows) in [("k_l2", &d.k_l2), ("v_l2", &d.v_l2)] {
+                if rows.len() > crate::gguf::LLAMA_MAX_LAYERS as usize {
+                    return Err(format!("results.kv_delta.{name} has {} layers", rows.len()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A variant's result by name.
     pub fn variant(&self, name: &str) -> Option<&VariantResult> {
         self.variants.iter().find(|v| v.name == name)

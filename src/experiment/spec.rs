@@ -9,6 +9,18 @@ use thiserror::Error;
 
 pub use crate::engine::KvPart;
 
+/// The most tokens a spec may ask to generate: more than any model's context, and small enough
+/// that context sizes computed from it never overflow.
+pub const MAX_TOKENS_LIMIT: usize = 1 << 20;
+/// The most sequences llama.cpp runs in one context (`LLAMA_MAX_SEQ`): a grid runs one per
+/// variant and one per condition.
+pub const MAX_SEQUENCES: usize = 256;
+/// The most alternatives recorded per step.
+pub const MAX_TOP_K: usize = 1000;
+/// The largest experiment file read (a spec is a few KiB; this keeps `/dev/zero` and friends
+/// from filling memory).
+pub const MAX_SPEC_BYTES: u64 = 16 << 20;
+
 /// The placeholder in the prompt that each variant fills.
 pub const NEEDLE_PLACEHOLDER: &str = "{needle}";
 
@@ -63,6 +75,7 @@ pub enum PromptMode {
 
 /// One turn of the conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Turn {
     /// `user`, `assistant` or `system`.
     pub role: String,
@@ -73,6 +86,7 @@ pub struct Turn {
 /// The prompt: turns and how to render them. Generation continues as the assistant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct PromptSpec {
     /// Plain text or chat template.
     pub mode: PromptMode,
@@ -94,6 +108,7 @@ impl Default for PromptSpec {
 
 /// One filling of the needle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Variant {
     /// Short name (column header), e.g. `SF`.
     pub name: String,
@@ -111,6 +126,7 @@ pub struct Variant {
 
 /// A half-open range of token positions `start..end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Span {
     /// First position.
     pub start: usize,
@@ -251,7 +267,7 @@ impl<'de> Deserialize<'de> for LayerSet {
 
 /// What is done to the cache at the span before generating.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Intervention {
     /// Nothing: the control.
     None,
@@ -284,6 +300,7 @@ fn default_part() -> KvPart {
 
 /// One cell of the grid: a variant's prompt with an intervention.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Condition {
     /// Row label in the grid; conditions of different variants with the same label share a row.
     /// Default: derived from the intervention.
@@ -331,7 +348,7 @@ impl Condition {
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Sampling {
     /// The most likely token (ties: the lowest id).
     Greedy,
@@ -350,6 +367,7 @@ pub enum Sampling {
 /// Generation settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct GenerationSpec {
     /// Tokens generated per condition.
     pub max_tokens: usize,
@@ -372,6 +390,7 @@ impl Default for GenerationSpec {
 /// An experiment: everything needed to run it on any model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct ExperimentSpec {
     /// A name for files and titles.
     pub name: String,
@@ -409,6 +428,44 @@ impl Default for ExperimentSpec {
     }
 }
 
+/// Reads a text file that a user names (an experiment, a session): it must be a regular file
+/// (a FIFO would block, `/dev/zero` never ends) of at most `max` bytes, in UTF-8 (a byte order
+/// mark is allowed). `what` names the kind of file in messages ("an experiment").
+pub fn read_text_file(path: &std::path::Path, max: u64, what: &str) -> Result<String, String> {
+    use std::io::Read;
+    let shown = path.display();
+    let cannot = |e: std::io::Error| format!("cannot read {what} {shown}: {e}");
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if let Some(kind) = crate::gguf::not_a_regular_file(&meta) {
+        return Err(format!("{shown} is {kind}, not {what} file"));
+    }
+    let too_big = || {
+        format!(
+            "{shown} is larger than {} MiB, too large for {what} file",
+            max >> 20
+        )
+    };
+    if meta.len() > max {
+        return Err(too_big());
+    }
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > max {
+        return Err(too_big());
+    }
+    let mut text = String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{shown} is not UTF-8 text (invalid byte at {})",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    if text.starts_with('\u{feff}') {
+        text.drain(..3);
+    }
+    Ok(text)
+}
+
 /// Turns a role name into the plain-text label (`user` → `User`).
 fn role_label(role: &str) -> String {
     let mut c = role.chars();
@@ -427,12 +484,65 @@ impl ExperimentSpec {
         ExperimentSpec::from_json(SEED_JSON).expect("the shipped seed experiment is valid")
     }
 
-    /// Reads a spec from JSON, with a message that says where it went wrong.
+    /// Reads a spec from JSON, with a message that says where it went wrong (a misspelled
+    /// field is named, with the fields that exist). A UTF-8 byte order mark is skipped.
     pub fn from_json(text: &str) -> Result<ExperimentSpec, SpecError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let spec: ExperimentSpec =
             serde_json::from_str(text).map_err(|e| SpecError::Json(e.to_string()))?;
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// Reads an experiment file: a regular file of at most [`MAX_SPEC_BYTES`], UTF-8 JSON.
+    /// Errors name the file.
+    pub fn from_file(path: &std::path::Path) -> Result<ExperimentSpec, String> {
+        let shown = path.display();
+        let text = read_text_file(path, MAX_SPEC_BYTES, "an experiment")?;
+        ExperimentSpec::from_json(&text).map_err(|e| format!("in {shown}: {e}"))
+    }
+
+    /// Checks the spec against the model it is about to run on, before anything is allocated:
+    /// the tokens generated must fit the model's trained context, and the KV cache of all
+    /// sequences (`kv_bytes_per_cell` per token) must fit in `memory` bytes when that is known.
+    pub fn check_fits(
+        &self,
+        n_ctx_train: u32,
+        kv_bytes_per_cell: u64,
+        memory: Option<u64>,
+    ) -> Result<(), SpecError> {
+        let max = self.generation.max_tokens;
+        if n_ctx_train > 0 && max > n_ctx_train as usize {
+            return Err(SpecError::Generation(format!(
+                "max_tokens is {max}, more than the model's trained context of {n_ctx_train} tokens"
+            )));
+        }
+        let n_seq = (self.variants.len() + self.conditions.len()) as u64;
+        // The prompt's length is not known before tokenizing: about four characters a token.
+        let prompt: usize = self
+            .prompt
+            .turns
+            .iter()
+            .map(|t| t.content.len() + 8)
+            .sum::<usize>()
+            + self
+                .variants
+                .iter()
+                .map(|v| v.needle.len())
+                .max()
+                .unwrap_or(0);
+        let cells = crate::gguf::kv_cells_for_run(n_seq, prompt as u64 / 4, max as u64);
+        let bytes = cells.saturating_mul(kv_bytes_per_cell);
+        if let Some(memory) = memory
+            && bytes > memory
+        {
+            return Err(SpecError::Generation(format!(
+                "the KV cache for {n_seq} sequences of up to {max} generated tokens needs about {} MiB, more than this machine's {} MiB of memory: ask for fewer tokens or conditions",
+                bytes >> 20,
+                memory >> 20
+            )));
+        }
+        Ok(())
     }
 
     /// Checks what can be checked without a model.
@@ -512,6 +622,31 @@ impl ExperimentSpec {
             return Err(SpecError::Generation(
                 "max_tokens must be at least 1".into(),
             ));
+        }
+        if self.generation.max_tokens > MAX_TOKENS_LIMIT {
+            return Err(SpecError::Generation(format!(
+                "max_tokens is {}, more than kvlab generates ({MAX_TOKENS_LIMIT})",
+                self.generation.max_tokens
+            )));
+        }
+        let n_seq = self.variants.len() + self.conditions.len();
+        if n_seq > MAX_SEQUENCES {
+            return Err(SpecError::Variants(format!(
+                "{} variants and {} conditions make {n_seq} sequences; llama.cpp runs at most {MAX_SEQUENCES}",
+                self.variants.len(),
+                self.conditions.len()
+            )));
+        }
+        if self.top_k > MAX_TOP_K {
+            return Err(SpecError::Generation(format!(
+                "top_k is {}, more than the {MAX_TOP_K} alternatives kvlab records",
+                self.top_k
+            )));
+        }
+        if let Some(i) = self.probes.iter().position(|p| p.is_empty()) {
+            return Err(SpecError::Generation(format!(
+                "probe {i} is empty: a probe is the text of a token, e.g. \" San\""
+            )));
         }
         if let Sampling::Sample {
             temperature, top_p, ..
@@ -682,6 +817,38 @@ mod tests {
             span: None,
         });
         assert!(spec.validate().unwrap_err().to_string().contains("\"LA\""));
+    }
+
+    #[test]
+    fn hostile_specs_are_refused_with_the_cause() {
+        let seed = SEED_JSON;
+        let err = |text: &str| ExperimentSpec::from_json(text).unwrap_err().to_string();
+        let typo = seed.replacen("\"max_tokens\"", "\"max_token\"", 1);
+        let e = err(&typo);
+        assert!(e.contains("unknown field `max_token`"), "{e}");
+        let e = err(&seed.replacen("\"probes\": [", "\"probes\": [\"\", ", 1));
+        assert!(e.contains("probe 0 is empty"), "{e}");
+        let e = err(&seed.replacen("\"max_tokens\": 100", "\"max_tokens\": 1000000000", 1));
+        assert!(e.contains("max_tokens is 1000000000"), "{e}");
+        let e = err(&seed.replacen(
+            "\"max_tokens\": 100",
+            "\"max_tokens\": 18446744073709551615",
+            1,
+        ));
+        assert!(e.contains("max_tokens"), "{e}");
+        let e = err(&seed.replacen("\"top_k\": 10", "\"top_k\": 4000000000", 1));
+        assert!(e.contains("top_k is 4000000000"), "{e}");
+        // A byte order mark is skipped.
+        assert!(ExperimentSpec::from_json(&format!("\u{feff}{seed}")).is_ok());
+        let spec = ExperimentSpec::seed();
+        let e = spec.check_fits(64, 23_040, None).unwrap_err().to_string();
+        assert!(e.contains("trained context of 64 tokens"), "{e}");
+        let e = spec
+            .check_fits(8192, 23_040, Some(1 << 20))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MiB of memory"), "{e}");
+        assert!(spec.check_fits(8192, 23_040, Some(1 << 40)).is_ok());
     }
 
     #[test]

@@ -111,12 +111,16 @@ impl SweepSpec {
                     })
                     .collect()
             }
+            // Spans only grow: stop at the first that leaves the prompt (a huge max_extra
+            // must not be counted through).
             SweepKind::Span { max_extra } => (0..=*max_extra)
-                .map(|k| Span {
-                    start: needle.start,
-                    end: needle.end + k,
+                .map_while(|k| {
+                    let end = needle.end.checked_add(k).filter(|&e| e <= cached)?;
+                    Some(Span {
+                        start: needle.start,
+                        end,
+                    })
                 })
-                .filter(|s| s.end <= cached)
                 .enumerate()
                 .map(|(k, s)| SweepItem {
                     label: format!("{}..{}", s.start, s.end),
@@ -193,10 +197,13 @@ pub struct SweepPoint {
     #[serde(default)]
     pub layer: Option<u32>,
     /// Own variant's expected-answer score minus the best other's (when answers exist).
+    #[serde(default, with = "crate::experiment::floats")]
     pub preference: Option<f64>,
     /// Sum of log-probs of each variant's measured continuation, in variant order.
+    #[serde(with = "crate::experiment::floats")]
     pub scores: Vec<f64>,
     /// Log-prob of each probe's token at the first generated step.
+    #[serde(with = "crate::experiment::floats")]
     pub first_step_probes: Vec<f32>,
 }
 
@@ -299,6 +306,12 @@ mod tests {
             sweep(SweepKind::Span { max_extra: 20 }).items(10, 4, Span { start: 3, end: 4 });
         assert_eq!(items.len(), 6, "3..4 up to 3..9");
         assert_eq!(items[2].condition.span, Some(Span { start: 3, end: 6 }));
+        // The largest number a user can type ends at once, with the same items.
+        let items = sweep(SweepKind::Span {
+            max_extra: usize::MAX,
+        })
+        .items(10, 4, Span { start: 3, end: 4 });
+        assert_eq!(items.len(), 6);
     }
 
     #[test]
