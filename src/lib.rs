@@ -10,6 +10,8 @@
 //! - [`console`]: the console window on Windows (kept for the CLI, let go for the app).
 //! - [`ui`]: the desktop app.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod cli;
 pub mod console;

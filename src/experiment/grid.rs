@@ -58,9 +58,24 @@ pub fn preview(text: &str, max: usize) -> String {
     }
 }
 
-/// The measurements of a cell: the verdict (when expected answers exist), the mean log-prob
-/// of each variant's baseline answer under its cache, the keyword tally, and where the text
-/// departs from the baseline (marked fragile at a near-tie).
+/// How the preference is computed, in words (tooltips, report footnotes).
+pub const PREFERENCE_HELP: &str = "Each variant's expected answers are scored teacher-forced \
+    under the edited cache: log P(answer) is the sum of the answer's token log-probs, and a \
+    variant's score is the log of the total probability of its answers. The preference is the \
+    row's own variant's score minus the best other variant's: above 0 the cache keeps its own \
+    needle, below 0 it flips to the other.";
+
+/// The log-probability of a variant's expected answers under a condition's cache: the number
+/// its verdict compares (`None` when the variant has no expected answer or the run was not
+/// scored).
+pub fn answer_score(c: &ConditionResult, variant: &str) -> Option<f64> {
+    super::outcome::variant_score(&c.expected, variant)
+}
+
+/// The measurements of a cell: the verdict (when expected answers exist) with the answer
+/// scores it compares, the mean per-token log-prob of each variant's baseline continuation
+/// under its cache, the keyword tally, and where the text departs from the baseline (marked
+/// fragile at a near-tie).
 pub fn score_line(results: &RunResults, c: &ConditionResult) -> String {
     let mut parts: Vec<String> = Vec::new();
     if let Some(v) = &c.verdict {
@@ -69,14 +84,22 @@ pub fn score_line(results: &RunResults, c: &ConditionResult) -> String {
     if c.scores.is_empty() {
         parts.push("(not scored)".into());
     }
+    let answers: Vec<String> = results
+        .variants
+        .iter()
+        .filter_map(|v| answer_score(c, &v.name).map(|s| format!("{} {s:.2}", v.name)))
+        .collect();
+    if !answers.is_empty() {
+        parts.push(format!("log P(answers) {}", answers.join(", ")));
+    }
     let lps: Vec<String> = results
         .variants
         .iter()
         .filter_map(|v| c.score_of(&v.name))
-        .map(|s| format!("lp({})={:.3}", s.of_variant, s.mean))
+        .map(|s| format!("{} {:.3}", s.of_variant, s.mean))
         .collect();
     if !lps.is_empty() {
-        parts.push(lps.join(" "));
+        parts.push(format!("baseline texts, mean lp/token {}", lps.join(", ")));
     }
     if !c.keywords.is_empty() {
         let k: Vec<String> = c
@@ -219,5 +242,59 @@ mod tests {
         let p = preview(&long, 120);
         assert_eq!(p.chars().count(), 120);
         assert!(p.ends_with('…'));
+    }
+
+    /// The numbers shown beside a verdict are the ones it was computed from: own answers'
+    /// score minus the best other's equals the preference, in every scored cell of a real run.
+    #[test]
+    fn the_answer_scores_shown_add_up_to_the_preference() {
+        let text = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/results-v0.json"
+        ));
+        let r = crate::session::Session::from_json(text, "results-v0.json")
+            .unwrap()
+            .results
+            .unwrap();
+        // The fixture predates expected answers: give each condition some, scored as a run
+        // scores them.
+        let mut r = r;
+        let names: Vec<String> = r.variants.iter().map(|v| v.name.clone()).collect();
+        for (i, c) in r.conditions.iter_mut().enumerate() {
+            let e = |variant: &str, answer: &str, sum: f64| super::super::outcome::ExpectedScore {
+                variant: variant.into(),
+                answer: answer.into(),
+                sum,
+                mean: sum / 3.0,
+                per_token: vec![(sum / 3.0) as f32; 3],
+            };
+            c.expected = vec![
+                e(&names[0], "a", -1.5 - i as f64),
+                e(&names[0], "b", -2.0),
+                e(&names[1], "c", -3.0 + 0.7 * i as f64),
+            ];
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let (p, other) =
+                super::super::outcome::preference(&c.expected, &c.variant, &refs).unwrap();
+            c.preference = Some(p);
+            c.verdict = Some(super::super::outcome::verdict(&c.variant, p, &other));
+        }
+        let mut checked = 0;
+        for c in &r.conditions {
+            let Some(pref) = c.preference else { continue };
+            let own = answer_score(c, &c.variant).unwrap();
+            let best_other = r
+                .variants
+                .iter()
+                .filter(|v| v.name != c.variant)
+                .filter_map(|v| answer_score(c, &v.name))
+                .fold(f64::NEG_INFINITY, f64::max);
+            assert!((own - best_other - pref).abs() < 1e-9, "{}", c.label);
+            let line = score_line(&r, c);
+            assert!(line.contains(&format!("{} {own:.2}", c.variant)), "{line}");
+            assert!(line.contains("log P(answers)") && line.contains("mean lp/token"));
+            checked += 1;
+        }
+        assert!(checked > 0, "the fixture has scored cells");
     }
 }

@@ -222,7 +222,14 @@ pub fn html(s: &Session) -> String {
     // Score table.
     out.push_str("<h2>Scores</h2><table id=\"scores\"><tr><th>condition</th><th>prompt</th><th>verdict</th><th>preference</th>");
     for v in &r.variants {
-        let _ = write!(out, "<th>mean lp of {} baseline</th>", esc(&v.name));
+        let _ = write!(out, "<th>log P({} answers)</th>", esc(&v.name));
+    }
+    for v in &r.variants {
+        let _ = write!(
+            out,
+            "<th>{} baseline text, mean lp/token</th>",
+            esc(&v.name)
+        );
     }
     out.push_str("</tr>");
     for c in &r.conditions {
@@ -239,6 +246,13 @@ pub fn html(s: &Session) -> String {
             let _ = write!(
                 out,
                 "<td>{}</td>",
+                grid::answer_score(c, &v.name).map_or("—".into(), |s| format!("{s:.3}"))
+            );
+        }
+        for v in &r.variants {
+            let _ = write!(
+                out,
+                "<td>{}</td>",
                 c.score_of(&v.name)
                     .map_or("—".into(), |s| format!("{:.3}", s.mean))
             );
@@ -246,6 +260,12 @@ pub fn html(s: &Session) -> String {
         out.push_str("</tr>");
     }
     out.push_str("</table>");
+    let _ = write!(
+        out,
+        "<p class=\"small\">{} The baseline columns score each variant's unedited greedy text \
+         under the edited cache, per token: they are not the answers.</p>",
+        esc(grid::PREFERENCE_HELP)
+    );
     if let Some(probe) = r.spec.probes.first() {
         let _ = write!(
             out,

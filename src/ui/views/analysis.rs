@@ -5,6 +5,7 @@ use egui::{Color32, RichText, Sense, Ui, Vec2};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use super::{BAD, GOOD, verdict_color};
+use crate::experiment::grid;
 use crate::ui::app::KvlabApp;
 use crate::ui::commands::Command;
 
@@ -52,42 +53,94 @@ pub fn probe_chart(app: &mut KvlabApp, ui: &mut Ui) {
         });
 }
 
-/// Each condition's scores: preference, verdict, and each variant's answer log-probs.
+/// Each condition's scores: the verdict with the numbers it compares (each variant's expected
+/// answers, summed), then, labelled as what they are, the mean per-token log-prob of each
+/// variant's baseline text under the edited cache.
 pub fn score_table(app: &mut KvlabApp, ui: &mut Ui) {
     let Some(r) = &app.doc.results else {
         ui.label(RichText::new("No results yet.").weak());
         return;
     };
-    egui::Grid::new("scores").striped(true).show(ui, |ui| {
-        ui.label(RichText::new("condition").strong());
-        ui.label(RichText::new("prompt").strong());
-        ui.label(RichText::new("verdict").strong());
-        for v in &r.variants {
-            ui.label(RichText::new(format!("lp({} answer)", v.name)).strong());
-        }
-        ui.end_row();
-        for c in &r.conditions {
-            ui.label(&c.label);
-            ui.label(&c.variant);
-            match &c.verdict {
-                Some(v) => ui.label(RichText::new(v).color(verdict_color(v))),
-                None => ui.label("—"),
-            };
+    ui.add_enabled_ui(app.doc.results_are_current(), |ui| {
+        egui::Grid::new("scores").striped(true).show(ui, |ui| {
+            ui.label(RichText::new("condition").strong());
+            ui.label(RichText::new("prompt").strong());
+            ui.label(RichText::new("verdict").strong())
+                .on_hover_text(grid::PREFERENCE_HELP);
             for v in &r.variants {
-                match c.score_of(&v.name) {
-                    Some(s) => {
-                        let own = v.name == c.variant;
-                        let t = RichText::new(format!("{:.3}", s.mean));
-                        ui.label(if own { t.strong() } else { t });
-                    }
-                    None => {
-                        ui.label("—");
-                    }
-                }
+                ui.label(RichText::new(format!("log P({} answers)", v.name)).strong())
+                    .on_hover_text(format!(
+                        "The sum of the token log-probs of {}'s expected answers under the \
+                         row's cache (several answers: the log of their total probability). \
+                         The verdict compares these.",
+                        v.name
+                    ));
+            }
+            for v in &r.variants {
+                ui.label(RichText::new(format!("{} baseline text, lp/token", v.name)))
+                    .on_hover_text(format!(
+                        "The mean per-token log-prob of {}'s unedited greedy continuation \
+                         under the row's cache: how well the edited cache still predicts that \
+                         text. Not the expected answer.",
+                        v.name
+                    ));
             }
             ui.end_row();
-        }
+            for c in &r.conditions {
+                score_row(ui, r, c);
+            }
+        });
     });
+}
+
+/// One condition's row of the score table.
+fn score_row(
+    ui: &mut Ui,
+    r: &crate::experiment::RunResults,
+    c: &crate::experiment::results::ConditionResult,
+) {
+    ui.label(&c.label);
+    ui.label(&c.variant);
+    match &c.verdict {
+        Some(v) => ui.label(RichText::new(v).color(verdict_color(v))),
+        None => ui.label("—"),
+    };
+    for v in &r.variants {
+        let own = v.name == c.variant;
+        match grid::answer_score(c, &v.name) {
+            Some(s) => {
+                let t = RichText::new(format!("{s:.3}"));
+                let detail: Vec<String> = c
+                    .expected
+                    .iter()
+                    .filter(|e| e.variant == v.name)
+                    .map(|e| {
+                        format!(
+                            "{:?}: sum {:.3}, mean {:.3} over {} tokens",
+                            e.answer,
+                            e.sum,
+                            e.mean,
+                            e.per_token.len()
+                        )
+                    })
+                    .collect();
+                ui.label(if own { t.strong() } else { t })
+                    .on_hover_text(detail.join("\n"));
+            }
+            None => {
+                ui.label("—");
+            }
+        }
+    }
+    for v in &r.variants {
+        match c.score_of(&v.name) {
+            Some(s) => ui
+                .label(RichText::new(format!("{:.3}", s.mean)).weak())
+                .on_hover_text(format!("sum {:.3} over {} tokens", s.sum, s.n_tokens)),
+            None => ui.label("—"),
+        };
+    }
+    ui.end_row();
 }
 
 fn heat(value: f32, max: f32) -> Color32 {
