@@ -8,7 +8,7 @@ use crate::engine::lab::BatchItem;
 use crate::engine::{KvPart, Lab, LabOptions, LoadedModel};
 use crate::experiment::ExperimentSpec;
 use crate::experiment::metrics::argmax;
-use crate::experiment::spec::{Condition, Intervention, LayerSet, Span};
+use crate::experiment::spec::{Condition, LayerSet, Op, Site, Span};
 use crate::experiment::sweep::{SweepKind, SweepSpec};
 use crate::runner::{self, RunError, RunOptions, prepare_prompts};
 
@@ -297,7 +297,7 @@ pub fn run(
             }),
         },
         variant: "SF".into(),
-        intervention: Intervention::Zero,
+        op: Op::Zero,
         layers: LayerSet::All,
         part: KvPart::Both,
     };
@@ -306,16 +306,14 @@ pub fn run(
     let sweep_s = t0.elapsed().as_secs_f64();
     let mut grid_spec = ExperimentSpec::seed();
     grid_spec.conditions = (1..1 + n_pos)
-        .map(|p| Condition {
-            label: None,
-            variant: "SF".into(),
-            intervention: Intervention::Zero,
-            layers: LayerSet::All,
-            part: KvPart::Both,
-            span: Some(Span {
-                start: p,
-                end: p + 1,
-            }),
+        .map(|p| {
+            Condition::new("SF", Op::Zero).at(Site {
+                span: Some(Span {
+                    start: p,
+                    end: p + 1,
+                }),
+                ..Site::default()
+            })
         })
         .collect();
     let t0 = Instant::now();

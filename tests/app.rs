@@ -84,9 +84,9 @@ fn load_move_needle_add_condition_run_and_stop() {
     wait_for(&mut h, "the run", |a| a.doc.results.is_some());
     let r = h.state().doc.results.clone().unwrap();
     assert!(r.complete);
-    assert_eq!(r.conditions[0].intervention, "zero");
+    assert_eq!(r.conditions[0].op, kvlab::experiment::Op::Zero);
     // Text is in the grid, with the verdict and the divergence marker.
-    let verdict = r.conditions[0].verdict.clone().unwrap();
+    let verdict = r.conditions[0].verdict.clone().unwrap().to_string();
     h.get_by_label(&verdict);
     match r.conditions[0].first_divergence {
         Some(i) => {
@@ -320,7 +320,7 @@ fn a_sweep() -> kvlab::experiment::sweep::SweepResults {
         sweep: SweepSpec {
             kind: SweepKind::Position { range: None },
             variant: "SF".into(),
-            intervention: kvlab::experiment::Intervention::Zero,
+            op: kvlab::experiment::Op::Zero,
             layers: kvlab::experiment::LayerSet::All,
             part: kvlab::experiment::spec::KvPart::Both,
         },
@@ -328,6 +328,8 @@ fn a_sweep() -> kvlab::experiment::sweep::SweepResults {
         reference: point("no intervention", 0),
         points: vec![point("position 3", 3), point("position 4", 4)],
         complete: true,
+        spec: Some(kvlab::experiment::ExperimentSpec::seed()),
+        tokens: Vec::new(),
     }
 }
 

@@ -528,13 +528,29 @@ fn cases() -> Vec<(&'static str, Input, Expect)> {
                         .as_array_mut()
                         .unwrap()
                         .iter_mut()
-                        .find(|c| c["intervention"]["kind"] == "transplant")
+                        .find(|c| c["op"]["kind"] == "transplant")
                         .unwrap();
-                    c["intervention"]["form"] = "x".into();
+                    c["op"]["form"] = "x".into();
                 },
                 &[],
             ),
             Fails("unknown field `form`"),
+        ),
+        (
+            "field on an op that takes none",
+            Spec(|v| v["conditions"][2]["op"]["from"] = "NY".into(), &[]),
+            Fails("zero takes no `from`"),
+        ),
+        (
+            "misspelled field in an old-style condition",
+            Spec(
+                |v| {
+                    v["conditions"][2] =
+                        json!({"variant": "SF", "intervention": {"kind": "zero"}, "layer": "3"})
+                },
+                &[],
+            ),
+            Fails("unknown field `layer`"),
         ),
         (
             "spec not JSON",

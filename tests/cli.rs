@@ -199,7 +199,7 @@ fn bad_experiments_are_explained() {
     assert!(run(&p).contains("do not align"));
 
     let p = edited_seed(dir.path(), "layers.json", |v| {
-        v["conditions"][2]["layers"] = "0-99".into();
+        v["conditions"][2]["site"] = serde_json::json!({"layers": "0-99"});
     });
     let e = run(&p);
     assert!(e.contains("layer 99 is out of range"), "{e}");
@@ -210,7 +210,7 @@ fn bad_experiments_are_explained() {
     assert!(run(&p).contains("outside the prompt"));
 
     let p = edited_seed(dir.path(), "remove-layers.json", |v| {
-        v["conditions"][6]["layers"] = "0-3".into();
+        v["conditions"][6]["site"] = serde_json::json!({"layers": "0-3"});
     });
     assert!(run(&p).contains("all layers"));
 }

@@ -6,7 +6,7 @@ use common::{asset_spec, model};
 use kvlab::engine::lab::BatchItem;
 use kvlab::engine::{KvPart, Lab, LabOptions, SeqState};
 use kvlab::experiment::metrics::argmax;
-use kvlab::experiment::{Intervention, LayerSet, Span};
+use kvlab::experiment::{LayerSet, Op, Span};
 use kvlab::runner::{self, RunOptions, prepare_prompts};
 
 fn lab(n_seq: u32) -> Lab<'static> {
@@ -283,7 +283,7 @@ fn runs_are_reproducible_and_the_control_equals_the_baseline() {
     let a = runner::run(model(), &spec, &opts, |_| {}).unwrap();
     let b = runner::run(model(), &spec, &opts, |_| {}).unwrap();
     assert!(a.complete);
-    for c in a.conditions.iter().filter(|c| c.intervention == "none") {
+    for c in a.conditions.iter().filter(|c| c.op == Op::None) {
         let base = &a.variant(&c.variant).unwrap().baseline;
         assert_eq!(
             c.generation.tokens, base.tokens,
@@ -334,8 +334,8 @@ fn bad_conditions_are_refused_with_reasons() {
 
     let mut spec = base.clone();
     spec.conditions.truncate(1);
-    spec.conditions[0].intervention = Intervention::Zero;
-    spec.conditions[0].layers = LayerSet::parse("0-40").unwrap();
+    spec.conditions[0].op = Op::Zero;
+    spec.conditions[0].site.layers = LayerSet::parse("0-40").unwrap();
     let msg = run(&spec);
     assert!(
         msg.contains("layer 40 is out of range") && msg.contains("30 layers"),
@@ -353,7 +353,7 @@ fn bad_conditions_are_refused_with_reasons() {
     let mut spec = base.clone();
     spec.variants[1].needle = "New York".into();
     spec.conditions
-        .retain(|c| matches!(c.intervention, Intervention::Transplant { .. }));
+        .retain(|c| matches!(c.op, Op::Transplant { .. }));
     let msg = run(&spec);
     assert!(msg.contains("do not align"), "{msg}");
 }

@@ -6,7 +6,8 @@ use common::{asset_spec, model};
 use kvlab::engine::lab::BatchItem;
 use kvlab::engine::{KvPart, Lab, LabOptions};
 use kvlab::experiment::metrics::LogProbs;
-use kvlab::experiment::{Intervention, RunResults};
+use kvlab::experiment::results::Verdict;
+use kvlab::experiment::{Op, RunResults};
 use kvlab::runner::{self, RunOptions, prepare_prompts};
 
 fn seed_run(max_tokens: usize) -> RunResults {
@@ -24,7 +25,7 @@ fn expected_answer_scores_equal_token_by_token_feeding() {
     let zero_sf = results
         .conditions
         .iter()
-        .find(|c| c.variant == "SF" && c.intervention == "zero")
+        .find(|c| c.variant == "SF" && c.op == Op::Zero)
         .unwrap();
     let answer = &spec.variants[0].expected[0];
     let batched = zero_sf
@@ -110,14 +111,14 @@ fn preference_signs_are_stable_and_verdicts_name_the_city() {
     for (ca, cb) in a.conditions.iter().zip(&b.conditions) {
         let (pa, pb) = (ca.preference.unwrap(), cb.preference.unwrap());
         assert_eq!(pa.signum(), pb.signum(), "{} {}", ca.label, ca.variant);
-        let verdict = ca.verdict.as_deref().unwrap();
+        let verdict = ca.verdict.as_ref().unwrap();
         let other = if ca.variant == "SF" { "NY" } else { "SF" };
-        assert!(
-            verdict.starts_with(&format!("keeps {}", ca.variant))
-                || verdict.starts_with(&format!("flips to {other}"))
-                || verdict.starts_with("undecided"),
-            "{verdict}"
-        );
+        match verdict {
+            Verdict::Keeps { variant, .. } => assert_eq!(variant, &ca.variant),
+            Verdict::FlipsTo { variant, .. } => assert_eq!(variant, other),
+            Verdict::Undecided { .. } => {}
+        }
+        assert_eq!(verdict.preference(), pa);
         // Each expected answer is scored token by token, and the preference is their difference.
         assert_eq!(ca.expected.len(), 2);
         let own = ca
@@ -135,7 +136,7 @@ fn preference_signs_are_stable_and_verdicts_name_the_city() {
         assert!((per - own.sum).abs() < 1e-6);
     }
     // The control prefers its own city's answer (the model did read the needle).
-    for c in a.conditions.iter().filter(|c| c.intervention == "none") {
+    for c in a.conditions.iter().filter(|c| c.op == Op::None) {
         assert!(
             c.preference.unwrap() > 0.0,
             "{}: {:?}",
@@ -149,8 +150,7 @@ fn preference_signs_are_stable_and_verdicts_name_the_city() {
 fn near_ties_and_keywords_are_recorded() {
     let mut spec = asset_spec("seed-short");
     spec.generation.max_tokens = 40;
-    spec.conditions
-        .retain(|c| c.intervention != Intervention::None);
+    spec.conditions.retain(|c| c.op != Op::None);
     let r = runner::run(model(), &spec, &RunOptions::default(), |_| {}).unwrap();
     for c in &r.conditions {
         let base = &r.variant(&c.variant).unwrap().baseline;
@@ -172,4 +172,59 @@ fn near_ties_and_keywords_are_recorded() {
             .count();
         assert!(c.keywords[0].count >= sf);
     }
+}
+
+/// A long prompt reports its evaluation per llama.cpp batch and can be stopped between
+/// batches; a run that cannot fit the model's context is refused before anything is allocated.
+#[test]
+fn long_prompts_report_progress_and_stop() {
+    use std::sync::atomic::Ordering;
+    let mut spec = asset_spec("seed-short");
+    spec.generation.max_tokens = 1;
+    spec.conditions.truncate(2);
+    let filler = " We walked along the river and talked about old maps.".repeat(60);
+    spec.prompt.turns[0].content.push_str(&filler);
+    let options = RunOptions {
+        n_batch: 256,
+        ..RunOptions::default()
+    };
+    let mut stage = String::new();
+    let mut counts = Vec::new();
+    let r = runner::run(model(), &spec, &options, |e| match e {
+        runner::RunEvent::Stage(s) => stage = s,
+        runner::RunEvent::Progress { done, total } if stage == runner::EVALUATING_PROMPTS => {
+            counts.push((done, total))
+        }
+        _ => {}
+    })
+    .unwrap();
+    assert!(r.complete);
+    let total = counts[0].1;
+    let prompt_tokens: usize = r.variants.iter().map(|v| v.tokens.len() - 1).sum();
+    assert_eq!(total, prompt_tokens);
+    assert!(counts.len() >= 4, "{counts:?}");
+    assert!(counts.windows(2).all(|w| w[0].0 < w[1].0), "{counts:?}");
+    assert_eq!(counts.last().unwrap().0, total);
+
+    // Stop after the first batch: the run ends there, saying how far it got.
+    let stop = RunOptions {
+        n_batch: 256,
+        ..RunOptions::default()
+    };
+    let cancel = stop.cancel.clone();
+    let e = runner::run(model(), &spec, &stop, |e| {
+        if let runner::RunEvent::Progress { .. } = e {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(e, runner::RunError::StoppedEarly { done: 256, total: t } if t == total),
+        "{e}"
+    );
+
+    let mut spec = asset_spec("seed-short");
+    spec.generation.max_tokens = 9000;
+    let e = runner::run(model(), &spec, &RunOptions::default(), |_| {}).unwrap_err();
+    assert!(e.to_string().contains("trained context of 8192"), "{e}");
 }

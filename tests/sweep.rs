@@ -8,14 +8,14 @@ use std::sync::atomic::Ordering;
 use common::{assert_same_score, asset_spec, model};
 use kvlab::experiment::spec::KvPart;
 use kvlab::experiment::sweep::{SweepKind, SweepSpec};
-use kvlab::experiment::{Condition, Intervention, LayerSet, Span};
+use kvlab::experiment::{Condition, LayerSet, Op, Site, Span};
 use kvlab::runner::{self, RunEvent, RunOptions};
 
-fn position_sweep(range: Span, intervention: Intervention) -> SweepSpec {
+fn position_sweep(range: Span, op: Op) -> SweepSpec {
     SweepSpec {
         kind: SweepKind::Position { range: Some(range) },
         variant: "SF".into(),
-        intervention,
+        op,
         layers: LayerSet::All,
         part: KvPart::Both,
     }
@@ -25,7 +25,7 @@ fn position_sweep(range: Span, intervention: Intervention) -> SweepSpec {
 fn sweep_items_equal_the_same_conditions_in_a_grid() {
     let mut spec = asset_spec("seed-short");
     spec.generation.max_tokens = 2;
-    let sweep = position_sweep(Span { start: 5, end: 8 }, Intervention::Zero);
+    let sweep = position_sweep(Span { start: 5, end: 8 }, Op::Zero);
     let r = runner::run_sweep(model(), &spec, &sweep, &RunOptions::default(), |_| {}).unwrap();
     assert!(r.complete);
     assert_eq!(
@@ -34,25 +34,16 @@ fn sweep_items_equal_the_same_conditions_in_a_grid() {
     );
 
     spec.conditions = (5..8)
-        .map(|p| Condition {
-            label: None,
-            variant: "SF".into(),
-            intervention: Intervention::Zero,
-            layers: LayerSet::All,
-            part: KvPart::Both,
-            span: Some(Span {
-                start: p,
-                end: p + 1,
-            }),
+        .map(|p| {
+            Condition::new("SF", Op::Zero).at(Site {
+                span: Some(Span {
+                    start: p,
+                    end: p + 1,
+                }),
+                ..Site::default()
+            })
         })
-        .chain(std::iter::once(Condition {
-            label: None,
-            variant: "SF".into(),
-            intervention: Intervention::None,
-            layers: LayerSet::All,
-            part: KvPart::Both,
-            span: None,
-        }))
+        .chain(std::iter::once(Condition::new("SF", Op::None)))
         .collect();
     let grid = runner::run(model(), &spec, &RunOptions::default(), |_| {}).unwrap();
     for (point, cond) in r.points.iter().zip(&grid.conditions) {
@@ -74,7 +65,7 @@ fn sweep_items_equal_the_same_conditions_in_a_grid() {
 #[test]
 fn a_stopped_sweep_keeps_its_partial_results() {
     let spec = asset_spec("seed-short");
-    let sweep = position_sweep(Span { start: 0, end: 60 }, Intervention::Remove);
+    let sweep = position_sweep(Span { start: 0, end: 60 }, Op::Remove);
     let options = RunOptions::default();
     let cancel = options.cancel.clone();
     let r = runner::run_sweep(model(), &spec, &sweep, &options, |e| {
@@ -100,7 +91,7 @@ fn layer_sweeps_cover_single_and_cumulative_ranges() {
     let sweep = SweepSpec {
         kind: SweepKind::Layer,
         variant: "NY".into(),
-        intervention: Intervention::Zero,
+        op: Op::Zero,
         layers: LayerSet::All,
         part: KvPart::Both,
     };
@@ -113,7 +104,7 @@ fn layer_sweeps_cover_single_and_cumulative_ranges() {
     grid_spec.generation.max_tokens = 1;
     grid_spec
         .conditions
-        .retain(|c| c.variant == "NY" && c.intervention == Intervention::Zero);
+        .retain(|c| c.variant == "NY" && c.op == Op::Zero);
     let grid = runner::run(model(), &grid_spec, &options, |_| {}).unwrap();
     assert_same_score(all.preference, grid.conditions[0].preference, &all.label);
 }
@@ -127,7 +118,7 @@ fn position_by_layer_cells_equal_the_layer_sweep_at_the_needle() {
             range: Some(Span { start: 5, end: 7 }),
         },
         variant: "SF".into(),
-        intervention: Intervention::Zero,
+        op: Op::Zero,
         layers: LayerSet::All,
         part: KvPart::Both,
     };

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::results::{ConditionResult, RunResults};
+use super::results::{ConditionResult, RunResults, Verdict};
 
 /// How many characters of generated text a cell shows.
 pub const CELL_CHARS: usize = 120;
@@ -79,7 +79,7 @@ pub fn answer_score(c: &ConditionResult, variant: &str) -> Option<f64> {
 pub fn score_line(results: &RunResults, c: &ConditionResult) -> String {
     let mut parts: Vec<String> = Vec::new();
     if let Some(v) = &c.verdict {
-        parts.push(v.clone());
+        parts.push(v.to_string());
     }
     if c.scores.is_empty() {
         parts.push("(not scored)".into());
@@ -120,10 +120,10 @@ pub fn score_line(results: &RunResults, c: &ConditionResult) -> String {
 /// Wraps a cell's measurement line in ANSI colors by its verdict: green when the cache keeps
 /// its own city, red when it flips, yellow when undecided.
 fn colorize(line: String, c: &ConditionResult) -> String {
-    let code = match c.verdict.as_deref() {
-        Some(v) if v.starts_with("keeps") => "32",
-        Some(v) if v.starts_with("flips") => "31",
-        Some(_) => "33",
+    let code = match &c.verdict {
+        Some(Verdict::Keeps { .. }) => "32",
+        Some(Verdict::FlipsTo { .. }) => "31",
+        Some(Verdict::Undecided { .. }) => "33",
         None => return line,
     };
     format!("\x1b[{code}m{line}\x1b[0m")
@@ -277,7 +277,7 @@ mod tests {
             let (p, other) =
                 super::super::outcome::preference(&c.expected, &c.variant, &refs).unwrap();
             c.preference = Some(p);
-            c.verdict = Some(super::super::outcome::verdict(&c.variant, p, &other));
+            c.verdict = Some(Verdict::new(&c.variant, p, &other));
         }
         let mut checked = 0;
         for c in &r.conditions {

@@ -13,4 +13,4 @@ pub mod spec;
 pub mod sweep;
 
 pub use results::RunResults;
-pub use spec::{Condition, ExperimentSpec, Intervention, LayerSet, PromptMode, Span, Variant};
+pub use spec::{Condition, ExperimentSpec, LayerSet, Op, PromptMode, Site, Span, Variant};

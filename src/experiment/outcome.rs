@@ -68,16 +68,82 @@ pub fn preference(scores: &[ExpectedScore], own: &str, variants: &[&str]) -> Opt
     Some((own_score - other_score, other))
 }
 
-/// The verdict in words, as the seed's table: "keeps SF, +2.10" or "flips to NY, −8.50".
-pub fn verdict(own: &str, pref: f64, other: &str) -> String {
-    let sign = if pref < 0.0 { "−" } else { "+" };
-    let magnitude = format!("{sign}{:.2}", pref.abs());
-    if pref.abs() < UNDECIDED_BELOW {
-        format!("undecided, {magnitude}")
-    } else if pref > 0.0 {
-        format!("keeps {own}, {magnitude}")
-    } else {
-        format!("flips to {other}, {magnitude}")
+/// Which variant's expected answers a condition's cache prefers, by how much: the seed's table
+/// in types. Shown as "keeps SF, +2.10", "flips to NY, −8.50" or "undecided, +0.01".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Verdict {
+    /// The cache still prefers its own variant's answers.
+    Keeps {
+        /// The own variant.
+        variant: String,
+        /// Own answers' score minus the best other variant's (> 0).
+        #[serde(with = "crate::experiment::floats")]
+        preference: f64,
+    },
+    /// The cache prefers another variant's answers.
+    FlipsTo {
+        /// The variant whose answers it prefers.
+        variant: String,
+        /// Own answers' score minus that variant's (< 0).
+        #[serde(with = "crate::experiment::floats")]
+        preference: f64,
+    },
+    /// The scores are within [`UNDECIDED_BELOW`] of each other (or not comparable numbers).
+    Undecided {
+        /// Own answers' score minus the best other variant's.
+        #[serde(with = "crate::experiment::floats")]
+        preference: f64,
+    },
+}
+
+impl Verdict {
+    /// The verdict of a cell of variant `own` whose preference over `other` is `pref`.
+    pub fn new(own: &str, pref: f64, other: &str) -> Verdict {
+        if pref.is_nan() || pref.abs() < UNDECIDED_BELOW {
+            Verdict::Undecided { preference: pref }
+        } else if pref > 0.0 {
+            Verdict::Keeps {
+                variant: own.into(),
+                preference: pref,
+            }
+        } else {
+            Verdict::FlipsTo {
+                variant: other.into(),
+                preference: pref,
+            }
+        }
+    }
+
+    /// A one-word class for styling: "keeps", "flips" or "undecided".
+    pub fn class(&self) -> &'static str {
+        match self {
+            Verdict::Keeps { .. } => "keeps",
+            Verdict::FlipsTo { .. } => "flips",
+            Verdict::Undecided { .. } => "undecided",
+        }
+    }
+
+    /// The preference it was decided from.
+    pub fn preference(&self) -> f64 {
+        match self {
+            Verdict::Keeps { preference, .. }
+            | Verdict::FlipsTo { preference, .. }
+            | Verdict::Undecided { preference } => *preference,
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pref = self.preference();
+        let sign = if pref < 0.0 { "−" } else { "+" };
+        let magnitude = format!("{sign}{:.2}", pref.abs());
+        match self {
+            Verdict::Keeps { variant, .. } => write!(f, "keeps {variant}, {magnitude}"),
+            Verdict::FlipsTo { variant, .. } => write!(f, "flips to {variant}, {magnitude}"),
+            Verdict::Undecided { .. } => write!(f, "undecided, {magnitude}"),
+        }
     }
 }
 
@@ -140,9 +206,11 @@ mod tests {
 
     #[test]
     fn verdicts_read_like_the_seed_table() {
-        assert_eq!(verdict("SF", 2.104, "NY"), "keeps SF, +2.10");
-        assert_eq!(verdict("SF", -8.5, "NY"), "flips to NY, −8.50");
-        assert_eq!(verdict("SF", 0.01, "NY"), "undecided, +0.01");
+        let v = |p| Verdict::new("SF", p, "NY").to_string();
+        assert_eq!(v(2.104), "keeps SF, +2.10");
+        assert_eq!(v(-8.5), "flips to NY, −8.50");
+        assert_eq!(v(0.01), "undecided, +0.01");
+        assert_eq!(v(f64::NAN), "undecided, +NaN");
     }
 
     #[test]

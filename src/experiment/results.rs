@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::outcome::Verdict;
 use super::outcome::{ExpectedScore, KeywordCount};
-use super::spec::{ExperimentSpec, Span};
+use super::spec::{Condition, ExperimentSpec, Op, Site, Span};
 use crate::engine::{ModelFingerprint, ModelInfo, TokenPiece};
 
 /// A token with its log-probability.
@@ -80,14 +81,12 @@ pub struct ConditionResult {
     pub label: String,
     /// The variant whose prompt was used.
     pub variant: String,
-    /// What was done, in words.
-    pub intervention: String,
-    /// The positions touched.
+    /// What was done.
+    pub op: Op,
+    /// Where, as the condition asked (its span `None` for the needle).
+    pub site: Site,
+    /// The positions touched (the site's span, or the needle's).
     pub span: Span,
-    /// The layers touched (as written in specs).
-    pub layers: String,
-    /// K, V or both.
-    pub part: String,
     /// What was generated.
     pub generation: Generation,
     /// First step where the tokens differ from the same variant's baseline (`None`: identical).
@@ -100,9 +99,9 @@ pub struct ConditionResult {
     /// Own variant's expected-answer score minus the best other variant's (needs expected answers).
     #[serde(default, with = "crate::experiment::floats")]
     pub preference: Option<f64>,
-    /// The preference in words: "keeps SF, +2.10", "flips to NY, −8.50".
+    /// Which variant's answers the cache prefers (needs expected answers).
     #[serde(default)]
-    pub verdict: Option<String>,
+    pub verdict: Option<Verdict>,
     /// Each variant's keywords counted in the generated text.
     #[serde(default)]
     pub keywords: Vec<KeywordCount>,
@@ -113,6 +112,16 @@ pub struct ConditionResult {
 }
 
 impl ConditionResult {
+    /// The condition as the spec wrote it (label, variant, op, site).
+    pub fn condition(&self) -> Condition {
+        Condition {
+            label: Some(self.label.clone()),
+            variant: self.variant.clone(),
+            op: self.op.clone(),
+            site: self.site.clone(),
+        }
+    }
+
     /// The score of one variant's continuation.
     pub fn score_of(&self, variant: &str) -> Option<&ContinuationScore> {
         self.scores.iter().find(|s| s.of_variant == variant)

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::{Condition, Intervention, KvPart, LayerSet, Span};
+use super::spec::{Condition, ExperimentSpec, KvPart, LayerSet, Op, Site, Span};
+use crate::engine::TokenPiece;
 
 /// What a sweep varies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +52,7 @@ pub struct SweepSpec {
     /// The variant whose prompt is edited.
     pub variant: String,
     /// `zero` or `remove` (remove only with all layers).
-    pub intervention: Intervention,
+    pub op: Op,
     /// Layers touched, for position and span sweeps.
     #[serde(default)]
     pub layers: LayerSet,
@@ -82,13 +83,12 @@ impl SweepSpec {
     /// needle span.
     pub fn items(&self, prompt_len: usize, n_layer: u32, needle: Span) -> Vec<SweepItem> {
         let cached = prompt_len.saturating_sub(1);
-        let cond = |span: Span, layers: LayerSet| Condition {
-            label: None,
-            variant: self.variant.clone(),
-            intervention: self.intervention.clone(),
-            layers,
-            part: self.part,
-            span: Some(span),
+        let cond = |span: Span, layers: LayerSet| {
+            Condition::new(self.variant.clone(), self.op.clone()).at(Site {
+                span: Some(span),
+                layers,
+                part: self.part,
+            })
         };
         match &self.kind {
             SweepKind::Position { range } => {
@@ -220,6 +220,14 @@ pub struct SweepResults {
     pub points: Vec<SweepPoint>,
     /// False when stopped before the end.
     pub complete: bool,
+    /// The experiment it was measured on (`None` in files older than session format 2, which
+    /// did not record it: such a sweep cannot be shown as current).
+    #[serde(default)]
+    pub spec: Option<ExperimentSpec>,
+    /// The swept variant's prompt tokens, so that items are always labelled with the prompt
+    /// they were measured on (empty in older files).
+    #[serde(default)]
+    pub tokens: Vec<TokenPiece>,
 }
 
 impl SweepResults {
@@ -242,7 +250,7 @@ pub fn to_table(r: &SweepResults, own_variant_index: usize) -> String {
     let mut out = format!(
         "{} sweep of {} on {} — measure: {}{}\n",
         r.sweep.kind.name(),
-        r.sweep.intervention.short(),
+        r.sweep.op.short(),
         r.sweep.variant,
         r.measure,
         if r.complete {
@@ -280,7 +288,7 @@ mod tests {
         SweepSpec {
             kind,
             variant: "SF".into(),
-            intervention: Intervention::Zero,
+            op: Op::Zero,
             layers: LayerSet::All,
             part: KvPart::Both,
         }
@@ -291,7 +299,10 @@ mod tests {
         let items =
             sweep(SweepKind::Position { range: None }).items(10, 4, Span { start: 3, end: 4 });
         assert_eq!(items.len(), 9);
-        assert_eq!(items[6].condition.span, Some(Span { start: 6, end: 7 }));
+        assert_eq!(
+            items[6].condition.site.span,
+            Some(Span { start: 6, end: 7 })
+        );
         let items = sweep(SweepKind::Position {
             range: Some(Span { start: 2, end: 50 }),
         })
@@ -305,7 +316,10 @@ mod tests {
         let items =
             sweep(SweepKind::Span { max_extra: 20 }).items(10, 4, Span { start: 3, end: 4 });
         assert_eq!(items.len(), 6, "3..4 up to 3..9");
-        assert_eq!(items[2].condition.span, Some(Span { start: 3, end: 6 }));
+        assert_eq!(
+            items[2].condition.site.span,
+            Some(Span { start: 3, end: 6 })
+        );
         // The largest number a user can type ends at once, with the same items.
         let items = sweep(SweepKind::Span {
             max_extra: usize::MAX,
@@ -323,16 +337,16 @@ mod tests {
         assert_eq!(items.len(), 6);
         assert_eq!(items[4].index, 3);
         assert_eq!(items[4].layer, Some(1));
-        assert_eq!(items[4].condition.layers.to_string(), "1");
+        assert_eq!(items[4].condition.site.layers.to_string(), "1");
     }
 
     #[test]
     fn layer_sweep_has_single_and_cumulative_ranges() {
         let items = sweep(SweepKind::Layer).items(10, 4, Span { start: 3, end: 4 });
         assert_eq!(items.len(), 12);
-        assert_eq!(items[1].condition.layers.to_string(), "1");
-        assert_eq!(items[5].condition.layers.to_string(), "0-1");
-        assert_eq!(items[8].condition.layers.to_string(), "3");
-        assert_eq!(items[11].condition.layers.to_string(), "0-3");
+        assert_eq!(items[1].condition.site.layers.to_string(), "1");
+        assert_eq!(items[5].condition.site.layers.to_string(), "0-1");
+        assert_eq!(items[8].condition.site.layers.to_string(), "3");
+        assert_eq!(items[11].condition.site.layers.to_string(), "0-3");
     }
 }

@@ -5,7 +5,9 @@
 
 use crate::experiment::metrics;
 use crate::experiment::outcome::{self, ExpectedScore};
-use crate::experiment::results::{ConditionResult, ContinuationScore, Generation, VariantResult};
+use crate::experiment::results::{
+    ConditionResult, ContinuationScore, Generation, VariantResult, Verdict,
+};
 use crate::experiment::spec::{Condition, ExperimentSpec, Span};
 use crate::experiment::sweep::{SweepItem, SweepPoint};
 
@@ -105,16 +107,15 @@ pub(crate) fn condition_result(
     ConditionResult {
         label: c.row_label(),
         variant: c.variant.clone(),
-        intervention: c.intervention.short(),
+        op: c.op.clone(),
+        site: c.site.clone(),
         span,
-        layers: c.layers.to_string(),
-        part: format!("{:?}", c.part).to_lowercase(),
         generation,
         first_divergence,
         scores,
         verdict: pref
             .as_ref()
-            .map(|(p, other)| outcome::verdict(&c.variant, *p, other)),
+            .map(|(p, other)| Verdict::new(&c.variant, *p, other)),
         preference: pref.map(|(p, _)| p),
         expected,
         keywords,
@@ -163,7 +164,7 @@ pub(crate) fn sweep_point(
 mod tests {
     use super::*;
     use crate::experiment::results::{Alternative, Step};
-    use crate::experiment::spec::{Intervention, KvPart, LayerSet};
+    use crate::experiment::spec::{KvPart, LayerSet, Op, Site};
     use crate::runner::score::expected_score;
 
     /// A generation of `tokens` whose steps had top-1/top-2 gaps `gaps`.
@@ -190,14 +191,8 @@ mod tests {
     }
 
     fn zero(variant: &str) -> Condition {
-        Condition {
-            label: None,
-            variant: variant.into(),
-            intervention: Intervention::Zero,
-            layers: LayerSet::parse("0-3").unwrap(),
-            part: KvPart::V,
-            span: None,
-        }
+        Condition::new(variant, Op::Zero)
+            .at(Site::layers(LayerSet::parse("0-3").unwrap(), KvPart::V))
     }
 
     /// Expected-answer scores: SF's answer at `sf`, NY's at `ny` (sums).
@@ -275,12 +270,18 @@ mod tests {
         let g = || generation(&[1], &[1.0], "");
         let r = result(&zero("SF"), g(), &base, answers(-3.0, -5.0));
         assert_eq!(r.preference, Some(2.0));
-        assert_eq!(r.verdict.as_deref(), Some("keeps SF, +2.00"));
+        assert_eq!(r.verdict.as_ref().unwrap().to_string(), "keeps SF, +2.00");
         assert_eq!(r.expected.len(), 2);
 
         let r = result(&zero("NY"), g(), &base, answers(-3.0, -5.0));
         assert_eq!(r.preference, Some(-2.0));
-        assert_eq!(r.verdict.as_deref(), Some("flips to SF, −2.00"));
+        assert_eq!(
+            r.verdict,
+            Some(Verdict::FlipsTo {
+                variant: "SF".into(),
+                preference: -2.0
+            })
+        );
 
         let r = result(&zero("SF"), g(), &base, Vec::new());
         assert_eq!((r.preference, r.verdict), (None, None));
@@ -292,11 +293,9 @@ mod tests {
         let g = generation(&[1], &[1.0], "Alcatraz, then the Golden Gate. Manhattan!");
         let r = result(&zero("SF"), g, &base, Vec::new());
         assert_eq!(r.label, "zero [layers 0-3] [V]");
-        assert_eq!(
-            (r.variant.as_str(), r.intervention.as_str()),
-            ("SF", "zero")
-        );
-        assert_eq!((r.layers.as_str(), r.part.as_str()), ("0-3", "v"));
+        assert_eq!(r.condition().variant, "SF");
+        assert_eq!(r.condition().op, Op::Zero);
+        assert_eq!(r.site, zero("SF").site);
         assert_eq!(r.span, Span { start: 6, end: 7 });
         let counts: Vec<(&str, usize)> = r
             .keywords

@@ -21,6 +21,7 @@
 
 mod assemble;
 mod delta;
+pub mod fits;
 mod generate;
 mod plan;
 mod prompts;
@@ -55,6 +56,16 @@ pub enum RunError {
     /// llama.cpp or the state codec failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// Stopped while the prompts were evaluated: nothing was generated, nothing to show.
+    #[error(
+        "stopped while evaluating the prompts ({done} of {total} tokens): nothing was generated"
+    )]
+    StoppedEarly {
+        /// Prompt tokens evaluated.
+        done: usize,
+        /// Prompt tokens in all.
+        total: usize,
+    },
 }
 
 /// Run-time settings that are not part of the experiment.
@@ -120,6 +131,9 @@ pub enum RowRef {
     Condition(usize),
 }
 
+/// The stage during which [`RunEvent::Progress`] counts prompt tokens.
+pub const EVALUATING_PROMPTS: &str = "evaluating prompts";
+
 /// Runs `spec` on `model`.
 pub fn run(
     model: &LoadedModel,
@@ -132,9 +146,9 @@ pub fn run(
     let mut lab = Lab::new(model, plan.lab_options(options))?;
     let mut timings = Timings::default();
 
-    on_event(RunEvent::Stage("evaluating prompts".into()));
+    on_event(RunEvent::Stage(EVALUATING_PROMPTS.into()));
     let t = Instant::now();
-    let prompt_states = eval_prompts(&mut lab, &plan.prompts)?;
+    let prompt_states = eval_prompts(&mut lab, &plan.prompts, options, &mut on_event)?;
     timings.prompt_s = t.elapsed().as_secs_f64();
 
     on_event(RunEvent::Stage("applying interventions".into()));
@@ -225,7 +239,14 @@ fn settings(lab: LabOptions) -> RunSettings {
 
 /// Evaluates every variant's prompt but its last token, in one batch (variant i in sequence i),
 /// and returns each sequence's state: the cache every condition starts from.
-fn eval_prompts(lab: &mut Lab<'_>, prompts: &[PreparedPrompt]) -> Result<Vec<SeqState>, RunError> {
+/// Long prompts take minutes on a CPU: progress is reported per llama.cpp batch (in prompt
+/// tokens) and a Stop is honoured between batches.
+fn eval_prompts(
+    lab: &mut Lab<'_>,
+    prompts: &[PreparedPrompt],
+    options: &RunOptions,
+    on_event: &mut impl FnMut(RunEvent),
+) -> Result<Vec<SeqState>, RunError> {
     let mut items = Vec::new();
     for (vi, p) in prompts.iter().enumerate() {
         for (pos, t) in p.tokens[..p.tokens.len() - 1].iter().enumerate() {
@@ -237,7 +258,21 @@ fn eval_prompts(lab: &mut Lab<'_>, prompts: &[PreparedPrompt]) -> Result<Vec<Seq
             });
         }
     }
-    lab.eval(&items, |_, _| {})?;
+    let total = items.len();
+    let chunk = lab.options().n_batch.max(1) as usize;
+    for (i, part) in items.chunks(chunk).enumerate() {
+        let done = i * chunk;
+        if options.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(RunError::StoppedEarly { done, total });
+        }
+        lab.eval(part, |_, _| {})?;
+        if total > chunk {
+            on_event(RunEvent::Progress {
+                done: done + part.len(),
+                total,
+            });
+        }
+    }
     Ok((0..prompts.len())
         .map(|vi| lab.state(vi as i32))
         .collect::<Result<_, _>>()?)

@@ -6,7 +6,7 @@
 
 use crate::engine::{KvPart, LabOptions, LoadedModel};
 use crate::experiment::needle::check_span_in_cache;
-use crate::experiment::spec::{Condition, ExperimentSpec, Intervention, Sampling, Span, SpecError};
+use crate::experiment::spec::{Condition, ExperimentSpec, Op, Sampling, Span, SpecError};
 
 use super::prompts::{Prepared, PreparedPrompt, prepare_prompts};
 use super::{RunError, RunOptions};
@@ -67,7 +67,10 @@ pub(crate) struct Plan<'s> {
 
 impl<'s> Plan<'s> {
     /// Renders and tokenizes the prompts with `model`, then resolves the spec against them.
+    /// Refuses, before anything is allocated, a spec whose run would not fit the model's
+    /// context or this machine's memory.
     pub fn new(model: &LoadedModel, spec: &'s ExperimentSpec) -> Result<Plan<'s>, RunError> {
+        super::fits::check(model, spec)?;
         let Prepared {
             prompts,
             span,
@@ -100,10 +103,20 @@ impl<'s> Plan<'s> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let max_prompt = prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(0);
+        // A sequence holds its prompt, then either its generation or an expected answer being
+        // scored (an answer has at most one token per byte).
+        let longest_answer = spec
+            .variants
+            .iter()
+            .flat_map(|v| &v.expected)
+            .map(|a| a.len() + 1)
+            .max()
+            .unwrap_or(0);
+        let continuation = spec.generation.max_tokens.max(longest_answer);
         Ok(Plan {
             spec,
             n_seq: (n_var + conditions.len()) as u32,
-            n_ctx_per_seq: (max_prompt + spec.generation.max_tokens + 8) as u32,
+            n_ctx_per_seq: (max_prompt + continuation + 8) as u32,
             prompts,
             needle,
             warnings: Vec::new(),
@@ -174,10 +187,10 @@ fn resolve_condition(
             .ok_or_else(|| err(format!("there is no {role}variant named {name:?}")))
     };
     let variant = variant_index(&c.variant, "")?;
-    let span = c.span.unwrap_or(needle);
+    let span = c.site.span.unwrap_or(needle);
     check_span_in_cache(span, prompts[variant].tokens.len(), "the span")
         .map_err(|e| err(e.to_string()))?;
-    if let Some(max) = c.layers.max()
+    if let Some(max) = c.site.layers.max()
         && max >= n_layer
     {
         return Err(err(format!(
@@ -185,11 +198,11 @@ fn resolve_condition(
             n_layer.saturating_sub(1)
         )));
     }
-    let edit = match &c.intervention {
-        Intervention::None => Edit::None,
-        Intervention::Zero => Edit::Zero,
-        Intervention::Remove => Edit::Remove,
-        Intervention::Transplant { from } => {
+    let edit = match &c.op {
+        Op::None => Edit::None,
+        Op::Zero => Edit::Zero,
+        Op::Remove => Edit::Remove,
+        Op::Transplant { from } => {
             let donor = variant_index(from, "donor ")?;
             let (a, b) = (&prompts[variant], &prompts[donor]);
             if a.tokens.len() != b.tokens.len() {
@@ -211,8 +224,8 @@ fn resolve_condition(
         variant,
         edit,
         span,
-        layers: c.layers.resolve(n_layer),
-        part: c.part,
+        layers: c.site.layers.resolve(n_layer),
+        part: c.site.part,
         seq,
     })
 }
@@ -237,15 +250,8 @@ mod tests {
         }
     }
 
-    fn condition(variant: &str, intervention: Intervention) -> Condition {
-        Condition {
-            label: None,
-            variant: variant.into(),
-            intervention,
-            layers: LayerSet::All,
-            part: KvPart::Both,
-            span: None,
-        }
+    fn condition(variant: &str, op: Op) -> Condition {
+        Condition::new(variant, op)
     }
 
     /// The seed's spec (variants SF and NY) with the given conditions.
@@ -275,15 +281,15 @@ mod tests {
 
     #[test]
     fn a_good_spec_resolves_indices_spans_layers_and_sequences() {
-        let mut zero_k = condition("NY", Intervention::Zero);
-        zero_k.layers = LayerSet::parse("1,3").unwrap();
-        zero_k.part = KvPart::K;
-        zero_k.span = Some(Span { start: 4, end: 6 });
+        let mut zero_k = condition("NY", Op::Zero);
+        zero_k.site.layers = LayerSet::parse("1,3").unwrap();
+        zero_k.site.part = KvPart::K;
+        zero_k.site.span = Some(Span { start: 4, end: 6 });
         let s = spec(vec![
-            condition("SF", Intervention::None),
-            condition("SF", Intervention::Transplant { from: "NY".into() }),
+            condition("SF", Op::None),
+            condition("SF", Op::Transplant { from: "NY".into() }),
             zero_k,
-            condition("NY", Intervention::Remove),
+            condition("NY", Op::Remove),
         ]);
         let plan = resolve(&s, 10).unwrap();
         assert_eq!(plan.n_seq, 6);
@@ -312,9 +318,9 @@ mod tests {
 
     #[test]
     fn a_layer_out_of_range_names_the_condition() {
-        let mut c = condition("SF", Intervention::Zero);
-        c.layers = LayerSet::parse("2-4").unwrap();
-        let s = spec(vec![condition("SF", Intervention::None), c]);
+        let mut c = condition("SF", Op::Zero);
+        c.site.layers = LayerSet::parse("2-4").unwrap();
+        let s = spec(vec![condition("SF", Op::None), c]);
         let e = resolve(&s, 10).unwrap_err();
         assert_condition_error(
             e,
@@ -325,32 +331,26 @@ mod tests {
 
     #[test]
     fn a_span_beyond_the_cache_names_the_condition() {
-        let mut c = condition("NY", Intervention::Zero);
+        let mut c = condition("NY", Op::Zero);
         // The NY prompt has 10 tokens; positions 0..9 are cached.
-        c.span = Some(Span { start: 8, end: 10 });
+        c.site.span = Some(Span { start: 8, end: 10 });
         let e = resolve(&spec(vec![c]), 10).unwrap_err();
         assert_condition_error(e, 0, "outside the prompt's cache");
     }
 
     #[test]
     fn a_transplant_between_unaligned_prompts_names_the_condition() {
-        let s = spec(vec![condition(
-            "SF",
-            Intervention::Transplant { from: "NY".into() },
-        )]);
+        let s = spec(vec![condition("SF", Op::Transplant { from: "NY".into() })]);
         let e = resolve(&s, 11).unwrap_err();
         assert_condition_error(e, 0, "SF (11 tokens) and NY (10 tokens) do not align");
     }
 
     #[test]
     fn an_unknown_variant_names_the_condition() {
-        let s = spec(vec![condition("LA", Intervention::Zero)]);
+        let s = spec(vec![condition("LA", Op::Zero)]);
         let e = resolve(&s, 10).unwrap_err();
         assert_condition_error(e, 0, "there is no variant named \"LA\"");
-        let s = spec(vec![condition(
-            "SF",
-            Intervention::Transplant { from: "LA".into() },
-        )]);
+        let s = spec(vec![condition("SF", Op::Transplant { from: "LA".into() })]);
         let e = resolve(&s, 10).unwrap_err();
         assert_condition_error(e, 0, "there is no donor variant named \"LA\"");
     }

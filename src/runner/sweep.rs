@@ -7,9 +7,9 @@
 use std::sync::atomic::Ordering;
 
 use crate::engine::{Lab, LabOptions, LoadedModel, SeqState};
-use crate::experiment::spec::{ExperimentSpec, Intervention, KvPart, SpecError};
+use crate::experiment::Condition;
+use crate::experiment::spec::{ExperimentSpec, Op, SpecError};
 use crate::experiment::sweep::{SweepItem, SweepPoint, SweepResults, SweepSpec};
-use crate::experiment::{Condition, LayerSet};
 
 use super::plan::{Plan, PlannedCondition};
 use super::prompts::{Prepared, prepare_prompts};
@@ -37,10 +37,7 @@ pub fn run_sweep(
     options: &RunOptions,
     mut on_event: impl FnMut(RunEvent),
 ) -> Result<SweepResults, RunError> {
-    if !matches!(
-        sweep.intervention,
-        Intervention::Zero | Intervention::Remove
-    ) {
+    if !matches!(sweep.op, Op::Zero | Op::Remove) {
         return Err(SpecError::Generation("a sweep applies zero or remove".into()).into());
     }
     let Prepared {
@@ -48,6 +45,7 @@ pub fn run_sweep(
         span: needle,
         ..
     } = prepare_prompts(model, spec)?;
+    super::fits::check(model, spec)?;
     let n_layer = model.info().n_layer;
     let vi = spec.variant_index(&sweep.variant).ok_or_else(|| {
         SpecError::Variants(format!("there is no variant named {:?}", sweep.variant))
@@ -64,8 +62,8 @@ pub fn run_sweep(
     // One context: the prompts first, then scoring slots.
     let n_slots = plan.conditions.len().clamp(1, 16) as u32;
     let mut lab = Lab::new(model, lab_options(&plan, &measure, n_slots, options))?;
-    on_event(RunEvent::Stage("evaluating prompts".into()));
-    let prompt_states = eval_prompts(&mut lab, &plan.prompts)?;
+    on_event(RunEvent::Stage(super::EVALUATING_PROMPTS.into()));
+    let prompt_states = eval_prompts(&mut lab, &plan.prompts, options, &mut on_event)?;
 
     on_event(RunEvent::Stage("sweeping".into()));
     let sweeper = Sweeper {
@@ -102,19 +100,14 @@ pub fn run_sweep(
         reference,
         points,
         complete,
+        tokens: plan.prompts[vi].tokens.clone(),
+        spec: Some(spec.clone()),
     })
 }
 
 /// The sweep's conditions: the reference (no intervention), then one per item.
 fn conditions(sweep: &SweepSpec, items: &[SweepItem]) -> Vec<Condition> {
-    let reference = Condition {
-        label: None,
-        variant: sweep.variant.clone(),
-        intervention: Intervention::None,
-        layers: LayerSet::All,
-        part: KvPart::Both,
-        span: None,
-    };
+    let reference = Condition::new(sweep.variant.clone(), Op::None);
     std::iter::once(reference)
         .chain(items.iter().map(|i| i.condition.clone()))
         .collect()

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use super::Session;
 use crate::experiment::RunResults;
 use crate::experiment::grid::{self, preview};
+use crate::experiment::results::Verdict;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -14,13 +15,12 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn verdict_class(v: Option<&str>) -> &'static str {
-    match v {
-        Some(v) if v.starts_with("keeps") => "keeps",
-        Some(v) if v.starts_with("flips") => "flips",
-        Some(_) => "undecided",
-        None => "",
-    }
+fn verdict_class(v: Option<&Verdict>) -> &'static str {
+    v.map_or("", Verdict::class)
+}
+
+fn verdict_text(v: Option<&Verdict>, none: &str) -> String {
+    v.map_or(none.to_string(), Verdict::to_string)
 }
 
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
@@ -204,8 +204,8 @@ pub fn html(s: &Session) -> String {
                     let _ = write!(
                         out,
                         "<td><div class=\"{}\">{}</div><div class=\"small\">{}</div>{}</td>",
-                        verdict_class(c.verdict.as_deref()),
-                        esc(c.verdict.as_deref().unwrap_or("")),
+                        verdict_class(c.verdict.as_ref()),
+                        esc(&verdict_text(c.verdict.as_ref(), "")),
                         esc(&grid::score_line(r, c)),
                         generation_html(&c.generation, c.first_divergence)
                     );
@@ -238,8 +238,8 @@ pub fn html(s: &Session) -> String {
             "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td>",
             esc(&c.label),
             esc(&c.variant),
-            verdict_class(c.verdict.as_deref()),
-            esc(c.verdict.as_deref().unwrap_or("—")),
+            verdict_class(c.verdict.as_ref()),
+            esc(&verdict_text(c.verdict.as_ref(), "—")),
             c.preference.map_or("—".into(), |p| format!("{p:+.3}"))
         );
         for v in &r.variants {

@@ -130,7 +130,7 @@ fn same_experiment(a: &ExperimentSpec, b: &ExperimentSpec) -> bool {
 mod tests {
     use super::*;
     use crate::experiment::sweep::{SweepKind, SweepPoint, SweepSpec};
-    use crate::experiment::{Intervention, LayerSet};
+    use crate::experiment::{LayerSet, Op};
 
     fn a_sweep() -> SweepResults {
         let point = |label: &str| SweepPoint {
@@ -145,7 +145,7 @@ mod tests {
             sweep: SweepSpec {
                 kind: SweepKind::Layer,
                 variant: "SF".into(),
-                intervention: Intervention::Zero,
+                op: Op::Zero,
                 layers: LayerSet::All,
                 part: crate::experiment::spec::KvPart::Both,
             },
@@ -153,6 +153,8 @@ mod tests {
             reference: point("no intervention"),
             points: vec![point("layer 0")],
             complete: true,
+            spec: None,
+            tokens: Vec::new(),
         }
     }
 

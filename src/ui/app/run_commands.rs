@@ -156,10 +156,10 @@ impl KvlabApp {
                 }
             },
             variant: variant.name.clone(),
-            intervention: if st.sweep_remove {
-                crate::experiment::Intervention::Remove
+            op: if st.sweep_remove {
+                crate::experiment::Op::Remove
             } else {
-                crate::experiment::Intervention::Zero
+                crate::experiment::Op::Zero
             },
             layers: crate::experiment::LayerSet::All,
             part: crate::experiment::spec::KvPart::Both,

@@ -102,7 +102,7 @@ fn score_row(
     ui.label(&c.label);
     ui.label(&c.variant);
     match &c.verdict {
-        Some(v) => ui.label(RichText::new(v).color(verdict_color(v))),
+        Some(v) => ui.label(RichText::new(v.to_string()).color(verdict_color(v))),
         None => ui.label("—"),
     };
     for v in &r.variants {
@@ -294,7 +294,7 @@ pub fn sweeps(app: &mut KvlabApp, ui: &mut Ui) {
     ui.label(format!(
         "{} of {} on {} — {}; effect against no intervention{}",
         kind,
-        r.sweep.intervention.short(),
+        r.sweep.op.short(),
         r.sweep.variant,
         r.measure,
         if r.complete {

@@ -5,7 +5,7 @@ use egui::{RichText, Ui, Vec2};
 
 use super::{BAD, WARN, named};
 use crate::experiment::spec::{KvPart, PromptMode, Turn, Variant};
-use crate::experiment::{Condition, Intervention, LayerSet, Span};
+use crate::experiment::{Condition, LayerSet, Op, Span};
 use crate::ui::app::KvlabApp;
 use crate::ui::commands::Command;
 
@@ -231,8 +231,8 @@ pub fn conditions(app: &mut KvlabApp, ui: &mut Ui) {
                 "{} ({}) — layers {}, {:?}",
                 c.row_label(),
                 c.variant,
-                c.layers,
-                c.part
+                c.site.layers,
+                c.site.part
             ));
         }
         return;
@@ -253,14 +253,10 @@ pub fn conditions(app: &mut KvlabApp, ui: &mut Ui) {
     ui.horizontal(|ui| {
         ui.heading("Conditions");
         if ui.button("Add condition").clicked() {
-            app.doc.spec.conditions.push(Condition {
-                label: None,
-                variant: names.first().cloned().unwrap_or_default(),
-                intervention: Intervention::Zero,
-                layers: LayerSet::All,
-                part: KvPart::Both,
-                span: None,
-            });
+            app.doc.spec.conditions.push(Condition::new(
+                names.first().cloned().unwrap_or_default(),
+                Op::Zero,
+            ));
         }
         if ui
             .button("Seed grid")
@@ -289,33 +285,33 @@ pub fn conditions(app: &mut KvlabApp, ui: &mut Ui) {
                         }
                     });
                 named(combo.response, format!("Variant of condition {}", i + 1));
-                let kind = match &c.intervention {
-                    Intervention::None => "none",
-                    Intervention::Zero => "zero",
-                    Intervention::Transplant { .. } => "transplant",
-                    Intervention::Remove => "remove",
+                let kind = match &c.op {
+                    Op::None => "none",
+                    Op::Zero => "zero",
+                    Op::Transplant { .. } => "transplant",
+                    Op::Remove => "remove",
                 };
                 let combo = egui::ComboBox::from_id_salt(("ci", i))
                     .selected_text(kind)
                     .width(90.0)
                     .show_ui(ui, |ui| {
                         if ui.selectable_label(kind == "none", "none").clicked() {
-                            c.intervention = Intervention::None;
+                            c.op = Op::None;
                         }
                         if ui.selectable_label(kind == "zero", "zero").clicked() {
-                            c.intervention = Intervention::Zero;
+                            c.op = Op::Zero;
                         }
                         if ui.selectable_label(kind == "remove", "remove").clicked() {
-                            c.intervention = Intervention::Remove;
-                            c.layers = LayerSet::All;
-                            c.part = KvPart::Both;
+                            c.op = Op::Remove;
+                            c.site.layers = LayerSet::All;
+                            c.site.part = KvPart::Both;
                         }
                         for n in names.iter().filter(|n| **n != c.variant) {
                             if ui
                                 .selectable_label(false, format!("transplant from {n}"))
                                 .clicked()
                             {
-                                c.intervention = Intervention::Transplant { from: n.clone() };
+                                c.op = Op::Transplant { from: n.clone() };
                             }
                         }
                     });
@@ -323,14 +319,14 @@ pub fn conditions(app: &mut KvlabApp, ui: &mut Ui) {
                     combo.response,
                     format!("Intervention of condition {}", i + 1),
                 );
-                if let Intervention::Transplant { from } = &c.intervention {
+                if let Op::Transplant { from } = &c.op {
                     ui.label(format!("from {from}"));
                 } else {
                     ui.label("");
                 }
-                let removing = c.intervention == Intervention::Remove;
+                let removing = c.op == Op::Remove;
                 ui.add_enabled_ui(!removing, |ui| {
-                    let layers = c.layers.resolve(n_layer);
+                    let layers = c.site.layers.resolve(n_layer);
                     let (mut lo, mut hi) = (
                         *layers.first().unwrap_or(&0),
                         *layers.last().unwrap_or(&(n_layer - 1)),
@@ -348,7 +344,7 @@ pub fn conditions(app: &mut KvlabApp, ui: &mut Ui) {
                         );
                         if a.changed() || b.changed() {
                             let (lo, hi) = (lo.min(hi), lo.max(hi));
-                            c.layers = if lo == 0 && hi == n_layer - 1 {
+                            c.site.layers = if lo == 0 && hi == n_layer - 1 {
                                 LayerSet::All
                             } else {
                                 LayerSet::parse(&format!("{lo}-{hi}")).unwrap_or_default()
@@ -358,9 +354,9 @@ pub fn conditions(app: &mut KvlabApp, ui: &mut Ui) {
                 });
                 ui.add_enabled_ui(!removing, |ui| {
                     ui.horizontal(|ui| {
-                        ui.selectable_value(&mut c.part, KvPart::K, "K");
-                        ui.selectable_value(&mut c.part, KvPart::V, "V");
-                        ui.selectable_value(&mut c.part, KvPart::Both, "K+V");
+                        ui.selectable_value(&mut c.site.part, KvPart::K, "K");
+                        ui.selectable_value(&mut c.site.part, KvPart::V, "V");
+                        ui.selectable_value(&mut c.site.part, KvPart::Both, "K+V");
                     });
                 });
                 if ui

@@ -50,7 +50,11 @@ fn results_grid(ui: &mut Ui, r: &crate::experiment::RunResults) {
                             Some(c) => {
                                 ui.vertical(|ui| {
                                     if let Some(v) = &c.verdict {
-                                        ui.label(RichText::new(v).color(verdict_color(v)).strong());
+                                        ui.label(
+                                            RichText::new(v.to_string())
+                                                .color(verdict_color(v))
+                                                .strong(),
+                                        );
                                     }
                                     let div = match c.first_divergence {
                                         None => "same as baseline".to_string(),

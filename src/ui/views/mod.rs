@@ -18,6 +18,7 @@ pub use menu::{WELCOME_TEXT, close_dialog, notes, read_only_banner, status_bar, 
 pub use model::model_panel;
 
 use crate::experiment::grid::preview;
+use crate::experiment::results::Verdict;
 
 /// Verdict and marker colours: kept, flipped, warnings.
 const GOOD: Color32 = Color32::from_rgb(80, 180, 110);
@@ -43,13 +44,11 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
-fn verdict_color(v: &str) -> Color32 {
-    if v.starts_with("keeps") {
-        GOOD
-    } else if v.starts_with("flips") {
-        BAD
-    } else {
-        WARN
+fn verdict_color(v: &Verdict) -> Color32 {
+    match v {
+        Verdict::Keeps { .. } => GOOD,
+        Verdict::FlipsTo { .. } => BAD,
+        Verdict::Undecided { .. } => WARN,
     }
 }
 

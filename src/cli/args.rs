@@ -1,0 +1,162 @@
+//! The command line's subcommands and their arguments (clap), one struct per subcommand so that
+//! each command's code takes exactly its own arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an experiment and print the outcome grid.
+    Run(RunArgs),
+    /// Write a shareable report of a session: self-contained HTML, Markdown, or CSV.
+    Report(ReportArgs),
+    /// Re-run a session's experiment and report any difference from its saved results.
+    Verify(VerifyArgs),
+    /// Sweep an intervention over positions, spans or layers, and print each item's effect.
+    Sweep(SweepArgs),
+    /// Measure speed on this machine: decode, batched grid, interventions, sweeps.
+    Bench(BenchArgs),
+    /// Show a model's metadata and how it tokenizes a text.
+    Inspect(InspectArgs),
+}
+
+/// Arguments of `kvlab run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The experiment (JSON), e.g. assets/experiments/seed-short.json.
+    pub spec: PathBuf,
+    /// The GGUF model file.
+    #[arg(long, short, env = "KVLAB_MODEL")]
+    pub model: PathBuf,
+    /// Write the full results (JSON) here.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// How to print the grid.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// CPU threads for llama.cpp.
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Also record one layer's full K/V difference rows between the first two variants.
+    #[arg(long)]
+    pub delta_layer: Option<usize>,
+    /// Also save a session file (.kvlab) with the experiment, the model and the results.
+    #[arg(long)]
+    pub session: Option<PathBuf>,
+}
+
+/// Arguments of `kvlab report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The session file (.kvlab).
+    pub session: PathBuf,
+    /// Write an HTML report here.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Write a Markdown report here.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Write per-step probabilities as CSV here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+}
+
+/// Arguments of `kvlab verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The session file (.kvlab).
+    pub session: PathBuf,
+    /// The model (default: the path recorded in the session).
+    #[arg(long, short)]
+    pub model: Option<PathBuf>,
+    /// CPU threads (default: as recorded).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// Arguments of `kvlab sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The experiment (JSON).
+    pub spec: PathBuf,
+    /// The GGUF model file.
+    #[arg(long, short, env = "KVLAB_MODEL")]
+    pub model: PathBuf,
+    /// What varies.
+    #[arg(long, value_enum, default_value_t = SweepOver::Position)]
+    pub over: SweepOver,
+    /// The variant whose prompt is edited (default: the first).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Remove the cells instead of zeroing them.
+    #[arg(long)]
+    pub remove: bool,
+    /// Layers touched by position and span sweeps ("all", "0-15", …).
+    #[arg(long, default_value = "all")]
+    pub layers: String,
+    /// Span sweeps: the most extra tokens after the needle.
+    #[arg(long, default_value_t = 12)]
+    pub max_extra: usize,
+    /// Write the sweep results (JSON) here.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// CPU threads for llama.cpp.
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// Arguments of `kvlab bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The GGUF model file.
+    #[arg(long, short, env = "KVLAB_MODEL")]
+    pub model: PathBuf,
+    /// A short run (for CI).
+    #[arg(long)]
+    pub quick: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// CPU threads for llama.cpp.
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// Arguments of `kvlab inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The GGUF model file.
+    pub model: PathBuf,
+    /// Text to tokenize.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Recognize special-token text such as <|im_start|> in --text.
+    #[arg(long)]
+    pub special: bool,
+}
+
+/// What a sweep varies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SweepOver {
+    /// One prompt position at a time.
+    Position,
+    /// The needle plus the next k tokens.
+    Span,
+    /// One layer at a time, and cumulative ranges.
+    Layer,
+    /// Every position × every layer.
+    PositionLayer,
+}
+
+/// Grid output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned text for a terminal.
+    Table,
+    /// A Markdown table.
+    Markdown,
+    /// The full results as JSON.
+    Json,
+}

@@ -1,0 +1,405 @@
+//! The experiment a user designs: prompt, variants, needle, conditions, generation settings.
+//! Saved as JSON; every field has a default so older or hand-written specs stay readable.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+mod legacy;
+mod op;
+mod prompt;
+mod site;
+#[cfg(test)]
+mod tests;
+
+pub use crate::engine::KvPart;
+pub use legacy::{upgrade_condition, upgrade_conditions};
+pub use op::{Condition, Op};
+pub use prompt::{PromptMode, PromptSpec, Turn, Variant};
+pub use site::{LayerSet, Site, Span};
+
+/// The most tokens a spec may ask to generate: more than any model's context, and small enough
+/// that context sizes computed from it never overflow.
+pub const MAX_TOKENS_LIMIT: usize = 1 << 20;
+/// The most sequences llama.cpp runs in one context (`LLAMA_MAX_SEQ`): a grid runs one per
+/// variant and one per condition.
+pub const MAX_SEQUENCES: usize = 256;
+/// The most alternatives recorded per step.
+pub const MAX_TOP_K: usize = 1000;
+/// The largest experiment file read (a spec is a few KiB; this keeps `/dev/zero` and friends
+/// from filling memory).
+pub const MAX_SPEC_BYTES: u64 = 16 << 20;
+
+/// The placeholder in the prompt that each variant fills.
+pub const NEEDLE_PLACEHOLDER: &str = "{needle}";
+
+/// What is wrong with a spec, in words a user can act on.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SpecError {
+    /// No turn contains `{needle}`.
+    #[error("the prompt has no {{needle}} placeholder: put {{needle}} where the variants differ")]
+    NoPlaceholder,
+    /// Fewer than the variants needed.
+    #[error("{0}")]
+    Variants(String),
+    /// A condition refers to something that does not exist or cannot be done.
+    #[error("condition {index} ({label}): {reason}")]
+    Condition {
+        /// Its index in the spec.
+        index: usize,
+        /// Its label.
+        label: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A layer selection could not be read.
+    #[error("layers {0:?}: write \"all\", a range like \"0-15\", or a list like \"0,3,7-9\"")]
+    Layers(String),
+    /// The needle span does not fit the prompt.
+    #[error("{0}")]
+    Span(String),
+    /// The JSON could not be read.
+    #[error("the experiment file is not valid: {0}")]
+    Json(String),
+    /// Generation settings are out of range.
+    #[error("{0}")]
+    Generation(String),
+}
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Sampling {
+    /// The most likely token (ties: the lowest id).
+    Greedy,
+    /// Temperature and nucleus sampling with a fixed seed (every condition draws the same random
+    /// numbers, so the control still equals the baseline).
+    Sample {
+        /// Softmax temperature (> 0).
+        temperature: f32,
+        /// Nucleus mass in (0, 1].
+        top_p: f32,
+        /// Random seed.
+        seed: u64,
+    },
+}
+
+/// Generation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationSpec {
+    /// Tokens generated per condition.
+    pub max_tokens: usize,
+    /// Stop a sequence at its end-of-generation token (the seed does not).
+    pub stop_at_eog: bool,
+    /// Greedy or sampled.
+    pub sampling: Sampling,
+}
+
+impl Default for GenerationSpec {
+    fn default() -> Self {
+        GenerationSpec {
+            max_tokens: 100,
+            stop_at_eog: false,
+            sampling: Sampling::Greedy,
+        }
+    }
+}
+
+/// An experiment: everything needed to run it on any model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    /// A name for files and titles.
+    pub name: String,
+    /// What the experiment asks, in words.
+    pub description: String,
+    /// The prompt.
+    pub prompt: PromptSpec,
+    /// The needle fillings.
+    pub variants: Vec<Variant>,
+    /// Needle positions; default: where the variants' tokens differ.
+    pub needle_span: Option<Span>,
+    /// The grid's conditions.
+    pub conditions: Vec<Condition>,
+    /// Generation settings.
+    pub generation: GenerationSpec,
+    /// Strings whose (first) token's log-prob is recorded at every step, e.g. `" San"`.
+    pub probes: Vec<String>,
+    /// Alternatives recorded per step.
+    pub top_k: usize,
+}
+
+impl Default for ExperimentSpec {
+    fn default() -> Self {
+        ExperimentSpec {
+            name: "untitled".into(),
+            description: String::new(),
+            prompt: PromptSpec::default(),
+            variants: Vec::new(),
+            needle_span: None,
+            conditions: Vec::new(),
+            generation: GenerationSpec::default(),
+            probes: Vec::new(),
+            top_k: 10,
+        }
+    }
+}
+
+/// Reads a text file that a user names (an experiment, a session): it must be a regular file
+/// (a FIFO would block, `/dev/zero` never ends) of at most `max` bytes, in UTF-8 (a byte order
+/// mark is allowed). `what` names the kind of file in messages ("an experiment").
+pub fn read_text_file(path: &std::path::Path, max: u64, what: &str) -> Result<String, String> {
+    use std::io::Read;
+    let shown = path.display();
+    let cannot = |e: std::io::Error| format!("cannot read {what} {shown}: {e}");
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if let Some(kind) = crate::gguf::not_a_regular_file(&meta) {
+        return Err(format!("{shown} is {kind}, not {what} file"));
+    }
+    let too_big = || {
+        format!(
+            "{shown} is larger than {} MiB, too large for {what} file",
+            max >> 20
+        )
+    };
+    if meta.len() > max {
+        return Err(too_big());
+    }
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > max {
+        return Err(too_big());
+    }
+    let mut text = String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{shown} is not UTF-8 text (invalid byte at {})",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    if text.starts_with('\u{feff}') {
+        text.drain(..3);
+    }
+    Ok(text)
+}
+
+/// The seed experiment, as shipped in `assets/experiments/seed-short.json`.
+const SEED_JSON: &str = include_str!("../../../assets/experiments/seed-short.json");
+
+impl ExperimentSpec {
+    /// The seed experiment (the default in the app).
+    pub fn seed() -> ExperimentSpec {
+        ExperimentSpec::from_json(SEED_JSON).expect("the shipped seed experiment is valid")
+    }
+
+    /// Reads a spec from JSON, with a message that says where it went wrong (a misspelled
+    /// field is named, with the fields that exist). A UTF-8 byte order mark is skipped.
+    pub fn from_json(text: &str) -> Result<ExperimentSpec, SpecError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let mut value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| SpecError::Json(e.to_string()))?;
+        upgrade_conditions(&mut value);
+        let spec: ExperimentSpec =
+            serde_json::from_value(value).map_err(|e| SpecError::Json(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Reads an experiment file: a regular file of at most [`MAX_SPEC_BYTES`], UTF-8 JSON.
+    /// Errors name the file.
+    pub fn from_file(path: &std::path::Path) -> Result<ExperimentSpec, String> {
+        let shown = path.display();
+        let text = read_text_file(path, MAX_SPEC_BYTES, "an experiment")?;
+        ExperimentSpec::from_json(&text).map_err(|e| format!("in {shown}: {e}"))
+    }
+
+    /// Checks the spec against the model it is about to run on, before anything is allocated:
+    /// the tokens generated must fit the model's trained context, and the KV cache of all
+    /// sequences (`kv_bytes_per_cell` per token) must fit in `memory` bytes when that is known.
+    pub fn check_fits(
+        &self,
+        n_ctx_train: u32,
+        kv_bytes_per_cell: u64,
+        memory: Option<u64>,
+    ) -> Result<(), SpecError> {
+        let max = self.generation.max_tokens;
+        if n_ctx_train > 0 && max > n_ctx_train as usize {
+            return Err(SpecError::Generation(format!(
+                "max_tokens is {max}, more than the model's trained context of {n_ctx_train} tokens"
+            )));
+        }
+        let n_seq = (self.variants.len() + self.conditions.len()) as u64;
+        // The prompt's length is not known before tokenizing: about four characters a token.
+        let prompt: usize = self
+            .prompt
+            .turns
+            .iter()
+            .map(|t| t.content.len() + 8)
+            .sum::<usize>()
+            + self
+                .variants
+                .iter()
+                .map(|v| v.needle.len())
+                .max()
+                .unwrap_or(0);
+        let cells = crate::gguf::kv_cells_for_run(n_seq, prompt as u64 / 4, max as u64);
+        let bytes = cells.saturating_mul(kv_bytes_per_cell);
+        if let Some(memory) = memory
+            && bytes > memory
+        {
+            return Err(SpecError::Generation(format!(
+                "the KV cache for {n_seq} sequences of up to {max} generated tokens needs about {} MiB, more than this machine's {} MiB of memory: ask for fewer tokens or conditions",
+                bytes >> 20,
+                memory >> 20
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks what can be checked without a model.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !self
+            .prompt
+            .turns
+            .iter()
+            .any(|t| t.content.contains(NEEDLE_PLACEHOLDER))
+        {
+            return Err(SpecError::NoPlaceholder);
+        }
+        if self.variants.is_empty() {
+            return Err(SpecError::Variants("the experiment has no variants".into()));
+        }
+        if self.variants.len() < 2 && self.needle_span.is_none() {
+            return Err(SpecError::Variants(
+                "with one variant the needle span must be given (it is found where variants differ)"
+                    .into(),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for v in &self.variants {
+            if v.name.trim().is_empty() {
+                return Err(SpecError::Variants("a variant has an empty name".into()));
+            }
+            if !names.insert(v.name.as_str()) {
+                return Err(SpecError::Variants(format!(
+                    "two variants are named {:?}",
+                    v.name
+                )));
+            }
+        }
+        for (index, c) in self.conditions.iter().enumerate() {
+            let err = |reason: String| SpecError::Condition {
+                index,
+                label: c.row_label(),
+                reason,
+            };
+            if !names.contains(c.variant.as_str()) {
+                return Err(err(format!("there is no variant named {:?}", c.variant)));
+            }
+            if let Op::Transplant { from } = &c.op
+                && !names.contains(from.as_str())
+            {
+                return Err(err(format!("there is no donor variant named {from:?}")));
+            }
+            check_site(&c.op, &c.site).map_err(err)?;
+        }
+        if let Some(s) = self.needle_span
+            && s.is_empty()
+        {
+            return Err(SpecError::Span(format!(
+                "the needle span {}..{} is empty",
+                s.start, s.end
+            )));
+        }
+        if self.generation.max_tokens == 0 {
+            return Err(SpecError::Generation(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        if self.generation.max_tokens > MAX_TOKENS_LIMIT {
+            return Err(SpecError::Generation(format!(
+                "max_tokens is {}, more than kvlab generates ({MAX_TOKENS_LIMIT})",
+                self.generation.max_tokens
+            )));
+        }
+        let n_seq = self.variants.len() + self.conditions.len();
+        if n_seq > MAX_SEQUENCES {
+            return Err(SpecError::Variants(format!(
+                "{} variants and {} conditions make {n_seq} sequences; llama.cpp runs at most {MAX_SEQUENCES}",
+                self.variants.len(),
+                self.conditions.len()
+            )));
+        }
+        if self.top_k > MAX_TOP_K {
+            return Err(SpecError::Generation(format!(
+                "top_k is {}, more than the {MAX_TOP_K} alternatives kvlab records",
+                self.top_k
+            )));
+        }
+        if let Some(i) = self.probes.iter().position(|p| p.is_empty()) {
+            return Err(SpecError::Generation(format!(
+                "probe {i} is empty: a probe is the text of a token, e.g. \" San\""
+            )));
+        }
+        if let Sampling::Sample {
+            temperature, top_p, ..
+        } = self.generation.sampling
+            && !(temperature > 0.0 && top_p > 0.0 && top_p <= 1.0)
+        {
+            return Err(SpecError::Generation(
+                "sampling needs temperature > 0 and 0 < top_p <= 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The seed's grid for the current variants: none, zero, transplant (from the next variant,
+    /// cyclically) and remove, each for every variant, on the needle in all layers, K and V.
+    pub fn seed_grid(&self) -> Vec<Condition> {
+        let names: Vec<&str> = self.variants.iter().map(|v| v.name.as_str()).collect();
+        let n = names.len();
+        let mut out: Vec<Condition> = Vec::new();
+        for op in [Op::None, Op::Zero] {
+            out.extend(names.iter().map(|v| Condition::new(*v, op.clone())));
+        }
+        if n > 1 {
+            out.extend(names.iter().enumerate().map(|(i, v)| {
+                let from = names[(i + 1) % n].to_string();
+                Condition::new(*v, Op::Transplant { from }).labelled("transplant (other variant)")
+            }));
+        }
+        out.extend(names.iter().map(|v| Condition::new(*v, Op::Remove)));
+        out
+    }
+
+    /// The variant with this name.
+    pub fn variant_index(&self, name: &str) -> Option<usize> {
+        self.variants.iter().position(|v| v.name == name)
+    }
+}
+
+/// Whether an op can act at a site, in words a user can act on.
+pub fn check_site(op: &Op, site: &Site) -> Result<(), String> {
+    if *op == Op::Remove && (!site.layers.is_all() || site.part != KvPart::Both) {
+        return Err(
+            "remove takes whole cells out of the sequence, so it acts on all layers and \
+             on K and V together; use zero to act on some layers or on K or V alone"
+                .into(),
+        );
+    }
+    if let Some(s) = site.span
+        && s.is_empty()
+    {
+        return Err(format!("the span {}..{} is empty", s.start, s.end));
+    }
+    if let LayerSet::Some(s) = &site.layers
+        && s.is_empty()
+    {
+        return Err("no layer is selected".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! *What* an intervention does to the cache rows it touches ([`Op`]), and the grid's conditions
+//! that pair an op with a variant and a [`Site`]. Where it applies is [`Site`]'s job: the two
+//! vary independently (a sweep keeps the op and moves the site), as TransformerLens keeps a
+//! hook's function apart from its hook point.
+
+use serde::{Deserialize, Serialize};
+
+use super::site::Site;
+
+/// What is done to the cache rows at a site before generating.
+///
+/// Read through [`RawOp`] so that a field the op does not take is an error, not silently
+/// ignored (serde ignores unknown fields in the unit variants of internally tagged enums).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "RawOp")]
+pub enum Op {
+    /// Nothing: the control.
+    None,
+    /// Rows set to zero (the attention logit of those keys becomes 0, not -inf).
+    Zero,
+    /// Rows copied from another variant's cache at the same positions.
+    Transplant {
+        /// The donor variant's name.
+        from: String,
+    },
+    /// The cells leave the sequence (masked from attention; later positions unchanged).
+    Remove,
+}
+
+/// An op as written in a file, before its fields are checked against its kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOp {
+    kind: String,
+    #[serde(default)]
+    from: Option<String>,
+}
+
+impl TryFrom<RawOp> for Op {
+    type Error = String;
+
+    fn try_from(raw: RawOp) -> Result<Op, String> {
+        let op = match raw.kind.as_str() {
+            "none" => Op::None,
+            "zero" => Op::Zero,
+            "remove" => Op::Remove,
+            "transplant" => {
+                let from = raw
+                    .from
+                    .ok_or("transplant needs `from`: the donor variant's name")?;
+                return Ok(Op::Transplant { from });
+            }
+            other => {
+                return Err(format!(
+                    "unknown intervention `{other}`: expected none, zero, transplant or remove"
+                ));
+            }
+        };
+        if raw.from.is_some() {
+            return Err(format!(
+                "{} takes no `from` (only transplant does)",
+                raw.kind
+            ));
+        }
+        Ok(op)
+    }
+}
+
+impl Op {
+    /// A short name for tables: "zero", "transplant from NY".
+    pub fn short(&self) -> String {
+        match self {
+            Op::None => "none".into(),
+            Op::Zero => "zero".into(),
+            Op::Transplant { from } => format!("transplant from {from}"),
+            Op::Remove => "remove".into(),
+        }
+    }
+
+    /// Reads what [`Op::short`] wrote (results of session format 1 kept only that text).
+    pub fn from_short(text: &str) -> Option<Op> {
+        Some(match text {
+            "none" => Op::None,
+            "zero" => Op::Zero,
+            "remove" => Op::Remove,
+            _ => Op::Transplant {
+                from: text.strip_prefix("transplant from ")?.to_string(),
+            },
+        })
+    }
+
+    /// Whether the op edits row contents (as opposed to the control, or removing whole cells).
+    pub fn edits_rows(&self) -> bool {
+        matches!(self, Op::Zero | Op::Transplant { .. })
+    }
+}
+
+/// One cell of the grid: a variant's prompt with an op applied at a site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// Row label in the grid; conditions of different variants with the same label share a row.
+    /// Default: derived from the op and its site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The variant whose prompt is used.
+    pub variant: String,
+    /// What is done to the cache.
+    pub op: Op,
+    /// Where (default: the needle, every layer, K and V).
+    #[serde(default, skip_serializing_if = "Site::is_default")]
+    pub site: Site,
+}
+
+impl Condition {
+    /// `op` on `variant`'s needle, in every layer, K and V.
+    pub fn new(variant: impl Into<String>, op: Op) -> Condition {
+        Condition {
+            label: None,
+            variant: variant.into(),
+            op,
+            site: Site::default(),
+        }
+    }
+
+    /// The same condition at another site.
+    pub fn at(mut self, site: Site) -> Condition {
+        self.site = site;
+        self
+    }
+
+    /// The same condition with an explicit row label.
+    pub fn labelled(mut self, label: impl Into<String>) -> Condition {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// The row label: the explicit one, or one derived from the op and its site.
+    pub fn row_label(&self) -> String {
+        if let Some(l) = &self.label {
+            return l.clone();
+        }
+        let mut s = self.op.short();
+        if self.op != Op::None {
+            s.push_str(&self.site.suffix());
+        }
+        s
+    }
+}
