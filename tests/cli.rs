@@ -172,7 +172,7 @@ fn bad_model_files_are_explained() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let e = fails(&["inspect", truncated.to_str().unwrap()]);
     assert!(
-        e.contains("could not load") && e.contains("incomplete"),
+        e.contains("it is truncated") && e.contains("incomplete"),
         "{e}"
     );
 }

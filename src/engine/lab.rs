@@ -13,6 +13,9 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
+use std::sync::Arc;
+
+use super::attention::{self, AttentionCapture, CaptureRequest, Hook};
 use super::kv_state::{LayoutHints, SeqState};
 use super::{EngineError, LoadedModel, backend, log};
 
@@ -48,11 +51,31 @@ pub struct Lab<'m> {
     ctx: LlamaContext<'m>,
     options: LabOptions,
     hints: LayoutHints,
+    /// The attention-capture hook the context's graph callback points to; declared after `ctx`
+    /// so the context is dropped first.
+    hook: Option<Arc<Hook>>,
 }
 
 impl<'m> Lab<'m> {
     /// Creates a context with `options.n_seq` independent sequences.
     pub fn new(model: &'m LoadedModel, options: LabOptions) -> Result<Lab<'m>, EngineError> {
+        Self::open(model, options, false)
+    }
+
+    /// Like [`Lab::new`], with attention capture ([`Lab::eval_capturing`]) available: flash
+    /// attention is off and llama.cpp calls back for every graph node (see [`attention`]).
+    pub fn with_attention_capture(
+        model: &'m LoadedModel,
+        options: LabOptions,
+    ) -> Result<Lab<'m>, EngineError> {
+        Self::open(model, options, true)
+    }
+
+    fn open(
+        model: &'m LoadedModel,
+        options: LabOptions,
+        capture: bool,
+    ) -> Result<Lab<'m>, EngineError> {
         model.check_kv_surgery_supported()?;
         let n_ctx_per_seq = options.n_ctx_per_seq.div_ceil(256) * 256;
         let n_ctx =
@@ -69,6 +92,11 @@ impl<'m> Lab<'m> {
             .with_kv_unified(false)
             .with_n_threads(options.threads)
             .with_n_threads_batch(options.threads);
+        let hook = capture.then(|| Arc::new(Hook::default()));
+        let params = match &hook {
+            Some(h) => attention::capture_params(params, h),
+            None => params,
+        };
         log::clear_recent();
         let ctx = model.model.new_context(backend()?, params).map_err(|e| {
             EngineError::ContextFailed {
@@ -92,6 +120,7 @@ impl<'m> Lab<'m> {
             hints: LayoutHints {
                 cell_ext: model.cells_have_ext(),
             },
+            hook,
         })
     }
 
@@ -131,6 +160,50 @@ impl<'m> Lab<'m> {
             }
         }
         Ok(())
+    }
+
+    /// Evaluates `items` like [`Lab::eval`] and returns the attention the items `request.rows`
+    /// paid to the cache's cells, per layer and query head. The items must belong to one sequence
+    /// and fit in one batch (`n_batch`); the lab must come from [`Lab::with_attention_capture`].
+    pub fn eval_capturing(
+        &mut self,
+        items: &[BatchItem],
+        request: &CaptureRequest,
+        on_logits: impl FnMut(usize, &[f32]),
+    ) -> Result<AttentionCapture, EngineError> {
+        let hook = self.hook.clone().ok_or_else(|| {
+            EngineError::Capture("this lab was not opened with Lab::with_attention_capture".into())
+        })?;
+        let seq = items
+            .first()
+            .map(|i| i.seq)
+            .ok_or_else(|| EngineError::Capture("nothing to evaluate".into()))?;
+        if items.len() > self.options.n_batch as usize || items.iter().any(|i| i.seq != seq) {
+            return Err(EngineError::Capture(format!(
+                "a capture evaluates one sequence's tokens in one batch (at most {}), got {} items",
+                self.options.n_batch,
+                items.len()
+            )));
+        }
+        if let Some(&r) = request.rows.iter().find(|&&r| r >= items.len()) {
+            return Err(EngineError::Capture(format!(
+                "row {r} is not one of the {} evaluated items",
+                items.len()
+            )));
+        }
+        // The last item's row is always copied: its mask maps cells to positions.
+        let mut rows = request.rows.clone();
+        rows.push(items.len() - 1);
+        rows.sort_unstable();
+        rows.dedup();
+        hook.arm(rows.clone(), items.len(), self.n_kv_layer());
+        let evaluated = self.eval(items, on_logits);
+        let raw = hook.disarm();
+        evaluated?;
+        let raw = raw.map_err(EngineError::Capture)?;
+        let cells: Vec<i32> = self.state(seq)?.cells().map(|(_, c)| c.pos).collect();
+        let pos: Vec<i32> = items.iter().map(|i| i.pos).collect();
+        attention::assemble(raw, request, &rows, &pos, &cells).map_err(EngineError::Capture)
     }
 
     /// The raw state bytes of a sequence (host memory, whatever device holds the cache).

@@ -5,13 +5,17 @@
 //! - [`lab`]: one inference context with one KV stream per sequence, batched decoding, and
 //!   access to sequence state bytes.
 //! - [`kv_state`]: the codec for those bytes (pure Rust).
+//! - [`attention`]: attention weights of chosen query tokens, read from llama.cpp's graph
+//!   callback on labs opened with [`Lab::with_attention_capture`].
 //! - [`log`]: llama.cpp's log routed into `tracing`, with its recent errors kept for messages.
 
+pub mod attention;
 pub mod kv_state;
 pub mod lab;
 pub mod log;
 pub mod model;
 
+pub use attention::{AttentionCapture, CaptureRequest, CapturedRow};
 pub use kv_state::{KvPart, KvStateError, SeqState};
 pub use lab::{Lab, LabOptions};
 pub use model::{LoadOptions, LoadedModel, ModelFingerprint, ModelInfo, TokenPiece};
@@ -78,6 +82,9 @@ pub enum EngineError {
     /// The KV state codec refused the bytes or the edit.
     #[error(transparent)]
     KvState(#[from] KvStateError),
+    /// Attention capture was asked of a lab that cannot give it, or failed.
+    #[error("attention capture: {0}")]
+    Capture(String),
     /// An I/O error reading the model file.
     #[error("reading {path}: {source}")]
     Io {
@@ -265,6 +272,29 @@ mod tests {
             kv_cache_home(&gpu, Some(0), 30),
             "host memory (no layers offloaded)"
         );
+    }
+
+    #[test]
+    fn gguf_block_sizes_match_the_linked_ggml() {
+        for t in 0..sys_type_count() {
+            // SAFETY: plain lookups in ggml's type table for ids below GGML_TYPE_COUNT.
+            let (blck, size) = unsafe {
+                (
+                    llama_cpp_sys_2::ggml_blck_size(t as _),
+                    llama_cpp_sys_2::ggml_type_size(t as _),
+                )
+            };
+            let ours = crate::gguf::ggml_type_block(t);
+            if blck == 0 {
+                assert_eq!(ours, None, "ggml type {t} is removed in ggml");
+            } else {
+                assert_eq!(ours, Some((blck as u64, size as u64)), "ggml type {t}");
+            }
+        }
+    }
+
+    fn sys_type_count() -> u32 {
+        llama_cpp_sys_2::GGML_TYPE_COUNT as u32
     }
 
     #[test]

@@ -1,0 +1,273 @@
+//! Parsing and serializing llama.cpp's sequence-state bytes. The parser refuses rather than
+//! guesses: counts are checked against the bytes left before anything is allocated, and the
+//! serializer writes exactly what was parsed, so `serialize(parse(b)) == b`.
+
+use super::values::{element_size, ggml_type_name};
+use super::{
+    CellMeta, KvStateError, LayoutHints, RowBlock, SEQ_STATE_MAGIC, SeqState, Stream,
+    TransposedBlock, VBlock,
+};
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], KvStateError> {
+        let remaining = self.bytes.len() - self.offset;
+        if n > remaining {
+            return Err(KvStateError::Truncated {
+                offset: self.offset,
+                needed: n - remaining,
+            });
+        }
+        let slice = &self.bytes[self.offset..self.offset + n];
+        self.offset += n;
+        Ok(slice)
+    }
+    fn u32(&mut self) -> Result<u32, KvStateError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn i32(&mut self) -> Result<i32, KvStateError> {
+        Ok(self.u32()? as i32)
+    }
+    fn u64(&mut self) -> Result<u64, KvStateError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.offset
+    }
+    /// A count that must fit in what is left, `unit` bytes at least per item: guards allocations
+    /// against corrupt counts.
+    fn count(&mut self, what: &str, unit: usize) -> Result<usize, KvStateError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(unit.max(1)) > self.remaining() {
+            return Err(KvStateError::Malformed(format!(
+                "{what} = {n} does not fit in the {} bytes left",
+                self.remaining()
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// Largest ggml type id kvlab accepts (GGML_TYPE_COUNT in the pinned llama.cpp is below this).
+const MAX_GGML_TYPE: i32 = 64;
+impl SeqState {
+    /// Parses the bytes of `llama_state_seq_get_data` for the plain `llama_kv_cache`.
+    ///
+    /// Refuses (never panics on) anything else: other magic, truncation, implausible counts,
+    /// unknown types and trailing bytes from memory modules kvlab does not know.
+    pub fn parse(bytes: &[u8], hints: LayoutHints) -> Result<SeqState, KvStateError> {
+        let mut r = Reader { bytes, offset: 0 };
+        let magic = r.u32()?;
+        if magic != SEQ_STATE_MAGIC {
+            return Err(KvStateError::BadMagic { found: magic });
+        }
+        let seq_id = r.i32()?;
+        let n_stream = r.count("n_stream", 4)?;
+        let mut streams = Vec::with_capacity(n_stream);
+        for _ in 0..n_stream {
+            let cell_count = r.count("cell_count", 8)?;
+            if cell_count == 0 {
+                streams.push(None);
+                continue;
+            }
+            streams.push(Some(parse_stream(&mut r, cell_count, hints)?));
+        }
+        if r.remaining() != 0 {
+            return Err(KvStateError::TrailingBytes(r.remaining()));
+        }
+        Ok(SeqState { seq_id, streams })
+    }
+
+    /// Writes the state back in llama.cpp's layout. `parse(serialize(s)) == s`, and for bytes
+    /// that parsed, `serialize(parse(b)) == b`.
+    pub fn serialize(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.byte_len_hint());
+        out.extend_from_slice(&SEQ_STATE_MAGIC.to_le_bytes());
+        out.extend_from_slice(&self.seq_id.to_le_bytes());
+        out.extend_from_slice(&(self.streams.len() as u32).to_le_bytes());
+        for stream in &self.streams {
+            let Some(s) = stream else {
+                out.extend_from_slice(&0u32.to_le_bytes());
+                continue;
+            };
+            out.extend_from_slice(&(s.cells.len() as u32).to_le_bytes());
+            for c in &s.cells {
+                out.extend_from_slice(&c.pos.to_le_bytes());
+                out.extend_from_slice(&(c.seq_ids.len() as u32).to_le_bytes());
+                if let Some(ext) = c.ext {
+                    for x in ext {
+                        out.extend_from_slice(&x.to_le_bytes());
+                    }
+                }
+                for id in &c.seq_ids {
+                    out.extend_from_slice(&id.to_le_bytes());
+                }
+            }
+            out.extend_from_slice(&u32::from(s.v_trans).to_le_bytes());
+            out.extend_from_slice(&(s.k.len() as u32).to_le_bytes());
+            out.extend_from_slice(&s.n_rot_k.to_le_bytes());
+            out.extend_from_slice(&s.n_rot_v.to_le_bytes());
+            for k in &s.k {
+                out.extend_from_slice(&k.ggml_type.to_le_bytes());
+                out.extend_from_slice(&(k.row_size as u64).to_le_bytes());
+                out.extend_from_slice(&k.data);
+            }
+            for v in &s.v {
+                match v {
+                    VBlock::Rows(b) => {
+                        out.extend_from_slice(&b.ggml_type.to_le_bytes());
+                        out.extend_from_slice(&(b.row_size as u64).to_le_bytes());
+                        out.extend_from_slice(&b.data);
+                    }
+                    VBlock::Transposed(b) => {
+                        out.extend_from_slice(&b.ggml_type.to_le_bytes());
+                        out.extend_from_slice(&(b.el_size as u32).to_le_bytes());
+                        out.extend_from_slice(&(b.n_embd as u32).to_le_bytes());
+                        out.extend_from_slice(&b.data);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn byte_len_hint(&self) -> usize {
+        self.streams
+            .iter()
+            .flatten()
+            .map(|s| {
+                s.k.iter().map(|b| b.data.len() + 12).sum::<usize>()
+                    + s.v
+                        .iter()
+                        .map(|v| match v {
+                            VBlock::Rows(b) => b.data.len() + 12,
+                            VBlock::Transposed(b) => b.data.len() + 12,
+                        })
+                        .sum::<usize>()
+                    + s.cells.len() * 12
+            })
+            .sum::<usize>()
+            + 64
+    }
+}
+
+fn check_type(t: i32) -> Result<(), KvStateError> {
+    if !(0..MAX_GGML_TYPE).contains(&t) {
+        return Err(KvStateError::Malformed(format!("unknown ggml type id {t}")));
+    }
+    Ok(())
+}
+
+fn parse_stream(
+    r: &mut Reader<'_>,
+    cell_count: usize,
+    hints: LayoutHints,
+) -> Result<Stream, KvStateError> {
+    let cells = (0..cell_count)
+        .map(|_| parse_cell(r, hints))
+        .collect::<Result<Vec<_>, _>>()?;
+    let v_trans = match r.u32()? {
+        0 => false,
+        1 => true,
+        other => return Err(KvStateError::Malformed(format!("v_trans = {other}"))),
+    };
+    let n_layer = r.count("n_layer", 12)?;
+    let n_rot_k = r.u32()?;
+    let n_rot_v = r.u32()?;
+    let k = (0..n_layer)
+        .map(|_| parse_rows(r, "K", cell_count))
+        .collect::<Result<Vec<_>, _>>()?;
+    let v = (0..n_layer)
+        .map(|_| {
+            if v_trans {
+                parse_transposed(r, cell_count).map(VBlock::Transposed)
+            } else {
+                parse_rows(r, "V", cell_count).map(VBlock::Rows)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Stream {
+        cells,
+        v_trans,
+        n_rot_k,
+        n_rot_v,
+        k,
+        v,
+    })
+}
+
+/// One cell's metadata: position, sequence count, the M-RoPE extension if any, sequence ids.
+fn parse_cell(r: &mut Reader<'_>, hints: LayoutHints) -> Result<CellMeta, KvStateError> {
+    let pos = r.i32()?;
+    let n_seq_id = r.count("n_seq_id", 4)?;
+    let ext = if hints.cell_ext {
+        Some([r.i32()?, r.i32()?, r.i32()?])
+    } else {
+        None
+    };
+    let seq_ids = (0..n_seq_id)
+        .map(|_| r.i32())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CellMeta { pos, ext, seq_ids })
+}
+
+/// One layer's row-per-cell block (K, or V when not transposed): type, row size, rows.
+fn parse_rows(r: &mut Reader<'_>, what: &str, cell_count: usize) -> Result<RowBlock, KvStateError> {
+    let ggml_type = r.i32()?;
+    check_type(ggml_type)?;
+    let row_size = usize::try_from(r.u64()?)
+        .map_err(|_| KvStateError::Malformed(format!("{what} row size overflows")))?;
+    if row_size == 0 {
+        return Err(KvStateError::Malformed(format!("{what} row size is 0")));
+    }
+    let len = row_size
+        .checked_mul(cell_count)
+        .ok_or_else(|| KvStateError::Malformed(format!("{what} block size overflows")))?;
+    let data = r.take(len)?.to_vec();
+    Ok(RowBlock {
+        ggml_type,
+        row_size,
+        data,
+    })
+}
+
+/// One layer's transposed V block: type, element size, channels, then element-major values.
+fn parse_transposed(
+    r: &mut Reader<'_>,
+    cell_count: usize,
+) -> Result<TransposedBlock, KvStateError> {
+    let ggml_type = r.i32()?;
+    check_type(ggml_type)?;
+    let el_size = r.u32()? as usize;
+    let n_embd = r.u32()? as usize;
+    if el_size == 0 || n_embd == 0 {
+        return Err(KvStateError::Malformed("empty transposed V block".into()));
+    }
+    if let Some(expected) = element_size(ggml_type)
+        && expected != el_size
+    {
+        return Err(KvStateError::Malformed(format!(
+            "V element size {el_size} for type {}",
+            ggml_type_name(ggml_type)
+        )));
+    }
+    let len = el_size
+        .checked_mul(n_embd)
+        .and_then(|x| x.checked_mul(cell_count))
+        .ok_or_else(|| KvStateError::Malformed("V block size overflows".into()))?;
+    let data = r.take(len)?.to_vec();
+    Ok(TransposedBlock {
+        ggml_type,
+        el_size,
+        n_embd,
+        data,
+    })
+}

@@ -1,0 +1,153 @@
+//! Unit tests of the codec on synthetic states.
+
+use super::synthetic;
+use super::*;
+use proptest::prelude::*;
+
+#[test]
+fn round_trips_both_v_layouts() {
+    for v_trans in [false, true] {
+        let bytes = synthetic(&[0, 1, 2, 3], 3, 4, v_trans);
+        let st = SeqState::parse(&bytes, LayoutHints::default()).unwrap();
+        assert_eq!(st.serialize(), bytes);
+        assert_eq!(st.n_layer(), 3);
+        assert_eq!(st.positions(), vec![0, 1, 2, 3]);
+    }
+}
+
+#[test]
+fn reads_rows_in_both_layouts_identically() {
+    let a = SeqState::parse(&synthetic(&[5, 6, 7], 2, 4, false), LayoutHints::default()).unwrap();
+    let b = SeqState::parse(&synthetic(&[5, 6, 7], 2, 4, true), LayoutHints::default()).unwrap();
+    let r = a.cells_at(6)[0];
+    assert_eq!(r, CellRef { stream: 0, cell: 1 });
+    let expect: Vec<f32> = (0..4).map(|j| -((1000 + 10 + j) as f32) / 64.0).collect();
+    assert_eq!(a.v_row_f32(1, r).unwrap(), expect);
+    assert_eq!(b.v_row_f32(1, r).unwrap(), expect);
+    let k: Vec<f32> = (0..4).map(|j| ((1000 + 10 + j) as f32) / 64.0).collect();
+    assert_eq!(a.k_row_f32(1, r).unwrap(), k);
+}
+
+#[test]
+fn zero_touches_only_the_chosen_cell_layer_and_part() {
+    for v_trans in [false, true] {
+        let orig = SeqState::parse(
+            &synthetic(&[0, 1, 2], 2, 4, v_trans),
+            LayoutHints::default(),
+        )
+        .unwrap();
+        let mut st = orig.clone();
+        let r = st.cells_at(1)[0];
+        st.zero_cell(1, r, KvPart::V).unwrap();
+        for layer in 0..2 {
+            for (cr, _) in orig.cells() {
+                let zeroed = layer == 1 && cr == r;
+                assert_eq!(
+                    st.k_row_f32(layer, cr).unwrap(),
+                    orig.k_row_f32(layer, cr).unwrap()
+                );
+                let v = st.v_row_f32(layer, cr).unwrap();
+                if zeroed {
+                    assert!(v.iter().all(|&x| x == 0.0));
+                } else {
+                    assert_eq!(v, orig.v_row_f32(layer, cr).unwrap());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn copy_takes_the_donor_rows() {
+    let donor =
+        SeqState::parse(&synthetic(&[0, 1, 2], 2, 4, true), LayoutHints::default()).unwrap();
+    let mut st = donor.clone();
+    // Make the recipient differ everywhere, then copy one cell back.
+    for (cr, _) in donor.cells() {
+        for l in 0..2 {
+            st.zero_cell(l, cr, KvPart::Both).unwrap();
+        }
+    }
+    let src = donor.cells_at(2)[0];
+    let dst = st.cells_at(0)[0];
+    st.copy_cell_from(&donor, 0, dst, src, KvPart::Both)
+        .unwrap();
+    assert_eq!(
+        st.k_row_f32(0, dst).unwrap(),
+        donor.k_row_f32(0, src).unwrap()
+    );
+    assert_eq!(
+        st.v_row_f32(0, dst).unwrap(),
+        donor.v_row_f32(0, src).unwrap()
+    );
+    assert!(st.k_row_f32(1, dst).unwrap().iter().all(|&x| x == 0.0));
+}
+
+#[test]
+fn refuses_foreign_and_damaged_states_with_reasons() {
+    let bytes = synthetic(&[0, 1], 2, 4, true);
+    let mut bad = bytes.clone();
+    bad[0] ^= 0xff;
+    assert!(matches!(
+        SeqState::parse(&bad, LayoutHints::default()),
+        Err(KvStateError::BadMagic { .. })
+    ));
+    assert!(matches!(
+        SeqState::parse(&bytes[..bytes.len() - 1], LayoutHints::default()),
+        Err(KvStateError::Truncated { .. })
+    ));
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(&[0; 8]);
+    assert_eq!(
+        SeqState::parse(&longer, LayoutHints::default()),
+        Err(KvStateError::TrailingBytes(8))
+    );
+    let msg = SeqState::parse(&longer, LayoutHints::default())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("not supported"), "{msg}");
+}
+
+#[test]
+fn quantized_rows_can_be_zeroed_but_not_read() {
+    let mut st = SeqState::parse(&synthetic(&[0, 1], 1, 4, false), LayoutHints::default()).unwrap();
+    st.streams[0].as_mut().unwrap().k[0].ggml_type = 8; // q8_0
+    let r = st.cells_at(0)[0];
+    let err = st.k_row_f32(0, r).unwrap_err();
+    assert!(err.to_string().contains("q8_0"), "{err}");
+    st.zero_cell(0, r, KvPart::K).unwrap();
+    assert!(st.k_row_bytes(0, r).unwrap().iter().all(|&b| b == 0));
+}
+
+#[test]
+fn layer_out_of_range_is_an_error() {
+    let st = SeqState::parse(&synthetic(&[0], 2, 4, false), LayoutHints::default()).unwrap();
+    let r = st.cells_at(0)[0];
+    assert_eq!(
+        st.k_row_f32(2, r),
+        Err(KvStateError::LayerOutOfRange {
+            layer: 2,
+            n_layer: 2
+        })
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    /// Random corruption is either refused or parsed into something that serializes back to
+    /// the same bytes; it never panics.
+    #[test]
+    fn corruption_never_panics(flips in proptest::collection::vec((0usize..10_000, any::<u8>()), 1..6),
+                               cut in 0usize..10_000, v_trans in any::<bool>()) {
+        let mut bytes = synthetic(&[0, 1, 2], 2, 4, v_trans);
+        for (at, x) in flips {
+            let n = bytes.len();
+            bytes[at % n] ^= x;
+        }
+        let n = bytes.len();
+        bytes.truncate(n - cut % 8);
+        if let Ok(st) = SeqState::parse(&bytes, LayoutHints::default()) {
+            prop_assert_eq!(st.serialize(), bytes);
+        }
+    }
+}

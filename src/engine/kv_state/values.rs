@@ -1,0 +1,54 @@
+//! ggml type ids: their names for messages, and the float types whose values kvlab decodes.
+
+use half::{bf16, f16};
+
+use super::KvStateError;
+
+/// ggml type ids kvlab knows by name (`enum ggml_type` in ggml.h).
+pub(super) const GGML_TYPE_F32: i32 = 0;
+pub(super) const GGML_TYPE_F16: i32 = 1;
+pub(super) const GGML_TYPE_BF16: i32 = 30;
+
+/// A short name for a ggml type id, for messages.
+pub fn ggml_type_name(t: i32) -> String {
+    match t {
+        0 => "f32".into(),
+        1 => "f16".into(),
+        2 => "q4_0".into(),
+        3 => "q4_1".into(),
+        6 => "q5_0".into(),
+        7 => "q5_1".into(),
+        8 => "q8_0".into(),
+        30 => "bf16".into(),
+        other => format!("ggml type {other}"),
+    }
+}
+
+pub(super) fn element_size(t: i32) -> Option<usize> {
+    match t {
+        GGML_TYPE_F32 => Some(4),
+        GGML_TYPE_F16 | GGML_TYPE_BF16 => Some(2),
+        _ => None,
+    }
+}
+pub(super) fn decode_values(t: i32, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), KvStateError> {
+    match t {
+        GGML_TYPE_F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        GGML_TYPE_F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        GGML_TYPE_BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        other => return Err(KvStateError::UnreadableType(ggml_type_name(other))),
+    }
+    Ok(())
+}
