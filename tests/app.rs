@@ -235,12 +235,12 @@ fn sessions_save_open_mark_changes_and_guard_foreign_results() {
     );
 
     // Closing with unsaved changes asks first.
-    h.state_mut().confirm_close = true;
+    h.state_mut().ask_to_close();
     h.run_steps(3);
     h.get_by_label("Save changes?");
     h.get_by_label("Cancel").click();
     h.step();
-    assert!(!h.state().confirm_close);
+    assert!(!h.state().is_asking_to_close());
 }
 
 #[test]
@@ -431,14 +431,14 @@ fn the_seed_experiment_starts_clean() {
 fn the_first_start_explains_the_demo_and_can_be_dismissed() {
     let mut h = harness(4);
     h.get_by_label("Welcome to kvlab: the seed experiment");
-    h.get_by_label(kvlab::ui::views::WELCOME_TEXT);
+    h.get_by_label(kvlab::ui::panels::WELCOME_TEXT);
     h.get_by_label("Got it").click();
     h.run_steps(2);
     assert!(
         h.state().prefs.welcome_dismissed,
         "remembered between launches"
     );
-    assert!(h.query_by_label(kvlab::ui::views::WELCOME_TEXT).is_none());
+    assert!(h.query_by_label(kvlab::ui::panels::WELCOME_TEXT).is_none());
 }
 
 #[test]
@@ -468,16 +468,16 @@ fn a_stopped_first_run_shows_its_partial_results_and_edits_mark_results_stale() 
     wait_for(&mut h, "the run", |a| {
         a.busy == Busy::Idle && a.doc.results.as_ref().is_some_and(|r| r.complete)
     });
-    assert!(h.query_by_label(kvlab::ui::views::STALE_TEXT).is_none());
+    assert!(h.query_by_label(kvlab::ui::panels::STALE_TEXT).is_none());
     // Any edit that changes what a run does marks the results as stale, in the grid and in
     // the analysis views; renaming the experiment does not.
     h.state_mut().doc.spec.name = "renamed".into();
     h.step();
-    assert!(h.query_by_label(kvlab::ui::views::STALE_TEXT).is_none());
+    assert!(h.query_by_label(kvlab::ui::panels::STALE_TEXT).is_none());
     h.get_by_label("Add condition").click();
     h.run_steps(2);
     assert_eq!(
-        h.query_all_by_label(kvlab::ui::views::STALE_TEXT).count(),
+        h.query_all_by_label(kvlab::ui::panels::STALE_TEXT).count(),
         2,
         "above the grid and above the analysis view"
     );
@@ -487,5 +487,5 @@ fn a_stopped_first_run_shows_its_partial_results_and_edits_mark_results_stale() 
         a.busy == Busy::Idle && a.doc.results.as_ref().is_some_and(|r| r.complete)
     });
     h.step();
-    assert!(h.query_by_label(kvlab::ui::views::STALE_TEXT).is_none());
+    assert!(h.query_by_label(kvlab::ui::panels::STALE_TEXT).is_none());
 }

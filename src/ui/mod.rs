@@ -4,16 +4,18 @@
 //! - [`prefs`]: what the app remembers between launches (never the experiment).
 //! - [`commands`]: what panels ask for, each with its label and shortcut.
 //! - [`tasks`]: file I/O and header reads on side threads (the UI thread does no disk I/O).
+//! - [`state`]: what the worker and tasks reported, in the shapes panels read.
 //! - [`app`]: the app struct, event handling, commands run at the end of each frame.
-//! - [`views`]: the panels.
+//! - [`panels`]: the panels, each a struct drawing from a read-only view of the app.
 //! - [`worker`]: the thread that owns llama.cpp.
 
 pub mod app;
 pub mod commands;
 pub mod document;
+pub mod panels;
 pub mod prefs;
+pub mod state;
 pub mod tasks;
-pub mod views;
 pub mod worker;
 
 use std::path::PathBuf;
