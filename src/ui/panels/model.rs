@@ -119,35 +119,50 @@ fn loaded_model(ui: &mut Ui, ctx: &ViewCtx, m: &ModelView, doc: &Document) {
         );
         row(
             "KV cache for a run",
-            format!("≈ {} ({} sequences)", mib(kv_bytes), n_seq),
+            format!("≈ {} ({} sequences)", mib_or_too_large(kv_bytes), n_seq),
         );
     });
 }
 
-/// The KV cache a run of the current experiment allocates, and its number of sequences (one
-/// stream per variant and per condition). Before the prompts are tokenized, their length is
-/// guessed from the text (about four characters a token; streams round up to 256 cells).
+/// Bytes as MiB, or "too large" where the arithmetic overflowed (a forged header).
+fn mib_or_too_large(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "too large".into(), mib)
+}
+
+/// The KV cache a run of the current experiment allocates (`None`: more bytes than a `u64`
+/// holds, which only a forged header asks for), and its number of sequences (one stream per
+/// variant and per condition). Before the prompts are tokenized, their length is guessed from
+/// the text (about four characters a token; streams round up to 256 cells).
 fn run_kv_estimate(
     spec: &ExperimentSpec,
     prepared: Option<&Prepared>,
     bytes_per_cell: u64,
-) -> (u64, u64) {
-    let n_seq = (spec.variants.len() + spec.conditions.len()) as u64;
+) -> (Option<u64>, u64) {
+    let n_seq = (spec.variants.len() as u64).saturating_add(spec.conditions.len() as u64);
     let prompt = match prepared {
         Some(p) => p.prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(0) as u64,
         None => {
-            let text: usize = spec.prompt.turns.iter().map(|t| t.content.len() + 8).sum();
+            let text = spec
+                .prompt
+                .turns
+                .iter()
+                .map(|t| t.content.len().saturating_add(8))
+                .fold(0usize, usize::saturating_add);
             let needle = spec
                 .variants
                 .iter()
                 .map(|v| v.needle.len())
                 .max()
                 .unwrap_or(0);
-            ((text + needle) / 4) as u64
+            (text.saturating_add(needle) / 4) as u64
         }
     };
     let cells = crate::gguf::kv_cells_for_run(n_seq, prompt, spec.generation.max_tokens as u64);
-    (cells * bytes_per_cell, n_seq)
+    // The gguf helpers saturate; a saturated count is as unknowable as an overflow.
+    let bytes = cells
+        .checked_mul(bytes_per_cell)
+        .filter(|_| cells != u64::MAX && bytes_per_cell != u64::MAX);
+    (bytes, n_seq)
 }
 
 /// What the chosen file's header says, before (or instead of) loading it: enough to know
@@ -188,13 +203,14 @@ fn header_grid(ui: &mut Ui, ctx: &ViewCtx, s: &GgufSummary, doc: &Document) {
         );
         row("layers", s.n_layer.to_string());
         row("context", format!("{} trained", s.n_ctx_train));
+        let total = kv_bytes.and_then(|kv| kv.checked_add(s.file_size));
         row(
             "memory needed",
             format!(
                 "≈ {} (weights {} + KV cache {} for {} sequences)",
-                mib(s.file_size + kv_bytes),
+                mib_or_too_large(total),
                 mib(s.file_size),
-                mib(kv_bytes),
+                mib_or_too_large(kv_bytes),
                 n_seq
             ),
         );
@@ -273,4 +289,41 @@ fn gpu_layers_slider(ui: &mut Ui, ctx: &ViewCtx, n_layer: Option<u32>, cmds: &mu
             cmds.push(Command::LoadModel(m.path.clone()));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A forged header's head counts and sizes overflow a `u64` of KV bytes: the estimate says
+    /// "too large" instead of panicking (issue #13).
+    #[test]
+    fn a_forged_header_gives_too_large_not_a_panic() {
+        let spec = ExperimentSpec::seed();
+        let forged = GgufSummary {
+            n_layer: 512,
+            n_head: u32::MAX,
+            n_head_kv: vec![u32::MAX],
+            head_dim_k: u32::MAX,
+            head_dim_v: u32::MAX,
+            ..GgufSummary::default()
+        };
+        let (bytes, n_seq) = run_kv_estimate(&spec, None, forged.kv_bytes_per_cell());
+        assert_eq!(bytes, None);
+        assert_eq!(mib_or_too_large(bytes), "too large");
+        assert_eq!(n_seq as usize, spec.variants.len() + spec.conditions.len());
+        // Large but representable: a number, not "too large".
+        let big = run_kv_estimate(&spec, None, 1 << 40).0;
+        assert!(big.is_some_and(|b| b >= 1 << 48), "{big:?}");
+        // Each step on its own overflows too.
+        assert_eq!(run_kv_estimate(&spec, None, u64::MAX / 2).0, None);
+    }
+
+    #[test]
+    fn the_estimate_counts_streams_of_256_cells() {
+        let spec = ExperimentSpec::seed();
+        let (bytes, n_seq) = run_kv_estimate(&spec, None, 1000);
+        let cells = crate::gguf::kv_cells_for_run(n_seq, 0, 0);
+        assert!(bytes.unwrap() >= cells * 1000 && bytes.unwrap() % (256 * 1000) == 0);
+    }
 }
