@@ -489,3 +489,69 @@ fn a_stopped_first_run_shows_its_partial_results_and_edits_mark_results_stale() 
     h.step();
     assert!(h.query_by_label(kvlab::ui::panels::STALE_TEXT).is_none());
 }
+
+/// The first variant's token texts at the spec's needle, and that needle's start.
+fn needle_text(a: &KvlabApp) -> Option<(String, usize)> {
+    let span = a.doc.spec.needle_span?;
+    let p = a.prepared.as_ref().filter(|p| p.span == span)?;
+    let text = p.prompts[0].tokens[span.start..span.end]
+        .iter()
+        .map(|t| t.piece.as_str())
+        .collect();
+    Some((text, span.start))
+}
+
+#[test]
+fn a_chosen_needle_follows_its_text_when_the_prompt_is_tokenized_anew() {
+    use kvlab::experiment::spec::PromptMode;
+    let mut h = harness(4);
+    load(&mut h, model_path().to_str().unwrap());
+    assert_eq!(h.state().doc.spec.prompt.mode, PromptMode::Plain);
+    h.get_all_by_label(" city").next().unwrap().click();
+    h.step();
+    wait_for(&mut h, "the chosen needle", |a| {
+        needle_text(a).is_some_and(|(_, at)| at == 7)
+    });
+    h.get_by_label_contains("needle: 7 (chosen)");
+
+    // The chat template wraps the prompt in other tokens: the needle moves with " city".
+    h.get_by_label("Chat template").click();
+    h.step();
+    wait_for(&mut h, "the chat-template tokens with the needle", |a| {
+        a.prepared
+            .as_ref()
+            .is_some_and(|p| p.prompts[0].text.contains("<|im_start|>"))
+            && needle_text(a).is_some()
+    });
+    let (text, at) = needle_text(h.state()).unwrap();
+    assert_eq!(text, " city", "the needle is still the chosen text");
+    assert_ne!(at, 7, "the template moved it");
+    h.get_by_label_contains(&format!("needle: {at} (chosen)"));
+    assert!(
+        h.query_by_label_contains("found automatically again")
+            .is_none()
+    );
+
+    // A needle only the template has ("<|im_start|>" at 0) has no place in plain text: Auto,
+    // and the strip says why.
+    h.get_all_by_label("<|im_start|>").next().unwrap().click();
+    h.step();
+    wait_for(&mut h, "the template needle", |a| {
+        needle_text(a).is_some_and(|(t, _)| t == "<|im_start|>")
+    });
+    h.get_by_label("Plain text").click();
+    h.step();
+    wait_for(
+        &mut h,
+        "the plain tokens, needle found where the variants differ",
+        |a| {
+            a.doc.spec.needle_span.is_none()
+                && a.prepared.as_ref().is_some_and(|p| {
+                    !p.prompts[0].text.contains("<|im_start|>")
+                        && p.span == Span { start: 6, end: 7 }
+                })
+        },
+    );
+    h.get_by_label_contains("found automatically again");
+    h.get_by_label_contains("needle: 6 (found where the variants differ)");
+}
