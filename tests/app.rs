@@ -6,7 +6,7 @@ mod common;
 use common::{model_path, wait_for};
 use egui::accesskit::Role;
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use kvlab::experiment::Span;
 use kvlab::ui::app::Busy;
 use kvlab::ui::{KvlabApp, Prefs};
@@ -554,4 +554,56 @@ fn a_chosen_needle_follows_its_text_when_the_prompt_is_tokenized_anew() {
     );
     h.get_by_label_contains("found automatically again");
     h.get_by_label_contains("needle: 6 (found where the variants differ)");
+}
+
+/// The demo model with one more metadata key/value pair at the front of the list (the tensor
+/// data shifts by a multiple of 32 bytes, the alignment, so the file still loads).
+fn demo_model_with_sliding_window(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut b = std::fs::read(model_path()).unwrap();
+    let kv = |key: &str, ty: u32, value: &[u8]| {
+        let mut kv = (key.len() as u64).to_le_bytes().to_vec();
+        kv.extend(key.as_bytes());
+        kv.extend(ty.to_le_bytes());
+        kv.extend(value);
+        kv
+    };
+    let mut add = kv("llama.attention.sliding_window", 4, &4096u32.to_le_bytes());
+    // A string key that pads the insertion to a multiple of 32 bytes.
+    let pad = (32 - (add.len() + 8 + 9 + 4 + 8) % 32) % 32;
+    let mut text = (pad as u64).to_le_bytes().to_vec();
+    text.extend(std::iter::repeat_n(b'x', pad));
+    add.extend(kv("kvlab.pad", 8, &text));
+    assert_eq!(add.len() % 32, 0);
+    b.splice(24..24, add);
+    let n = u64::from_le_bytes(b[16..24].try_into().unwrap()) + 2;
+    b[16..24].copy_from_slice(&n.to_le_bytes());
+    let path = dir.join("sliding-window.gguf");
+    std::fs::write(&path, b).unwrap();
+    path
+}
+
+#[test]
+fn a_model_kvlab_cannot_edit_says_so_at_load_and_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let forged = demo_model_with_sliding_window(dir.path());
+    let mut h = harness(4);
+    load(&mut h, forged.to_str().unwrap());
+    assert!(h.state().model.is_some(), "{:?}", h.state().error);
+    // Said at once, in the model panel, with the engine's reason.
+    let said = h.get_by_label_contains("KV surgery: not supported");
+    assert!(
+        said.accesskit_node()
+            .value()
+            .is_some_and(|l| l.contains("sliding-window attention")),
+        "{said:?}"
+    );
+    h.get_by_label_contains("Loaded for inspection only");
+    // The tokens can still be inspected; Run and Run sweep are disabled.
+    wait_for(&mut h, "the token strip", |a| a.prepared.is_some());
+    assert!(h.get_by_label("Run").accesskit_node().is_disabled());
+    assert!(!h.state().can_run());
+    h.get_by_label("Run").click();
+    h.run_steps(3);
+    assert_eq!(h.state().busy, Busy::Idle, "nothing started");
+    assert!(h.state().doc.results.is_none());
 }

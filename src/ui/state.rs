@@ -22,6 +22,9 @@ pub struct ModelView {
     pub fingerprint: ModelFingerprint,
     /// Layers offloaded to a GPU when it was loaded (`None`: all).
     pub gpu_layers: Option<u32>,
+    /// Why kvlab cannot edit this model's cache (the engine's verdict, asked once at load);
+    /// `None` when it can. Such a model is loaded for inspection only: no runs, no sweeps.
+    pub unsupported: Option<String>,
 }
 
 /// A model file's metadata read without loading it (for the estimate shown before loading).
@@ -69,6 +72,13 @@ pub struct LiveGrid {
 pub fn run_blocker(model: Option<&ModelView>, busy: &Busy) -> Option<String> {
     match (model, busy) {
         (None, _) => Some("Load a model first.".into()),
+        (
+            Some(ModelView {
+                unsupported: Some(why),
+                ..
+            }),
+            _,
+        ) => Some(format!("This model is loaded for inspection only: {why}")),
         (_, Busy::Loading(_)) => Some("A model is loading.".into()),
         (_, Busy::Running { .. }) => Some("A run is in progress.".into()),
         (Some(_), Busy::Idle) => None,

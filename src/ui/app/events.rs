@@ -80,22 +80,31 @@ impl KvlabApp {
                 path,
                 info,
                 fingerprint,
+                unsupported,
             } => {
                 self.busy = Busy::Idle;
                 self.status = format!(
                     "Loaded {} ({}, {} layers).",
                     fingerprint.file_name, info.architecture, info.n_layer
                 );
+                if let Some(why) = &unsupported {
+                    self.status = format!(
+                        "Loaded {} for inspection only: {why}",
+                        fingerprint.file_name
+                    );
+                }
                 self.prefs.remember_model(path.clone());
+                let can_edit = unsupported.is_none();
                 self.model = Some(ModelView {
                     path,
                     info,
                     fingerprint,
                     gpu_layers: self.prefs.gpu_layers,
+                    unsupported,
                 });
                 self.prepared_for = None;
                 self.queue(Command::Prepare);
-                if std::mem::take(&mut self.run_when_loaded) {
+                if std::mem::take(&mut self.run_when_loaded) && can_edit {
                     self.queue(Command::Run);
                 }
             }

@@ -94,6 +94,10 @@ fn loaded_model(ui: &mut Ui, ctx: &ViewCtx, m: &ModelView, doc: &Document) {
         info.n_embd / info.n_head.max(1),
     );
     let (kv_bytes, n_seq) = run_kv_estimate(&doc.spec, ctx.prepared, per_cell);
+    if let Some(why) = &m.unsupported {
+        ui.label(RichText::new(format!("KV surgery: not supported. {why}")).color(BAD));
+        ui.label("Loaded for inspection only (metadata and tokens): Run is disabled.");
+    }
     egui::Grid::new("model-info").num_columns(2).show(ui, |ui| {
         let mut row = |k: &str, v: String| {
             ui.label(RichText::new(k).weak());
