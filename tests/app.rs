@@ -607,3 +607,28 @@ fn a_model_kvlab_cannot_edit_says_so_at_load_and_cannot_run() {
     assert_eq!(h.state().busy, Busy::Idle, "nothing started");
     assert!(h.state().doc.results.is_none());
 }
+
+#[test]
+fn the_first_start_offers_the_demo_model_and_no_made_up_layers() {
+    let mut h = harness(4);
+    h.state_mut().demo_model = Some(model_path());
+    h.step();
+    // Before a model is loaded, the conditions name their layers without a layer count.
+    assert!(
+        h.query_by_label("First layer of condition 1").is_none(),
+        "no layer numbers before a model is loaded"
+    );
+    assert!(h.query_all_by_label("layers all").count() > 0);
+    h.get_by_label("Use the demo model").click();
+    h.step();
+    wait_for(&mut h, "the demo model", |a| {
+        a.busy == Busy::Idle && a.model.is_some()
+    });
+    assert_eq!(h.state().model.as_ref().unwrap().path, model_path());
+    assert!(h.query_by_label("Use the demo model").is_none());
+    // Now the layer range is the model's: 0–29.
+    let first = h.get_by_label("First layer of condition 1");
+    assert_eq!(first.accesskit_node().numeric_value(), Some(0.0));
+    let last = h.get_by_label("Last layer of condition 1");
+    assert_eq!(last.accesskit_node().numeric_value(), Some(29.0));
+}

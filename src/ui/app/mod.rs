@@ -56,6 +56,8 @@ pub struct KvlabApp {
     pub run_when_loaded: bool,
     /// The panels, with their own transient state.
     pub panels: Panels,
+    /// The demo model, offered while no model is loaded (`None`: not in the cache).
+    pub demo_model: Option<PathBuf>,
     /// Where autosaves go (`None`: no autosave, e.g. in tests).
     pub autosave_path: Option<PathBuf>,
     /// The compute devices llama.cpp sees (empty until the worker has started llama.cpp).
@@ -104,6 +106,7 @@ impl KvlabApp {
             slowest_frame_ms: 0.0,
             run_when_loaded: false,
             panels: Panels::default(),
+            demo_model: super::demo_model_path().filter(|p| p.is_file()),
             autosave_path: None,
             devices: Vec::new(),
             peek: None,
@@ -269,6 +272,7 @@ impl KvlabApp {
             tasks,
             panels,
             commands,
+            demo_model,
             ..
         } = self;
         let ctx = ViewCtx {
@@ -285,6 +289,7 @@ impl KvlabApp {
             files_busy: !tasks.visible().is_empty(),
             read_only,
             run_blocker: blocker.as_deref(),
+            demo_model: demo_model.as_deref(),
         };
         match view {
             None => panels.show(ui, &ctx, doc, commands),

@@ -30,7 +30,8 @@ impl ConditionsPanel {
             }
             return;
         }
-        let n_layer = ctx.model.map(|m| m.info.n_layer).unwrap_or(32).max(1);
+        // Layer ranges are a model's: before one is loaded, no made-up layer count is shown.
+        let n_layer = ctx.model.map(|m| m.info.n_layer.max(1));
         let names: Vec<String> = doc.spec.variants.iter().map(|v| v.name.clone()).collect();
         ui.horizontal(|ui| {
             ui.heading("Conditions");
@@ -74,7 +75,13 @@ impl ConditionsPanel {
 }
 
 /// One condition's row; returns whether its × was clicked.
-fn condition_row(ui: &mut Ui, i: usize, c: &mut Condition, names: &[String], n_layer: u32) -> bool {
+fn condition_row(
+    ui: &mut Ui,
+    i: usize,
+    c: &mut Condition,
+    names: &[String],
+    n_layer: Option<u32>,
+) -> bool {
     let combo = egui::ComboBox::from_id_salt(("cv", i))
         .selected_text(c.variant.clone())
         .width(60.0)
@@ -91,7 +98,13 @@ fn condition_row(ui: &mut Ui, i: usize, c: &mut Condition, names: &[String], n_l
         ui.label("");
     }
     let removing = c.intervention == Intervention::Remove;
-    ui.add_enabled_ui(!removing, |ui| layer_range(ui, i, c, n_layer));
+    ui.add_enabled_ui(!removing, |ui| match n_layer {
+        Some(n) => layer_range(ui, i, c, n),
+        None => {
+            ui.label(format!("layers {}", c.layers))
+                .on_hover_text("Load a model to choose layers by number.");
+        }
+    });
     ui.add_enabled_ui(!removing, |ui| {
         ui.horizontal(|ui| {
             ui.selectable_value(&mut c.part, KvPart::K, "K");

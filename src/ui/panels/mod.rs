@@ -70,6 +70,8 @@ pub struct ViewCtx<'a> {
     pub read_only: bool,
     /// Why Run is disabled, or `None` when it can run.
     pub run_blocker: Option<&'a str>,
+    /// The demo model, when it is in the cache.
+    pub demo_model: Option<&'a std::path::Path>,
 }
 
 impl ViewCtx<'_> {

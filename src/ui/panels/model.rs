@@ -36,11 +36,14 @@ impl ModelPanel {
         before_loading(ui, ctx, &path, doc);
         if let Some(m) = ctx.model {
             loaded_model(ui, ctx, m, doc);
-        } else if ctx.peek.is_none() {
-            hint(
-                ui,
-                "No model loaded. Open a .gguf file or drop one on the window.",
-            );
+        } else {
+            if ctx.peek.is_none() {
+                hint(
+                    ui,
+                    "No model loaded. Open a .gguf file or drop one on the window.",
+                );
+            }
+            demo_button(ui, ctx, cmds);
         }
         devices_and_offload(ui, ctx, cmds);
         ui.horizontal(|ui| {
@@ -50,6 +53,24 @@ impl ModelPanel {
                 .labelled_by(label.id);
             set_pref_if(cmds, ctx.prefs.threads, threads, PrefEdit::Threads);
         });
+    }
+}
+
+/// Offers the demo model (SmolLM2-135M, fetched by `make model`) while nothing is loaded, when
+/// it is in the cache: a first start needs no file dialog.
+fn demo_button(ui: &mut Ui, ctx: &ViewCtx, cmds: &mut Commands) {
+    let Some(demo) = ctx.demo_model else { return };
+    let button = ui
+        .add_enabled(
+            *ctx.busy == Busy::Idle,
+            egui::Button::new("Use the demo model"),
+        )
+        .on_hover_text(format!(
+            "SmolLM2-135M-Instruct (94 MiB, tiny: fine for trying kvlab out): {}",
+            demo.display()
+        ));
+    if button.clicked() {
+        cmds.push(Command::LoadModel(demo.to_path_buf()));
     }
 }
 
