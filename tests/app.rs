@@ -6,7 +6,7 @@ mod common;
 use common::{model_path, wait_for};
 use egui::accesskit::Role;
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use kvlab::experiment::Span;
 use kvlab::ui::app::Busy;
 use kvlab::ui::{KvlabApp, Prefs};
@@ -235,12 +235,12 @@ fn sessions_save_open_mark_changes_and_guard_foreign_results() {
     );
 
     // Closing with unsaved changes asks first.
-    h.state_mut().confirm_close = true;
+    h.state_mut().ask_to_close();
     h.run_steps(3);
     h.get_by_label("Save changes?");
     h.get_by_label("Cancel").click();
     h.step();
-    assert!(!h.state().confirm_close);
+    assert!(!h.state().is_asking_to_close());
 }
 
 #[test]
@@ -433,14 +433,14 @@ fn the_seed_experiment_starts_clean() {
 fn the_first_start_explains_the_demo_and_can_be_dismissed() {
     let mut h = harness(4);
     h.get_by_label("Welcome to kvlab: the seed experiment");
-    h.get_by_label(kvlab::ui::views::WELCOME_TEXT);
+    h.get_by_label(kvlab::ui::panels::WELCOME_TEXT);
     h.get_by_label("Got it").click();
     h.run_steps(2);
     assert!(
         h.state().prefs.welcome_dismissed,
         "remembered between launches"
     );
-    assert!(h.query_by_label(kvlab::ui::views::WELCOME_TEXT).is_none());
+    assert!(h.query_by_label(kvlab::ui::panels::WELCOME_TEXT).is_none());
 }
 
 #[test]
@@ -470,16 +470,16 @@ fn a_stopped_first_run_shows_its_partial_results_and_edits_mark_results_stale() 
     wait_for(&mut h, "the run", |a| {
         a.busy == Busy::Idle && a.doc.results.as_ref().is_some_and(|r| r.complete)
     });
-    assert!(h.query_by_label(kvlab::ui::views::STALE_TEXT).is_none());
+    assert!(h.query_by_label(kvlab::ui::panels::STALE_TEXT).is_none());
     // Any edit that changes what a run does marks the results as stale, in the grid and in
     // the analysis views; renaming the experiment does not.
     h.state_mut().doc.spec.name = "renamed".into();
     h.step();
-    assert!(h.query_by_label(kvlab::ui::views::STALE_TEXT).is_none());
+    assert!(h.query_by_label(kvlab::ui::panels::STALE_TEXT).is_none());
     h.get_by_label("Add condition").click();
     h.run_steps(2);
     assert_eq!(
-        h.query_all_by_label(kvlab::ui::views::STALE_TEXT).count(),
+        h.query_all_by_label(kvlab::ui::panels::STALE_TEXT).count(),
         2,
         "above the grid and above the analysis view"
     );
@@ -489,5 +489,184 @@ fn a_stopped_first_run_shows_its_partial_results_and_edits_mark_results_stale() 
         a.busy == Busy::Idle && a.doc.results.as_ref().is_some_and(|r| r.complete)
     });
     h.step();
-    assert!(h.query_by_label(kvlab::ui::views::STALE_TEXT).is_none());
+    assert!(h.query_by_label(kvlab::ui::panels::STALE_TEXT).is_none());
+}
+
+/// The first variant's token texts at the spec's needle, and that needle's start.
+fn needle_text(a: &KvlabApp) -> Option<(String, usize)> {
+    let span = a.doc.spec.needle_span?;
+    let p = a.prepared.as_ref().filter(|p| p.span == span)?;
+    let text = p.prompts[0].tokens[span.start..span.end]
+        .iter()
+        .map(|t| t.piece.as_str())
+        .collect();
+    Some((text, span.start))
+}
+
+#[test]
+fn a_chosen_needle_follows_its_text_when_the_prompt_is_tokenized_anew() {
+    use kvlab::experiment::spec::PromptMode;
+    let mut h = harness(4);
+    load(&mut h, model_path().to_str().unwrap());
+    assert_eq!(h.state().doc.spec.prompt.mode, PromptMode::Plain);
+    h.get_all_by_label(" city").next().unwrap().click();
+    h.step();
+    wait_for(&mut h, "the chosen needle", |a| {
+        needle_text(a).is_some_and(|(_, at)| at == 7)
+    });
+    h.get_by_label_contains("needle: 7 (chosen)");
+
+    // The chat template wraps the prompt in other tokens: the needle moves with " city".
+    h.get_by_label("Chat template").click();
+    h.step();
+    wait_for(&mut h, "the chat-template tokens with the needle", |a| {
+        a.prepared
+            .as_ref()
+            .is_some_and(|p| p.prompts[0].text.contains("<|im_start|>"))
+            && needle_text(a).is_some()
+    });
+    let (text, at) = needle_text(h.state()).unwrap();
+    assert_eq!(text, " city", "the needle is still the chosen text");
+    assert_ne!(at, 7, "the template moved it");
+    h.get_by_label_contains(&format!("needle: {at} (chosen)"));
+    assert!(
+        h.query_by_label_contains("found automatically again")
+            .is_none()
+    );
+
+    // A needle only the template has ("<|im_start|>" at 0) has no place in plain text: Auto,
+    // and the strip says why.
+    h.get_all_by_label("<|im_start|>").next().unwrap().click();
+    h.step();
+    wait_for(&mut h, "the template needle", |a| {
+        needle_text(a).is_some_and(|(t, _)| t == "<|im_start|>")
+    });
+    h.get_by_label("Plain text").click();
+    h.step();
+    wait_for(
+        &mut h,
+        "the plain tokens, needle found where the variants differ",
+        |a| {
+            a.doc.spec.needle_span.is_none()
+                && a.prepared.as_ref().is_some_and(|p| {
+                    !p.prompts[0].text.contains("<|im_start|>")
+                        && p.span == Span { start: 6, end: 7 }
+                })
+        },
+    );
+    h.get_by_label_contains("found automatically again");
+    h.get_by_label_contains("needle: 6 (found where the variants differ)");
+}
+
+/// The demo model with one more metadata key/value pair at the front of the list (the tensor
+/// data shifts by a multiple of 32 bytes, the alignment, so the file still loads).
+fn demo_model_with_sliding_window(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut b = std::fs::read(model_path()).unwrap();
+    let kv = |key: &str, ty: u32, value: &[u8]| {
+        let mut kv = (key.len() as u64).to_le_bytes().to_vec();
+        kv.extend(key.as_bytes());
+        kv.extend(ty.to_le_bytes());
+        kv.extend(value);
+        kv
+    };
+    let mut add = kv("llama.attention.sliding_window", 4, &4096u32.to_le_bytes());
+    // A string key that pads the insertion to a multiple of 32 bytes.
+    let pad = (32 - (add.len() + 8 + 9 + 4 + 8) % 32) % 32;
+    let mut text = (pad as u64).to_le_bytes().to_vec();
+    text.extend(std::iter::repeat_n(b'x', pad));
+    add.extend(kv("kvlab.pad", 8, &text));
+    assert_eq!(add.len() % 32, 0);
+    b.splice(24..24, add);
+    let n = u64::from_le_bytes(b[16..24].try_into().unwrap()) + 2;
+    b[16..24].copy_from_slice(&n.to_le_bytes());
+    let path = dir.join("sliding-window.gguf");
+    std::fs::write(&path, b).unwrap();
+    path
+}
+
+#[test]
+fn a_model_kvlab_cannot_edit_says_so_at_load_and_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let forged = demo_model_with_sliding_window(dir.path());
+    let mut h = harness(4);
+    load(&mut h, forged.to_str().unwrap());
+    assert!(h.state().model.is_some(), "{:?}", h.state().error);
+    // Said at once, in the model panel, with the engine's reason.
+    let said = h.get_by_label_contains("KV surgery: not supported");
+    assert!(
+        said.accesskit_node()
+            .value()
+            .is_some_and(|l| l.contains("sliding-window attention")),
+        "{said:?}"
+    );
+    h.get_by_label_contains("Loaded for inspection only");
+    // The tokens can still be inspected; Run and Run sweep are disabled.
+    wait_for(&mut h, "the token strip", |a| a.prepared.is_some());
+    assert!(h.get_by_label("Run").accesskit_node().is_disabled());
+    assert!(!h.state().can_run());
+    h.get_by_label("Run").click();
+    h.run_steps(3);
+    assert_eq!(h.state().busy, Busy::Idle, "nothing started");
+    assert!(h.state().doc.results.is_none());
+}
+
+#[test]
+fn the_first_start_offers_the_demo_model_and_no_made_up_layers() {
+    let mut h = harness(4);
+    h.state_mut().demo_model = Some(model_path());
+    h.step();
+    // Before a model is loaded, the conditions name their layers without a layer count.
+    assert!(
+        h.query_by_label("First layer of condition 1").is_none(),
+        "no layer numbers before a model is loaded"
+    );
+    assert!(h.query_all_by_label("layers all").count() > 0);
+    h.get_by_label("Use the demo model").click();
+    h.step();
+    wait_for(&mut h, "the demo model", |a| {
+        a.busy == Busy::Idle && a.model.is_some()
+    });
+    assert_eq!(h.state().model.as_ref().unwrap().path, model_path());
+    assert!(h.query_by_label("Use the demo model").is_none());
+    // Now the layer range is the model's: 0–29.
+    let first = h.get_by_label("First layer of condition 1");
+    assert_eq!(first.accesskit_node().numeric_value(), Some(0.0));
+    let last = h.get_by_label("Last layer of condition 1");
+    assert_eq!(last.accesskit_node().numeric_value(), Some(29.0));
+}
+
+/// A sweep is drawn over the prompt it was measured on, and says so when the experiment on
+/// screen is another one (or when its file did not record which one).
+#[test]
+fn a_sweep_keeps_its_own_prompt_and_goes_stale_with_the_experiment() {
+    use kvlab::engine::TokenPiece;
+    use kvlab::experiment::spec::PromptMode;
+    use kvlab::ui::panels::{SWEEP_STALE_TEXT, SWEEP_UNKNOWN_TEXT};
+    let mut h = harness(4);
+    let mut sweep = a_sweep();
+    sweep.tokens = (0..6)
+        .map(|i| TokenPiece {
+            id: i,
+            piece: format!("tok{i}"),
+        })
+        .collect();
+    // Measured on the experiment on screen.
+    sweep.spec = Some(h.state().doc.spec.clone());
+    h.state_mut().doc.sweep = Some(sweep);
+    h.get_by_label("Sweeps").click();
+    h.step();
+    h.get_by_label("tok3");
+    assert!(h.query_by_label(SWEEP_STALE_TEXT).is_none());
+
+    h.state_mut().doc.spec.prompt.mode = PromptMode::ChatTemplate;
+    h.step();
+    h.get_by_label(SWEEP_STALE_TEXT);
+    h.get_by_label("tok3");
+    h.state_mut().doc.spec.prompt.mode = PromptMode::Plain;
+    h.step();
+    assert!(h.query_by_label(SWEEP_STALE_TEXT).is_none());
+
+    h.state_mut().doc.sweep.as_mut().unwrap().spec = None;
+    h.step();
+    h.get_by_label(SWEEP_UNKNOWN_TEXT);
 }

@@ -15,8 +15,9 @@ use common::{model_path, wait_for};
 use egui_kittest::{Harness, SnapshotResults};
 use kvlab::engine::Device;
 use kvlab::ui::app::Busy;
+use kvlab::ui::panels::View;
 use kvlab::ui::prefs::AnalysisTab;
-use kvlab::ui::{KvlabApp, Prefs, views};
+use kvlab::ui::{KvlabApp, Prefs};
 
 /// The app after loading the test model and running the seed grid for a few tokens.
 fn app_after_a_seed_run() -> KvlabApp {
@@ -72,7 +73,7 @@ fn snapshot_view(
     app: KvlabApp,
     name: &str,
     size: egui::Vec2,
-    view: fn(&mut KvlabApp, &mut egui::Ui),
+    view: View,
 ) -> KvlabApp {
     let mut builder = Harness::builder()
         .with_size(size)
@@ -87,7 +88,7 @@ fn snapshot_view(
         move |ui, app: &mut KvlabApp| {
             egui::Frame::central_panel(ui.style()).show(ui, |ui| {
                 ui.set_min_size(ui.available_size());
-                egui::ScrollArea::vertical().show(ui, |ui| view(app, ui));
+                egui::ScrollArea::vertical().show(ui, |ui| app.show_view(ui, view));
             });
         },
         app,
@@ -111,61 +112,49 @@ fn main_views_match_their_snapshots() {
     let mut r = SnapshotResults::new();
     let app = app_after_a_seed_run();
     let size = egui::vec2;
-    let app = snapshot_view(
-        &mut r,
-        app,
-        "model_panel",
-        size(420.0, 480.0),
-        views::model_panel,
-    );
+    let app = snapshot_view(&mut r, app, "model_panel", size(420.0, 480.0), View::Model);
     let app = snapshot_view(
         &mut r,
         app,
         "experiment_editor",
         size(420.0, 640.0),
-        views::experiment_editor,
+        View::ExperimentEditor,
     );
     let app = snapshot_view(
         &mut r,
         app,
         "token_strip",
         size(1000.0, 220.0),
-        views::token_strip,
+        View::TokenStrip,
     );
     let app = snapshot_view(
         &mut r,
         app,
         "conditions",
         size(1000.0, 320.0),
-        views::conditions,
+        View::Conditions,
     );
     let app = snapshot_view(
         &mut r,
         app,
         "outcome_grid",
         size(1000.0, 460.0),
-        views::outcome_grid,
+        View::OutcomeGrid,
     );
     let app = snapshot_view(
         &mut r,
         app,
         "probe_chart",
         size(1000.0, 360.0),
-        views::probe_chart,
+        View::ProbeChart,
     );
     let app = snapshot_view(
         &mut r,
         app,
         "score_table",
         size(1000.0, 360.0),
-        views::score_table,
+        View::ScoreTable,
     );
-    let _ = snapshot_view(
-        &mut r,
-        app,
-        "kv_delta",
-        size(1000.0, 520.0),
-        views::kv_delta,
-    );
+    let _ = snapshot_view(&mut r, app, "kv_delta", size(1000.0, 520.0), View::KvDelta);
     r.unwrap();
 }

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use egui::{Key, KeyboardShortcut, Modifiers};
 
+use super::prefs::PrefEdit;
+
 /// Something the UI wants done; queued during the frame, run after it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -39,6 +41,14 @@ pub enum Command {
     CloseNow,
     /// Run the sweep chosen in the sweep tab.
     RunSweep,
+    /// Save, then close the window once the file is written (the close dialog's "Save").
+    SaveAndClose,
+    /// Change a preference.
+    SetPref(PrefEdit),
+    /// Show an error until dismissed.
+    ShowError(String),
+    /// Hide the error shown.
+    DismissError,
 }
 
 impl Command {
@@ -69,6 +79,10 @@ impl Command {
             Command::Autosave => "Autosave",
             Command::CloseNow => "Close",
             Command::RunSweep => "Run sweep",
+            Command::SaveAndClose => "Save",
+            Command::SetPref(_) => "Set preference",
+            Command::ShowError(_) => "Show error",
+            Command::DismissError => "Dismiss",
         }
     }
 

@@ -92,6 +92,17 @@ impl Document {
             .is_none_or(|r| same_experiment(&r.spec, &self.spec))
     }
 
+    /// Whether the sweep was measured on the experiment as it is now (same rule as results).
+    /// A sweep from a file older than session format 2 did not record its experiment and never
+    /// counts as current.
+    pub fn sweep_is_current(&self) -> bool {
+        self.sweep.as_ref().is_none_or(|s| {
+            s.spec
+                .as_ref()
+                .is_some_and(|spec| same_experiment(spec, &self.spec))
+        })
+    }
+
     /// Marks results or the sweep as changed.
     pub fn touch(&mut self) {
         self.revision += 1;

@@ -4,16 +4,18 @@
 //! - [`prefs`]: what the app remembers between launches (never the experiment).
 //! - [`commands`]: what panels ask for, each with its label and shortcut.
 //! - [`tasks`]: file I/O and header reads on side threads (the UI thread does no disk I/O).
+//! - [`state`]: what the worker and tasks reported, in the shapes panels read.
 //! - [`app`]: the app struct, event handling, commands run at the end of each frame.
-//! - [`views`]: the panels.
+//! - [`panels`]: the panels, each a struct drawing from a read-only view of the app.
 //! - [`worker`]: the thread that owns llama.cpp.
 
 pub mod app;
 pub mod commands;
 pub mod document;
+pub mod panels;
 pub mod prefs;
+pub mod state;
 pub mod tasks;
-pub mod views;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -37,6 +39,21 @@ pub struct StartOptions {
     pub run_at_start: bool,
     /// GPU layers for this launch (`kvlab --gpu-layers N`), overriding the saved preference.
     pub gpu_layers: Option<u32>,
+}
+
+/// The demo model's file name, as `make model` (packaging/fetch-model.sh) fetches it.
+pub const DEMO_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where `make model` puts the demo model: `kvlab/models/` in the platform's cache folder
+/// (`$XDG_CACHE_HOME` or `~/.cache` on Linux, `~/Library/Caches` on macOS), as the Makefile's
+/// `KVLAB_CACHE` says. Whether it is there is for the caller to check.
+pub fn demo_model_path() -> Option<PathBuf> {
+    directories::BaseDirs::new().map(|d| {
+        d.cache_dir()
+            .join("kvlab")
+            .join("models")
+            .join(DEMO_MODEL_FILE)
+    })
 }
 
 /// Opens the window.
@@ -89,4 +106,21 @@ pub fn run(start: StartOptions) -> Result<()> {
         }),
     )
     .map_err(|e| anyhow::anyhow!("the window could not open: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The app looks for the demo model where `make model` puts it (the Makefile's
+    /// `$(KVLAB_CACHE)/models/`).
+    #[test]
+    fn the_demo_model_is_looked_for_in_the_makefiles_cache_folder() {
+        let p = super::demo_model_path().expect("a home folder");
+        assert!(
+            p.ends_with("kvlab/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "{}",
+            p.display()
+        );
+        let makefile = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/Makefile"));
+        assert!(makefile.contains(&format!("$(KVLAB_CACHE)/models/{}", super::DEMO_MODEL_FILE)));
+    }
 }

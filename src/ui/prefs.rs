@@ -93,7 +93,54 @@ impl Default for Prefs {
     }
 }
 
+/// One change to the preferences, asked for by a panel (as [`Command::SetPref`]) and made by the
+/// app after the frame: panels read the preferences but never write them.
+///
+/// [`Command::SetPref`]: super::commands::Command::SetPref
+#[derive(Debug, Clone, PartialEq)]
+pub enum PrefEdit {
+    /// The model path typed or chosen (`None`: cleared).
+    ModelPath(Option<PathBuf>),
+    /// Layers to offload to a GPU at the next load (`None`: all).
+    GpuLayers(Option<u32>),
+    /// CPU threads for llama.cpp.
+    Threads(i32),
+    /// Dark (true) or light theme.
+    DarkMode(bool),
+    /// The analysis view shown.
+    Tab(AnalysisTab),
+    /// Which probe the chart shows.
+    ProbeIndex(usize),
+    /// Which layer's position × channel K/V difference to record.
+    DeltaLayer(usize),
+    /// What the sweep tab runs.
+    SweepChoice(SweepChoice),
+    /// Sweeps remove cells (true) or zero them.
+    SweepRemove(bool),
+    /// Which variant's prompt sweeps edit.
+    SweepVariant(usize),
+    /// The first-start explanation was dismissed.
+    WelcomeDismissed,
+}
+
 impl Prefs {
+    /// Makes one change.
+    pub fn apply(&mut self, edit: PrefEdit) {
+        match edit {
+            PrefEdit::ModelPath(p) => self.model_path = p,
+            PrefEdit::GpuLayers(n) => self.gpu_layers = n,
+            PrefEdit::Threads(n) => self.threads = n,
+            PrefEdit::DarkMode(d) => self.dark_mode = d,
+            PrefEdit::Tab(t) => self.tab = t,
+            PrefEdit::ProbeIndex(i) => self.probe_index = i,
+            PrefEdit::DeltaLayer(l) => self.delta_layer = l,
+            PrefEdit::SweepChoice(c) => self.sweep_choice = c,
+            PrefEdit::SweepRemove(r) => self.sweep_remove = r,
+            PrefEdit::SweepVariant(v) => self.sweep_variant = v,
+            PrefEdit::WelcomeDismissed => self.welcome_dismissed = true,
+        }
+    }
+
     /// Remembers a model as the most recent.
     pub fn remember_model(&mut self, path: PathBuf) {
         self.recent_models.retain(|p| p != &path);

@@ -41,6 +41,8 @@ pub enum WorkerEvent {
         info: ModelInfo,
         /// Its fingerprint.
         fingerprint: ModelFingerprint,
+        /// Why its cache cannot be edited (the engine's check), if it cannot.
+        unsupported: Option<String>,
     },
     /// Loading failed or was cancelled; the previous model (if any) is gone.
     LoadFailed(String),
@@ -149,6 +151,10 @@ fn worker_loop(
                             path: path.clone(),
                             info: m.info().clone(),
                             fingerprint: m.fingerprint().clone(),
+                            unsupported: m
+                                .check_kv_surgery_supported()
+                                .err()
+                                .map(|e| e.to_string()),
                         });
                         model = Some(m);
                     }

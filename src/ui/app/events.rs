@@ -80,22 +80,31 @@ impl KvlabApp {
                 path,
                 info,
                 fingerprint,
+                unsupported,
             } => {
                 self.busy = Busy::Idle;
                 self.status = format!(
                     "Loaded {} ({}, {} layers).",
                     fingerprint.file_name, info.architecture, info.n_layer
                 );
+                if let Some(why) = &unsupported {
+                    self.status = format!(
+                        "Loaded {} for inspection only: {why}",
+                        fingerprint.file_name
+                    );
+                }
                 self.prefs.remember_model(path.clone());
+                let can_edit = unsupported.is_none();
                 self.model = Some(ModelView {
                     path,
                     info,
                     fingerprint,
                     gpu_layers: self.prefs.gpu_layers,
+                    unsupported,
                 });
                 self.prepared_for = None;
                 self.queue(Command::Prepare);
-                if std::mem::take(&mut self.run_when_loaded) {
+                if std::mem::take(&mut self.run_when_loaded) && can_edit {
                     self.queue(Command::Run);
                 }
             }
@@ -135,34 +144,7 @@ impl KvlabApp {
                 }
                 self.live.tokens += 1;
             }
-            WorkerEvent::RunDone(r) => {
-                self.busy = Busy::Idle;
-                self.status = format!(
-                    "{} — {:.1} tokens/s, scoring {:.1}s; slowest frame {:.1} ms.",
-                    if r.complete {
-                        "Run finished"
-                    } else {
-                        "Run stopped (partial results)"
-                    },
-                    r.timings.tokens_per_s,
-                    r.timings.score_s,
-                    self.slowest_frame_ms
-                );
-                let keep_previous =
-                    !r.complete && self.doc.results.as_ref().is_some_and(|p| p.complete);
-                if keep_previous {
-                    // Never lose a complete result to a Stop: the partial run is dropped.
-                    self.status = format!(
-                        "Run stopped after {} tokens; the previous complete results are kept.",
-                        self.live.tokens
-                    );
-                } else {
-                    self.doc.results = Some(*r);
-                    self.doc.results_model = self.loaded_model_ref();
-                    self.doc.touch();
-                }
-                tracing::info!(target: "kvlab::ui", "{}", self.status);
-            }
+            WorkerEvent::RunDone(r) => self.on_run_done(*r),
             WorkerEvent::SweepDone(r) => {
                 self.busy = Busy::Idle;
                 self.status = format!(
@@ -184,5 +166,35 @@ impl KvlabApp {
                 self.error = Some(e);
             }
         }
+    }
+
+    /// A run ended: its results replace the document's, unless it was stopped and the document
+    /// holds a complete run.
+    fn on_run_done(&mut self, r: crate::experiment::RunResults) {
+        self.busy = Busy::Idle;
+        self.status = format!(
+            "{} — {:.1} tokens/s, scoring {:.1}s; slowest frame {:.1} ms.",
+            if r.complete {
+                "Run finished"
+            } else {
+                "Run stopped (partial results)"
+            },
+            r.timings.tokens_per_s,
+            r.timings.score_s,
+            self.slowest_frame_ms
+        );
+        let keep_previous = !r.complete && self.doc.results.as_ref().is_some_and(|p| p.complete);
+        if keep_previous {
+            // Never lose a complete result to a Stop: the partial run is dropped.
+            self.status = format!(
+                "Run stopped after {} tokens; the previous complete results are kept.",
+                self.live.tokens
+            );
+        } else {
+            self.doc.results = Some(r);
+            self.doc.results_model = self.loaded_model_ref();
+            self.doc.touch();
+        }
+        tracing::info!(target: "kvlab::ui", "{}", self.status);
     }
 }

@@ -1,6 +1,8 @@
 //! The kvlab window: a view over a [`Document`] (the experiment, its results, its file), the
-//! user's [`Prefs`] and the worker's progress. Panels read and edit the document and queue
-//! [`Command`]s; commands run at the end of the frame.
+//! user's [`Prefs`] and the worker's progress. The app owns all of it; each frame it lends the
+//! [`Panels`] a read-only [`ViewCtx`], the document and the command queue, then carries out the
+//! [`Command`]s they queued (`run_commands.rs`) — the only place its state changes besides the
+//! worker's and tasks' reports (`events.rs`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,17 +10,17 @@ use std::time::Instant;
 mod events;
 mod run_commands;
 
-use egui::{Color32, RichText, Ui};
+use egui::Ui;
 
 use super::commands::{self, Command, Commands};
 use super::document::Document;
-use super::prefs::{AnalysisTab, Prefs};
+use super::panels::{Panels, View, ViewCtx};
+use super::prefs::Prefs;
+pub use super::state::{Busy, LiveGrid, ModelPeek, ModelView};
 use super::tasks::{self, BackgroundTasks, TaskOutput};
-use super::views;
 use super::worker::{Job, Worker, WorkerEvent};
-use crate::engine::{Device, ModelFingerprint, ModelInfo};
+use crate::engine::Device;
 use crate::experiment::sweep::{SweepKind, SweepSpec};
-use crate::gguf::GgufSummary;
 use crate::runner::{Prepared, RowRef, RunEvent, RunOptions};
 use crate::session::{self, ModelRef, Session};
 
@@ -27,59 +29,6 @@ const AUTOSAVE_EVERY_S: u64 = 5;
 
 /// Key under which eframe stores [`Prefs`].
 pub const STORAGE_KEY: &str = "kvlab-state";
-
-/// The loaded model, as the UI knows it.
-#[derive(Debug, Clone)]
-pub struct ModelView {
-    /// Its file.
-    pub path: PathBuf,
-    /// Its metadata.
-    pub info: ModelInfo,
-    /// Its fingerprint.
-    pub fingerprint: ModelFingerprint,
-    /// Layers offloaded to a GPU when it was loaded (`None`: all).
-    pub gpu_layers: Option<u32>,
-}
-
-/// A model file's metadata read without loading it (for the estimate shown before loading).
-#[derive(Debug)]
-pub struct ModelPeek {
-    /// The file.
-    pub path: PathBuf,
-    /// Its metadata, or why it cannot be read; `None` while reading.
-    pub summary: Option<Result<GgufSummary, String>>,
-}
-
-/// What the worker is doing.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Busy {
-    /// Nothing.
-    Idle,
-    /// Loading a model (progress 0..1).
-    Loading(f32),
-    /// Running an experiment.
-    Running {
-        /// The current stage.
-        stage: String,
-        /// Steps done.
-        done: usize,
-        /// Steps in all.
-        total: usize,
-    },
-}
-
-/// Text streaming into the grid during a run.
-#[derive(Debug, Clone, Default)]
-pub struct LiveGrid {
-    /// Per variant, its baseline's text so far.
-    pub baselines: Vec<String>,
-    /// Per condition, its text so far.
-    pub conditions: Vec<String>,
-    /// Tokens received.
-    pub tokens: usize,
-    /// When the run started.
-    pub started: Option<Instant>,
-}
 
 /// The app.
 pub struct KvlabApp {
@@ -105,8 +54,10 @@ pub struct KvlabApp {
     pub slowest_frame_ms: f32,
     /// Run the experiment as soon as a model is loaded (once).
     pub run_when_loaded: bool,
-    /// The "save changes before closing?" dialog is open.
-    pub confirm_close: bool,
+    /// The panels, with their own transient state.
+    pub panels: Panels,
+    /// The demo model, offered while no model is loaded (`None`: not in the cache).
+    pub demo_model: Option<PathBuf>,
     /// Where autosaves go (`None`: no autosave, e.g. in tests).
     pub autosave_path: Option<PathBuf>,
     /// The compute devices llama.cpp sees (empty until the worker has started llama.cpp).
@@ -154,7 +105,8 @@ impl KvlabApp {
             error: None,
             slowest_frame_ms: 0.0,
             run_when_loaded: false,
-            confirm_close: false,
+            panels: Panels::default(),
+            demo_model: super::demo_model_path().filter(|p| p.is_file()),
             autosave_path: None,
             devices: Vec::new(),
             peek: None,
@@ -257,7 +209,18 @@ impl KvlabApp {
 
     /// Whether a model is loaded and nothing is running.
     pub fn can_run(&self) -> bool {
-        self.model.is_some() && self.busy == Busy::Idle
+        super::state::run_blocker(self.model.as_ref(), &self.busy).is_none()
+    }
+
+    /// Whether the "save changes before closing?" dialog is showing.
+    pub fn is_asking_to_close(&self) -> bool {
+        self.panels.close.open
+    }
+
+    /// Shows the "save changes before closing?" dialog (what a close request with unsaved
+    /// changes does).
+    pub fn ask_to_close(&mut self) {
+        self.panels.close.open = true;
     }
 
     /// Takes everything the worker reported since the last frame.
@@ -271,63 +234,7 @@ impl KvlabApp {
     pub fn show(&mut self, ui: &mut Ui) {
         let frame_start = Instant::now();
         self.logic(ui.ctx());
-
-        egui::Panel::top("menu").show(ui, |ui| views::top_bar(self, ui));
-        egui::Panel::bottom("status").show(ui, |ui| views::status_bar(self, ui));
-        egui::Panel::left("setup")
-            .resizable(true)
-            .default_size(380.0)
-            .show(ui, |ui| {
-                egui::ScrollArea::vertical().show(ui, |ui| {
-                    views::model_panel(self, ui);
-                    ui.separator();
-                    let editable = !self.is_read_only();
-                    ui.add_enabled_ui(editable, |ui| views::experiment_editor(self, ui));
-                    ui.separator();
-                    views::notes(self, ui);
-                });
-            });
-        egui::CentralPanel::default().show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| {
-                views::welcome(self, ui);
-                if let Some(e) = self.error.clone() {
-                    ui.horizontal(|ui| {
-                        ui.label(
-                            RichText::new(format!("Error: {e}"))
-                                .color(Color32::from_rgb(230, 90, 80)),
-                        );
-                        if ui.small_button("Dismiss").clicked() {
-                            self.error = None;
-                        }
-                    });
-                    ui.separator();
-                }
-                views::read_only_banner(self, ui);
-                views::token_strip(self, ui);
-                ui.separator();
-                views::conditions(self, ui);
-                ui.separator();
-                views::outcome_grid(self, ui);
-                ui.separator();
-                ui.horizontal(|ui| {
-                    ui.selectable_value(&mut self.prefs.tab, AnalysisTab::Probes, "Probe chart");
-                    ui.selectable_value(&mut self.prefs.tab, AnalysisTab::Scores, "Score table");
-                    ui.selectable_value(&mut self.prefs.tab, AnalysisTab::KvDelta, "KV delta");
-                    ui.selectable_value(&mut self.prefs.tab, AnalysisTab::Sweeps, "Sweeps");
-                });
-                if self.prefs.tab != AnalysisTab::Sweeps {
-                    views::stale_banner(self, ui);
-                }
-                match self.prefs.tab {
-                    AnalysisTab::Probes => views::probe_chart(self, ui),
-                    AnalysisTab::Scores => views::score_table(self, ui),
-                    AnalysisTab::KvDelta => views::kv_delta(self, ui),
-                    AnalysisTab::Sweeps => views::sweeps(self, ui),
-                }
-            });
-        });
-
-        views::close_dialog(self, ui);
+        self.draw(ui, None);
         self.run_commands();
         if matches!(self.busy, Busy::Running { .. }) {
             let ms = frame_start.elapsed().as_secs_f32() * 1000.0;
@@ -337,6 +244,56 @@ impl KvlabApp {
             // Keep the progress bar moving even between worker events.
             ui.ctx()
                 .request_repaint_after(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// One panel alone, as the window would draw it (the snapshot tests); its commands stay
+    /// queued.
+    pub fn show_view(&mut self, ui: &mut Ui, view: View) {
+        self.draw(ui, Some(view));
+    }
+
+    /// Lends the panels what they draw from: the whole window, or one panel.
+    fn draw(&mut self, ui: &mut Ui, view: Option<View>) {
+        let read_only = self.is_read_only();
+        let blocker = super::state::run_blocker(self.model.as_ref(), &self.busy);
+        let KvlabApp {
+            prefs,
+            doc,
+            model,
+            prepared,
+            prepare_error,
+            busy,
+            live,
+            status,
+            error,
+            devices,
+            peek,
+            tasks,
+            panels,
+            commands,
+            demo_model,
+            ..
+        } = self;
+        let ctx = ViewCtx {
+            prefs,
+            model: model.as_ref(),
+            peek: peek.as_ref(),
+            devices,
+            busy,
+            live,
+            prepared: prepared.as_ref(),
+            prepare_error: prepare_error.as_deref(),
+            error: error.as_deref(),
+            status,
+            files_busy: !tasks.visible().is_empty(),
+            read_only,
+            run_blocker: blocker.as_deref(),
+            demo_model: demo_model.as_deref(),
+        };
+        match view {
+            None => panels.show(ui, &ctx, doc, commands),
+            Some(v) => panels.show_one(v, ui, &ctx, doc, commands),
         }
     }
 
@@ -379,7 +336,7 @@ impl KvlabApp {
         }
         if ctx.input(|i| i.viewport().close_requested()) && dirty && !self.allow_close {
             ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
-            self.confirm_close = true;
+            self.ask_to_close();
         }
         if self.allow_close {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);

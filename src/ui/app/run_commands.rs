@@ -93,11 +93,29 @@ impl KvlabApp {
                     }
                 }
                 Command::RunSweep => self.start_sweep(),
-                Command::CloseNow => {
-                    self.allow_close = true;
-                    self.confirm_close = false;
+                Command::CloseNow => self.allow_close = true,
+                Command::SaveAndClose => {
+                    self.close_after_save = true;
+                    self.queue(Command::Save);
+                    self.run_commands();
                 }
+                Command::SetPref(edit) => self.set_pref(edit),
+                Command::ShowError(e) => self.error = Some(e),
+                Command::DismissError => self.error = None,
             }
+        }
+    }
+
+    /// Changes a preference; the theme takes effect at once.
+    fn set_pref(&mut self, edit: crate::ui::prefs::PrefEdit) {
+        let theme = matches!(edit, crate::ui::prefs::PrefEdit::DarkMode(_));
+        self.prefs.apply(edit);
+        if theme {
+            self.ctx.set_theme(if self.prefs.dark_mode {
+                egui::Theme::Dark
+            } else {
+                egui::Theme::Light
+            });
         }
     }
 

@@ -3,25 +3,33 @@
 
 use egui::{Color32, RichText, Sense, Ui};
 
-use super::{BAD, WARN, named, ui_preview, verdict_color};
+use super::{BAD, ViewCtx, WARN, hint, named, stale_banner, ui_preview, verdict_color};
+use crate::experiment::ExperimentSpec;
 use crate::experiment::grid::{self};
-use crate::ui::app::{Busy, KvlabApp};
+use crate::ui::document::Document;
+use crate::ui::state::{Busy, LiveGrid};
 
 /// The outcome grid: live text during a run, then the results with verdicts, divergence markers
 /// and top-k tooltips on every generated token.
-pub fn outcome_grid(app: &mut KvlabApp, ui: &mut Ui) {
-    ui.heading("Outcome grid");
-    // A run in progress shows its live text; the results it will replace stay in the document
-    // until it completes (a Stop never costs a complete result).
-    let live_run = matches!(app.busy, Busy::Running { .. }) && !app.live.baselines.is_empty();
-    if !live_run && let Some(r) = &app.doc.results {
-        let current = app.doc.results_are_current();
-        super::stale_banner(app, ui);
-        ui.add_enabled_ui(current, |ui| results_grid(ui, r));
-    } else if live_run || app.live.tokens > 0 {
-        live_grid(app, ui);
-    } else {
-        ui.label(RichText::new("Run the experiment to fill the grid (Ctrl+Enter).").weak());
+#[derive(Debug, Default)]
+pub struct OutcomeGrid;
+
+impl OutcomeGrid {
+    /// Draws it.
+    pub fn ui(&mut self, ui: &mut Ui, ctx: &ViewCtx, doc: &Document) {
+        ui.heading("Outcome grid");
+        // A run in progress shows its live text; the results it will replace stay in the
+        // document until it completes (a Stop never costs a complete result).
+        let live_run = matches!(ctx.busy, Busy::Running { .. }) && !ctx.live.baselines.is_empty();
+        if !live_run && let Some(r) = &doc.results {
+            let current = doc.results_are_current();
+            stale_banner(ui, doc);
+            ui.add_enabled_ui(current, |ui| results_grid(ui, r));
+        } else if live_run || ctx.live.tokens > 0 {
+            live_grid(ui, ctx.live, &doc.spec);
+        } else {
+            hint(ui, "Run the experiment to fill the grid (Ctrl+Enter).");
+        }
     }
 }
 
@@ -87,25 +95,22 @@ fn results_grid(ui: &mut Ui, r: &crate::experiment::RunResults) {
 }
 
 /// The text streaming in during a run, row by row.
-fn live_grid(app: &KvlabApp, ui: &mut Ui) {
-    {
-        let spec = &app.doc.spec;
-        egui::Grid::new("live")
-            .striped(true)
-            .min_col_width(120.0)
-            .show(ui, |ui| {
-                ui.label(RichText::new("baseline").strong());
-                for (v, t) in spec.variants.iter().zip(&app.live.baselines) {
-                    ui.label(format!("{}: {}", v.name, ui_preview(t)));
-                }
+fn live_grid(ui: &mut Ui, live: &LiveGrid, spec: &ExperimentSpec) {
+    egui::Grid::new("live")
+        .striped(true)
+        .min_col_width(120.0)
+        .show(ui, |ui| {
+            ui.label(RichText::new("baseline").strong());
+            for (v, t) in spec.variants.iter().zip(&live.baselines) {
+                ui.label(format!("{}: {}", v.name, ui_preview(t)));
+            }
+            ui.end_row();
+            for (c, t) in spec.conditions.iter().zip(&live.conditions) {
+                ui.label(RichText::new(format!("{} ({})", c.row_label(), c.variant)).strong());
+                ui.label(ui_preview(t));
                 ui.end_row();
-                for (c, t) in spec.conditions.iter().zip(&app.live.conditions) {
-                    ui.label(RichText::new(format!("{} ({})", c.row_label(), c.variant)).strong());
-                    ui.label(ui_preview(t));
-                    ui.end_row();
-                }
-            });
-    }
+            }
+        });
 }
 
 /// A generation as one wrapped text (one galley, cached by egui, so a 1000-token cell costs one

@@ -1,0 +1,181 @@
+//! The conditions: what each grid row does to the cache (variant, intervention, layers, K/V
+//! part); add, remove, the seed grid. Read-only as a list when the results came from another
+//! model.
+
+use egui::Ui;
+
+use super::{ViewCtx, named};
+use crate::experiment::spec::KvPart;
+use crate::experiment::{Condition, LayerSet, Op};
+use crate::ui::commands::{Command, Commands};
+use crate::ui::document::Document;
+
+/// The conditions editor.
+#[derive(Debug, Default)]
+pub struct ConditionsPanel;
+
+impl ConditionsPanel {
+    /// Draws it.
+    pub fn ui(&mut self, ui: &mut Ui, ctx: &ViewCtx, doc: &mut Document, cmds: &mut Commands) {
+        if ctx.read_only {
+            ui.heading("Conditions");
+            for c in &doc.spec.conditions {
+                ui.label(format!(
+                    "{} ({}) — layers {}, {:?}",
+                    c.row_label(),
+                    c.variant,
+                    c.site.layers,
+                    c.site.part
+                ));
+            }
+            return;
+        }
+        // Layer ranges are a model's: before one is loaded, no made-up layer count is shown.
+        let n_layer = ctx.model.map(|m| m.info.n_layer.max(1));
+        let names: Vec<String> = doc.spec.variants.iter().map(|v| v.name.clone()).collect();
+        ui.horizontal(|ui| {
+            ui.heading("Conditions");
+            if ui.button("Add condition").clicked() {
+                doc.spec.conditions.push(Condition::new(
+                    names.first().cloned().unwrap_or_default(),
+                    Op::Zero,
+                ));
+            }
+            if ui
+                .button("Seed grid")
+                .on_hover_text("none, zero, transplant and remove for every variant")
+                .clicked()
+            {
+                cmds.push(Command::SeedGrid);
+            }
+            if ui.button("Clear").clicked() {
+                doc.spec.conditions.clear();
+            }
+        });
+        let mut remove = None;
+        egui::Grid::new("conditions")
+            .striped(true)
+            .num_columns(6)
+            .show(ui, |ui| {
+                for (i, c) in doc.spec.conditions.iter_mut().enumerate() {
+                    if condition_row(ui, i, c, &names, n_layer) {
+                        remove = Some(i);
+                    }
+                    ui.end_row();
+                }
+            });
+        if let Some(i) = remove {
+            doc.spec.conditions.remove(i);
+        }
+    }
+}
+
+/// One condition's row; returns whether its × was clicked.
+fn condition_row(
+    ui: &mut Ui,
+    i: usize,
+    c: &mut Condition,
+    names: &[String],
+    n_layer: Option<u32>,
+) -> bool {
+    let combo = egui::ComboBox::from_id_salt(("cv", i))
+        .selected_text(c.variant.clone())
+        .width(60.0)
+        .show_ui(ui, |ui| {
+            for n in names {
+                ui.selectable_value(&mut c.variant, n.clone(), n);
+            }
+        });
+    named(combo.response, format!("Variant of condition {}", i + 1));
+    intervention_combo(ui, i, c, names);
+    if let Op::Transplant { from } = &c.op {
+        ui.label(format!("from {from}"));
+    } else {
+        ui.label("");
+    }
+    let removing = c.op == Op::Remove;
+    ui.add_enabled_ui(!removing, |ui| match n_layer {
+        Some(n) => layer_range(ui, i, c, n),
+        None => {
+            ui.label(format!("layers {}", c.site.layers))
+                .on_hover_text("Load a model to choose layers by number.");
+        }
+    });
+    ui.add_enabled_ui(!removing, |ui| {
+        ui.horizontal(|ui| {
+            ui.selectable_value(&mut c.site.part, KvPart::K, "K");
+            ui.selectable_value(&mut c.site.part, KvPart::V, "V");
+            ui.selectable_value(&mut c.site.part, KvPart::Both, "K+V");
+        });
+    });
+    ui.small_button("×")
+        .on_hover_text("Remove this condition")
+        .clicked()
+}
+
+/// The intervention: none, zero, remove, or a transplant from another variant.
+fn intervention_combo(ui: &mut Ui, i: usize, c: &mut Condition, names: &[String]) {
+    let kind = match &c.op {
+        Op::None => "none",
+        Op::Zero => "zero",
+        Op::Transplant { .. } => "transplant",
+        Op::Remove => "remove",
+    };
+    let combo = egui::ComboBox::from_id_salt(("ci", i))
+        .selected_text(kind)
+        .width(90.0)
+        .show_ui(ui, |ui| {
+            if ui.selectable_label(kind == "none", "none").clicked() {
+                c.op = Op::None;
+            }
+            if ui.selectable_label(kind == "zero", "zero").clicked() {
+                c.op = Op::Zero;
+            }
+            if ui.selectable_label(kind == "remove", "remove").clicked() {
+                c.op = Op::Remove;
+                c.site.layers = LayerSet::All;
+                c.site.part = KvPart::Both;
+            }
+            for n in names.iter().filter(|n| **n != c.variant) {
+                if ui
+                    .selectable_label(false, format!("transplant from {n}"))
+                    .clicked()
+                {
+                    c.op = Op::Transplant { from: n.clone() };
+                }
+            }
+        });
+    named(
+        combo.response,
+        format!("Intervention of condition {}", i + 1),
+    );
+}
+
+/// The first and last layer edited.
+fn layer_range(ui: &mut Ui, i: usize, c: &mut Condition, n_layer: u32) {
+    let layers = c.site.layers.resolve(n_layer);
+    let (mut lo, mut hi) = (
+        *layers.first().unwrap_or(&0),
+        *layers.last().unwrap_or(&(n_layer - 1)),
+    );
+    ui.horizontal(|ui| {
+        ui.label("layers");
+        let a = named(
+            ui.add(egui::DragValue::new(&mut lo).range(0..=n_layer - 1)),
+            format!("First layer of condition {}", i + 1),
+        );
+        ui.label("–");
+        let b = named(
+            ui.add(egui::DragValue::new(&mut hi).range(0..=n_layer - 1)),
+            format!("Last layer of condition {}", i + 1),
+        );
+        if a.changed() || b.changed() {
+            let (lo, hi) = (lo.min(hi), lo.max(hi));
+            c.site.layers = if lo == 0 && hi == n_layer - 1 {
+                LayerSet::All
+            } else {
+                LayerSet::parse(&format!("{lo}-{hi}")).unwrap_or_default()
+            };
+        }
+    });
+}

@@ -1,0 +1,176 @@
+//! The sweep tab: choose a sweep, run it (progress and Stop are in the status bar), and see each
+//! item's effect — a heat strip over the prompt's tokens for position sweeps, a layer × position
+//! heatmap, bars for span and layer sweeps.
+
+use egui::{Color32, RichText, Ui, Vec2};
+use egui_plot::Plot;
+
+use super::analysis::heatmap;
+use super::{BAD, GOOD, ViewCtx, WARN, hint, set_pref_if};
+use crate::experiment::sweep::{SweepKind, SweepResults};
+use crate::ui::commands::{Command, Commands};
+use crate::ui::document::Document;
+use crate::ui::prefs::{PrefEdit, SweepChoice};
+
+/// The sweep tab.
+#[derive(Debug, Default)]
+pub struct SweepsTab;
+
+impl SweepsTab {
+    /// Draws it.
+    pub fn ui(&mut self, ui: &mut Ui, ctx: &ViewCtx, doc: &Document, cmds: &mut Commands) {
+        controls(ui, ctx, doc, cmds);
+        let Some(r) = &doc.sweep else {
+            hint(
+                ui,
+                "Each item is measured by the expected answers' preference (or the own baseline's log-prob).",
+            );
+            return;
+        };
+        // Indices and tokens come from the experiment the sweep was measured on, never from
+        // the prompt on screen (which may have changed since).
+        let measured_on = r.spec.as_ref().unwrap_or(&doc.spec);
+        let own = measured_on.variant_index(&r.sweep.variant).unwrap_or(0);
+        let effects = r.effects(own);
+        let kind = r.sweep.kind.name();
+        let kind = format!("{}{} sweep", kind[..1].to_uppercase(), &kind[1..]);
+        ui.label(format!(
+            "{} of {} on {} — {}; effect against no intervention{}",
+            kind,
+            r.sweep.op.short(),
+            r.sweep.variant,
+            r.measure,
+            if r.complete {
+                ""
+            } else {
+                " (stopped early: partial)"
+            }
+        ));
+        let current = doc.sweep_is_current();
+        if !current {
+            let why = if r.spec.is_some() {
+                SWEEP_STALE_TEXT
+            } else {
+                SWEEP_UNKNOWN_TEXT
+            };
+            ui.label(RichText::new(why).color(WARN));
+        }
+        ui.add_enabled_ui(current, |ui| draw(ui, r, &effects));
+    }
+}
+
+/// What a sweep measured on an earlier version of the experiment says above it.
+pub const SWEEP_STALE_TEXT: &str = "From an earlier version of the experiment — Run sweep to refresh. \
+     Its items are labelled with the prompt it was measured on.";
+
+/// What a sweep from a file that did not record its experiment says above it.
+pub const SWEEP_UNKNOWN_TEXT: &str = "From an older session file that did not record which experiment \
+     this sweep was measured on — Run sweep to refresh.";
+
+/// The sweep's effects: a strip, a heatmap or bars, by kind.
+fn draw(ui: &mut Ui, r: &SweepResults, effects: &[f64]) {
+    match r.sweep.kind {
+        SweepKind::Position { .. } => position_strip(ui, r, effects),
+        SweepKind::PositionLayer { .. } => position_layer_map(ui, r, effects),
+        _ => {
+            let bars: Vec<egui_plot::Bar> = effects
+                .iter()
+                .enumerate()
+                .map(|(i, e)| egui_plot::Bar::new(i as f64, *e).name(r.points[i].label.clone()))
+                .collect();
+            Plot::new("sweep-bars")
+                .height(220.0)
+                .y_axis_label("effect")
+                .show(ui, |plot| {
+                    plot.bar_chart(egui_plot::BarChart::new("effect", bars))
+                });
+        }
+    }
+}
+
+/// What to sweep, zero or remove, on which variant's prompt, and the Run sweep button.
+fn controls(ui: &mut Ui, ctx: &ViewCtx, doc: &Document, cmds: &mut Commands) {
+    let prefs = ctx.prefs;
+    let (mut choice, mut remove, mut variant) =
+        (prefs.sweep_choice, prefs.sweep_remove, prefs.sweep_variant);
+    ui.horizontal(|ui| {
+        ui.selectable_value(&mut choice, SweepChoice::Position, "Every position");
+        ui.selectable_value(&mut choice, SweepChoice::Span, "Needle + next k");
+        ui.selectable_value(&mut choice, SweepChoice::Layer, "Layers");
+        ui.selectable_value(&mut choice, SweepChoice::PositionLayer, "Position × layer");
+        ui.separator();
+        ui.selectable_value(&mut remove, false, "zero");
+        ui.selectable_value(&mut remove, true, "remove");
+        ui.separator();
+        for (i, v) in doc.spec.variants.iter().enumerate() {
+            ui.selectable_value(&mut variant, i, format!("{} prompt", v.name));
+        }
+        set_pref_if(cmds, prefs.sweep_choice, choice, PrefEdit::SweepChoice);
+        set_pref_if(cmds, prefs.sweep_remove, remove, PrefEdit::SweepRemove);
+        set_pref_if(cmds, prefs.sweep_variant, variant, PrefEdit::SweepVariant);
+        if ui
+            .add_enabled(ctx.can_run(), egui::Button::new("Run sweep"))
+            .on_disabled_hover_text(ctx.run_blocker.unwrap_or_default())
+            .clicked()
+        {
+            cmds.push(Command::RunSweep);
+        }
+    });
+}
+
+/// A position sweep: the tokens of the prompt it was measured on, each coloured by its effect
+/// (older files without those tokens show the items' labels).
+fn position_strip(ui: &mut Ui, r: &SweepResults, effects: &[f64]) {
+    let max = effects.iter().map(|e| e.abs()).fold(1e-9, f64::max);
+    let tokens = &r.tokens;
+    ui.horizontal_wrapped(|ui| {
+        ui.spacing_mut().item_spacing = Vec2::new(1.0, 3.0);
+        for (p, e) in r.points.iter().zip(effects) {
+            let t = (e.abs() / max) as f32;
+            let base = if *e < 0.0 { BAD } else { GOOD };
+            let fill =
+                Color32::from_rgba_unmultiplied(base.r(), base.g(), base.b(), (t * 255.0) as u8);
+            let piece = tokens
+                .get(p.index)
+                .map(|t| t.piece.replace('\n', "¶"))
+                .unwrap_or_else(|| p.label.clone());
+            let text = RichText::new(piece).monospace().background_color(fill);
+            ui.label(text)
+                .on_hover_text(format!("{}: effect {e:+.3}", p.label));
+        }
+    });
+}
+
+/// A position × layer sweep: rows are layers, columns positions, colour |effect|.
+fn position_layer_map(ui: &mut Ui, r: &SweepResults, effects: &[f64]) {
+    let n_layer = r
+        .points
+        .iter()
+        .filter_map(|p| p.layer)
+        .max()
+        .map_or(0, |l| l as usize + 1);
+    let first = r.points.first().map_or(0, |p| p.index);
+    let n_pos = r
+        .points
+        .iter()
+        .map(|p| p.index + 1 - first)
+        .max()
+        .unwrap_or(0);
+    let mut rows = vec![vec![0f32; n_pos]; n_layer];
+    for (p, e) in r.points.iter().zip(effects) {
+        if let Some(l) = p.layer {
+            rows[l as usize][p.index - first] = e.abs() as f32;
+        }
+    }
+    ui.label(format!(
+        "|effect| per layer (rows) and position (columns, from {first})"
+    ));
+    heatmap(
+        ui,
+        "zero one cell",
+        &rows,
+        Vec2::new(6.0, 6.0),
+        "layer",
+        "position",
+    );
+}
