@@ -249,6 +249,48 @@ pub fn run(
     let sequential = t0.elapsed().as_secs_f64();
 
     progress("one intervention vs one decode step");
+    let (intervention, step) = intervention_vs_step(model, &prompt, prepared.span, quick, threads)?;
+
+    progress("position sweep vs greedy conditions");
+    let n_pos = if quick { 3 } else { 16 };
+    let (sweep_s, swept_points, grid_s) = sweep_vs_grid(model, &spec, &options, n_pos)?;
+
+    progress("large session: save, open, show");
+    let (large_save, large_load, large_mib, large_first, large_frame) =
+        large_session_figures(&grid_run)?;
+
+    Ok(BenchReport {
+        quick,
+        threads,
+        raw_decode_tokens_per_s: steps as f64 / raw_s,
+        grid_sequential_s: sequential,
+        grid_batched_s: batched,
+        grid_speedup: sequential / batched,
+        generation_loop_overhead: overhead,
+        intervention_s: intervention,
+        decode_step_s: step,
+        intervention_per_decode_step: intervention / step,
+        sweep_positions_per_s: swept_points as f64 / sweep_s,
+        grid_positions_per_s: n_pos as f64 / grid_s,
+        sweep_speedup: grid_s / sweep_s,
+        large_session_save_s: large_save,
+        large_session_load_s: large_load,
+        large_session_mib: large_mib,
+        large_session_first_frame_ms: large_first,
+        large_session_frame_ms: large_frame,
+        peak_memory_mib: peak_memory_mib(),
+    })
+}
+
+/// Seconds for one intervention (state read, zero the needle in every layer, write back) and
+/// for one single-token decode step, on the same lab.
+fn intervention_vs_step(
+    model: &LoadedModel,
+    prompt: &[i32],
+    needle: Span,
+    quick: bool,
+    threads: i32,
+) -> Result<(f64, f64), RunError> {
     let mut l = lab(model, 2, threads)?;
     let items: Vec<BatchItem> = prompt[..prompt.len() - 1]
         .iter()
@@ -265,7 +307,7 @@ pub fn run(
     let t0 = Instant::now();
     for _ in 0..reps {
         let mut st = l.state(0)?;
-        for cell in st.cells_at(prepared.span.start as i32) {
+        for cell in st.cells_at(needle.start as i32) {
             for layer in 0..st.n_layer() {
                 st.zero_cell(layer, cell, KvPart::Both)
                     .map_err(crate::engine::EngineError::from)?;
@@ -287,8 +329,17 @@ pub fn run(
     }
     let step = t0.elapsed().as_secs_f64() / reps as f64;
 
-    progress("position sweep vs greedy conditions");
-    let n_pos = if quick { 3 } else { 16 };
+    Ok((intervention, step))
+}
+
+/// A position sweep over `n_pos` positions against the same items run as grid conditions:
+/// (sweep seconds, points measured, grid seconds).
+fn sweep_vs_grid(
+    model: &LoadedModel,
+    spec: &ExperimentSpec,
+    options: &RunOptions,
+    n_pos: usize,
+) -> Result<(f64, usize, f64), RunError> {
     let sweep = SweepSpec {
         kind: SweepKind::Position {
             range: Some(Span {
@@ -302,7 +353,7 @@ pub fn run(
         part: KvPart::Both,
     };
     let t0 = Instant::now();
-    let swept = runner::run_sweep(model, &spec, &sweep, &options, |_| {})?;
+    let swept = runner::run_sweep(model, spec, &sweep, options, |_| {})?;
     let sweep_s = t0.elapsed().as_secs_f64();
     let mut grid_spec = ExperimentSpec::seed();
     grid_spec.conditions = (1..1 + n_pos)
@@ -317,34 +368,10 @@ pub fn run(
         })
         .collect();
     let t0 = Instant::now();
-    runner::run(model, &grid_spec, &options, |_| {})?;
+    runner::run(model, &grid_spec, options, |_| {})?;
     let grid_s = t0.elapsed().as_secs_f64();
 
-    progress("large session: save, open, show");
-    let (large_save, large_load, large_mib, large_first, large_frame) =
-        large_session_figures(&grid_run)?;
-
-    Ok(BenchReport {
-        quick,
-        threads,
-        raw_decode_tokens_per_s: steps as f64 / raw_s,
-        grid_sequential_s: sequential,
-        grid_batched_s: batched,
-        grid_speedup: sequential / batched,
-        generation_loop_overhead: overhead,
-        intervention_s: intervention,
-        decode_step_s: step,
-        intervention_per_decode_step: intervention / step,
-        sweep_positions_per_s: swept.points.len() as f64 / sweep_s,
-        grid_positions_per_s: n_pos as f64 / grid_s,
-        sweep_speedup: grid_s / sweep_s,
-        large_session_save_s: large_save,
-        large_session_load_s: large_load,
-        large_session_mib: large_mib,
-        large_session_first_frame_ms: large_first,
-        large_session_frame_ms: large_frame,
-        peak_memory_mib: peak_memory_mib(),
-    })
+    Ok((sweep_s, swept.points.len(), grid_s))
 }
 
 /// The report as a table for terminals.

@@ -589,7 +589,20 @@ fn a_model_kvlab_cannot_edit_says_so_at_load_and_cannot_run() {
     let dir = tempfile::tempdir().unwrap();
     let forged = demo_model_with_sliding_window(dir.path());
     let mut h = harness(4);
-    load(&mut h, forged.to_str().unwrap());
+    // Known from the header, before loading.
+    h.get_by_label("Model path").focus();
+    h.step();
+    h.get_by_label("Model path")
+        .type_text(forged.to_str().unwrap());
+    h.step();
+    wait_for(&mut h, "the header", |a| {
+        a.peek.as_ref().is_some_and(|p| p.summary.is_some())
+    });
+    h.step();
+    h.get_by_label_contains(kvlab::ui::panels::UNSUPPORTED_BEFORE_LOADING);
+    h.get_by_label("Load").click();
+    h.step();
+    wait_for(&mut h, "the load to end", |a| a.busy == Busy::Idle);
     assert!(h.state().model.is_some(), "{:?}", h.state().error);
     // Said at once, in the model panel, with the engine's reason.
     let said = h.get_by_label_contains("KV surgery: not supported");

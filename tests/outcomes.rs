@@ -228,3 +228,48 @@ fn long_prompts_report_progress_and_stop() {
     let e = runner::run(model(), &spec, &RunOptions::default(), |_| {}).unwrap_err();
     assert!(e.to_string().contains("trained context of 8192"), "{e}");
 }
+
+/// The standard ablations on the real model: noise of scale 0 and a mean over the variant
+/// alone are the control bit for bit; zero on every KV head is zero; a mean over both cities
+/// and 3σ noise are real edits, and a seed reproduces its noise.
+#[test]
+fn ablations_reduce_to_the_control_and_to_zero_where_they_should() {
+    use kvlab::experiment::{Condition, Site};
+    let mut spec = asset_spec("seed-short");
+    spec.generation.max_tokens = 4;
+    let n_head_kv = model().info().n_head_kv;
+    let all_heads = Site {
+        heads: Some((0..n_head_kv).collect()),
+        ..Site::default()
+    };
+    let noise = |scale, seed| Op::Noise { scale, seed };
+    spec.conditions = vec![
+        Condition::new("SF", Op::None),
+        Condition::new("SF", noise(0.0, 1)),
+        Condition::new(
+            "SF",
+            Op::Mean {
+                over: vec!["SF".into()],
+            },
+        ),
+        Condition::new("SF", Op::Zero),
+        Condition::new("SF", Op::Zero).at(all_heads),
+        Condition::new("SF", Op::Mean { over: Vec::new() }),
+        Condition::new("SF", noise(3.0, 1)),
+        Condition::new("SF", noise(3.0, 1)).labelled("noise again"),
+    ];
+    let r = runner::run(model(), &spec, &RunOptions::default(), |_| {}).unwrap();
+    let c = &r.conditions;
+    let same = |a: usize, b: usize| {
+        c[a].generation.tokens == c[b].generation.tokens
+            && c[a].expected == c[b].expected
+            && c[a].preference == c[b].preference
+    };
+    assert!(same(0, 1), "noise of scale 0 is the control");
+    assert!(same(0, 2), "a mean over the variant alone is the control");
+    assert!(same(3, 4), "zero on every head is zero");
+    assert!(same(6, 7), "a seed reproduces its noise");
+    assert!(!same(0, 5), "the mean over both cities edits the needle");
+    assert!(!same(0, 6), "3σ noise edits the needle");
+    assert_eq!(c[6].label, "noise 3σ (seed 1)");
+}

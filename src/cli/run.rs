@@ -8,10 +8,11 @@ use anyhow::{Context, Result, bail};
 
 use super::args::{Format, RunArgs, SweepArgs, SweepOver};
 use super::checks::{check_fits, check_output, load, read_spec, threads_arg};
+use crate::engine::LoadedModel;
 use crate::experiment::results::check_threads;
 use crate::experiment::spec::KvPart;
 use crate::experiment::sweep::{SweepKind, SweepSpec};
-use crate::experiment::{LayerSet, Op, grid};
+use crate::experiment::{ExperimentSpec, LayerSet, Op, RunResults, grid};
 use crate::runner::{self, RunEvent, RunOptions};
 use crate::session::{Fault, ModelRef, Session, write_atomic};
 
@@ -81,15 +82,7 @@ pub(super) fn run(args: RunArgs, gpu_layers: Option<u32>) -> Result<()> {
         note!("results written to {}", out.display());
     }
     if let Some(path) = &session {
-        let mut s = Session::new(spec.clone());
-        s.model = Some(ModelRef {
-            path: model.path().to_path_buf(),
-            fingerprint: model.fingerprint().clone(),
-            info: model.info().clone(),
-        });
-        s.results = Some(results.clone());
-        s.save(path)?;
-        note!("session saved to {}", path.display());
+        save_session(path, &spec, &model, &results)?;
     }
     let printed = match format {
         Format::Table => grid::to_table(&results, std::io::stdout().is_terminal()),
@@ -97,6 +90,25 @@ pub(super) fn run(args: RunArgs, gpu_layers: Option<u32>) -> Result<()> {
         Format::Json => json,
     };
     say!("{printed}");
+    Ok(())
+}
+
+/// Saves the experiment, the model reference and the results as a session file.
+fn save_session(
+    path: &Path,
+    spec: &ExperimentSpec,
+    model: &LoadedModel,
+    results: &RunResults,
+) -> Result<()> {
+    let mut s = Session::new(spec.clone());
+    s.model = Some(ModelRef {
+        path: model.path().to_path_buf(),
+        fingerprint: model.fingerprint().clone(),
+        info: model.info().clone(),
+    });
+    s.results = Some(results.clone());
+    s.save(path)?;
+    note!("session saved to {}", path.display());
     Ok(())
 }
 

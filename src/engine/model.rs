@@ -143,6 +143,27 @@ pub fn fingerprint(path: &Path) -> Result<ModelFingerprint, EngineError> {
     })
 }
 
+/// Whether kvlab can edit the cache of a model of `architecture` that keeps a recurrent state
+/// (`recurrent`) or has a sliding-window attention key (`sliding_window`). The one rule for both
+/// the loaded model (asked of llama.cpp) and a GGUF header read before loading.
+pub fn kv_surgery_support(
+    architecture: &str,
+    recurrent: bool,
+    sliding_window: bool,
+) -> Result<(), String> {
+    if recurrent {
+        return Err(format!(
+            "{architecture} keeps a recurrent state, not only a KV cache: KV surgery is not supported for it"
+        ));
+    }
+    if sliding_window {
+        return Err(format!(
+            "{architecture} uses sliding-window attention (two KV caches): KV surgery is not supported for it yet"
+        ));
+    }
+    Ok(())
+}
+
 impl LoadedModel {
     /// Loads a GGUF file. `progress` gets values in 0..=1; setting `cancel` stops the load.
     pub fn load(
@@ -235,26 +256,16 @@ impl LoadedModel {
 
     /// Refuses models whose memory kvlab cannot edit cell by cell; says why.
     pub fn check_kv_surgery_supported(&self) -> Result<(), EngineError> {
-        if self.model.is_recurrent() || self.model.is_hybrid() {
-            return Err(EngineError::Unsupported(format!(
-                "{} keeps a recurrent state, not only a KV cache: KV surgery is not supported for it",
-                self.info.architecture
-            )));
-        }
-        if self
+        let sliding = self
             .model
             .meta_val_str(&format!(
                 "{}.attention.sliding_window",
                 self.info.architecture
             ))
-            .is_ok()
-        {
-            return Err(EngineError::Unsupported(format!(
-                "{} uses sliding-window attention (two KV caches): KV surgery is not supported for it yet",
-                self.info.architecture
-            )));
-        }
-        Ok(())
+            .is_ok();
+        let recurrent = self.model.is_recurrent() || self.model.is_hybrid();
+        kv_surgery_support(&self.info.architecture, recurrent, sliding)
+            .map_err(EngineError::Unsupported)
     }
 
     /// Whether cache cells carry llama.cpp's cell extension (M-RoPE models).

@@ -45,7 +45,7 @@ impl SweepKind {
 }
 
 /// A sweep over one variant's prompt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SweepSpec {
     /// What varies.
     pub kind: SweepKind,
@@ -88,6 +88,7 @@ impl SweepSpec {
                 span: Some(span),
                 layers,
                 part: self.part,
+                heads: None,
             })
         };
         match &self.kind {

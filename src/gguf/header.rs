@@ -140,6 +140,10 @@ fn summarize(
         head_dim_v: int(&a("attention.value_length")).unwrap_or(head_dim),
         n_ctx_train: int(&a("context_length")).unwrap_or(0),
         has_chat_template: kv.contains_key("tokenizer.chat_template"),
+        sliding_window: int(&a("attention.sliding_window")),
+        recurrent: [".ssm.", ".wkv.", ".shortconv."]
+            .iter()
+            .any(|part| kv.keys().any(|k| k.starts_with(&a(&part[1..])))),
         architecture,
         ..GgufSummary::default()
     }

@@ -84,9 +84,24 @@ pub struct GgufSummary {
     /// The file size the tensor data needs: the end of the last tensor's bytes. A file shorter
     /// than this is refused as truncated.
     pub data_end: u64,
+    /// `<arch>.attention.sliding_window`, when present.
+    pub sliding_window: Option<u32>,
+    /// The metadata has keys of a recurrent state (`<arch>.ssm.*`, `.wkv.*`, `.shortconv.*`:
+    /// Mamba, RWKV and the hybrids built on them). llama.cpp's own flag decides once loaded.
+    pub recurrent: bool,
 }
 
 impl GgufSummary {
+    /// Whether kvlab can edit this model's cache, judged from the header by the same rule the
+    /// loaded model is judged by ([`crate::engine::model::kv_surgery_support`]).
+    pub fn kv_surgery_support(&self) -> Result<(), String> {
+        crate::engine::model::kv_surgery_support(
+            &self.architecture,
+            self.recurrent,
+            self.sliding_window.is_some(),
+        )
+    }
+
     /// Bytes one KV-cache cell takes across all layers, K and V in F16 (llama.cpp's default).
     pub fn kv_bytes_per_cell(&self) -> u64 {
         kv_bytes_per_cell(

@@ -344,3 +344,22 @@ impl Gguf {
         b
     }
 }
+
+#[test]
+fn the_header_says_whether_the_cache_can_be_edited() {
+    let mut s = GgufSummary {
+        architecture: "gemma3".into(),
+        ..GgufSummary::default()
+    };
+    assert!(s.kv_surgery_support().is_ok());
+    s.sliding_window = Some(512);
+    let e = s.kv_surgery_support().unwrap_err();
+    assert!(e.contains("gemma3 uses sliding-window attention"), "{e}");
+    s.sliding_window = None;
+    s.recurrent = true;
+    assert!(
+        s.kv_surgery_support()
+            .unwrap_err()
+            .contains("recurrent state")
+    );
+}

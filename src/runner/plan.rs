@@ -11,8 +11,17 @@ use crate::experiment::spec::{Condition, ExperimentSpec, Op, Sampling, Span, Spe
 use super::prompts::{Prepared, PreparedPrompt, prepare_prompts};
 use super::{RunError, RunOptions};
 
-/// What a condition does to its variant's cache, with names resolved.
+/// The cache's shape as a plan needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheShape {
+    /// Layers.
+    pub n_layer: u32,
+    /// KV heads per layer (a K or V row holds this many heads).
+    pub n_head_kv: u32,
+}
+
+/// What a condition does to its variant's cache, with names resolved.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Edit {
     /// Nothing: the copy path alone.
     None,
@@ -25,10 +34,22 @@ pub(crate) enum Edit {
     },
     /// The span's cells taken out of the sequence.
     Remove,
+    /// The span's rows replaced by the mean of these variants' rows at the same positions.
+    Mean {
+        /// The variants averaged, by index.
+        over: Vec<usize>,
+    },
+    /// Gaussian noise of `scale` × each layer's standard deviation added to the span's rows.
+    Noise {
+        /// σ in units of the layer's standard deviation (over the prompt).
+        scale: f32,
+        /// The random seed.
+        seed: u64,
+    },
 }
 
 /// One condition, resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PlannedCondition {
     /// Its index in the spec's conditions.
     pub index: usize,
@@ -42,6 +63,8 @@ pub(crate) struct PlannedCondition {
     pub layers: Vec<u32>,
     /// K, V or both.
     pub part: KvPart,
+    /// The KV heads touched (`None`: all) and how many a row holds.
+    pub heads: Option<(Vec<u32>, u32)>,
     /// The sequence it generates in (grid runs: after the variants' baselines).
     pub seq: i32,
 }
@@ -76,7 +99,12 @@ impl<'s> Plan<'s> {
             span,
             warnings,
         } = prepare_prompts(model, spec)?;
-        let mut plan = Plan::resolve(spec, prompts, span, model.info().n_layer)?;
+        let info = model.info();
+        let shape = CacheShape {
+            n_layer: info.n_layer,
+            n_head_kv: info.n_head_kv,
+        };
+        let mut plan = Plan::resolve(spec, prompts, span, shape)?;
         plan.warnings = warnings;
         Ok(plan)
     }
@@ -88,7 +116,7 @@ impl<'s> Plan<'s> {
         spec: &'s ExperimentSpec,
         prompts: Vec<PreparedPrompt>,
         needle: Span,
-        n_layer: u32,
+        shape: CacheShape,
     ) -> Result<Plan<'s>, SpecError> {
         spec.validate()?;
         check_prompts(spec, &prompts)?;
@@ -99,7 +127,7 @@ impl<'s> Plan<'s> {
             .enumerate()
             .map(|(index, c)| {
                 let seq = (n_var + index) as i32;
-                resolve_condition(spec, &prompts, needle, n_layer, index, c, seq)
+                resolve_condition(spec, &prompts, needle, shape, index, c, seq)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let max_prompt = prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(0);
@@ -172,7 +200,7 @@ fn resolve_condition(
     spec: &ExperimentSpec,
     prompts: &[PreparedPrompt],
     needle: Span,
-    n_layer: u32,
+    shape: CacheShape,
     index: usize,
     c: &Condition,
     seq: i32,
@@ -186,6 +214,7 @@ fn resolve_condition(
         spec.variant_index(name)
             .ok_or_else(|| err(format!("there is no {role}variant named {name:?}")))
     };
+    let n_layer = shape.n_layer;
     let variant = variant_index(&c.variant, "")?;
     let span = c.site.span.unwrap_or(needle);
     check_span_in_cache(span, prompts[variant].tokens.len(), "the span")
@@ -204,19 +233,40 @@ fn resolve_condition(
         Op::Remove => Edit::Remove,
         Op::Transplant { from } => {
             let donor = variant_index(from, "donor ")?;
-            let (a, b) = (&prompts[variant], &prompts[donor]);
-            if a.tokens.len() != b.tokens.len() {
+            check_aligned(&prompts[variant], &prompts[donor]).map_err(err)?;
+            Edit::Transplant { donor }
+        }
+        Op::Mean { over } => {
+            let over = if over.is_empty() {
+                (0..prompts.len()).collect::<Vec<_>>()
+            } else {
+                over.iter()
+                    .map(|v| variant_index(v, ""))
+                    .collect::<Result<_, _>>()?
+            };
+            for &o in &over {
+                check_aligned(&prompts[variant], &prompts[o]).map_err(err)?;
+            }
+            Edit::Mean { over }
+        }
+        Op::Noise { scale, seed } => Edit::Noise {
+            scale: *scale,
+            seed: *seed,
+        },
+    };
+    let heads = match &c.site.heads {
+        None => None,
+        Some(h) => {
+            if let Some(&max) = h.iter().next_back()
+                && max >= shape.n_head_kv
+            {
                 return Err(err(format!(
-                    "the prompts of {} ({} tokens) and {} ({} tokens) do not align: a transplant \
-                     copies the donor's cache at the same positions, so the variants must \
-                     tokenize to the same length",
-                    a.name,
-                    a.tokens.len(),
-                    b.name,
-                    b.tokens.len()
+                    "KV head {max} is out of range: the model has {} KV heads (0..{})",
+                    shape.n_head_kv,
+                    shape.n_head_kv.saturating_sub(1)
                 )));
             }
-            Edit::Transplant { donor }
+            Some((h.iter().copied().collect(), shape.n_head_kv))
         }
     };
     Ok(PlannedCondition {
@@ -226,8 +276,26 @@ fn resolve_condition(
         span,
         layers: c.site.layers.resolve(n_layer),
         part: c.site.part,
+        heads,
         seq,
     })
+}
+
+/// Copying or averaging rows across variants needs the same positions in each: the prompts must
+/// tokenize to the same length.
+fn check_aligned(a: &PreparedPrompt, b: &PreparedPrompt) -> Result<(), String> {
+    if a.tokens.len() == b.tokens.len() {
+        return Ok(());
+    }
+    Err(format!(
+        "the prompts of {} ({} tokens) and {} ({} tokens) do not align: a transplant or a mean \
+         uses other variants' caches at the same positions, so the variants must tokenize to the \
+         same length",
+        a.name,
+        a.tokens.len(),
+        b.name,
+        b.tokens.len()
+    ))
 }
 
 #[cfg(test)]
@@ -263,10 +331,14 @@ mod tests {
     }
 
     const NEEDLE: Span = Span { start: 2, end: 3 };
+    const SHAPE: CacheShape = CacheShape {
+        n_layer: 4,
+        n_head_kv: 2,
+    };
 
     fn resolve(spec: &ExperimentSpec, sf_len: usize) -> Result<Plan<'_>, SpecError> {
         let prompts = vec![prompt("SF", sf_len, 1), prompt("NY", 10, 2)];
-        Plan::resolve(spec, prompts, NEEDLE, 4)
+        Plan::resolve(spec, prompts, NEEDLE, SHAPE)
     }
 
     /// The error is about condition `index` and says `what`.
@@ -358,7 +430,7 @@ mod tests {
     #[test]
     fn prompts_must_match_the_variants() {
         let s = spec(Vec::new());
-        let e = Plan::resolve(&s, vec![prompt("SF", 10, 1)], NEEDLE, 4).unwrap_err();
+        let e = Plan::resolve(&s, vec![prompt("SF", 10, 1)], NEEDLE, SHAPE).unwrap_err();
         assert!(matches!(e, SpecError::Variants(_)), "{e}");
         let e = resolve(&s, 1).unwrap_err();
         assert!(e.to_string().contains("needs at least 2"), "{e}");

@@ -1,9 +1,10 @@
-//! The interventions themselves, and the only code that knows what zero, transplant and remove
-//! do. A condition starts from a copy of its variant's evaluated prompt cache: zero and
+//! The interventions themselves, and the only code that knows what zero, transplant, mean,
+//! noise and remove do. A condition starts from a copy of its variant's evaluated prompt cache: zero and
 //! transplant edit the copy's bytes through the state codec (pure, testable on synthetic
 //! states); remove takes cells out of the sequence, which only llama.cpp can do, so it happens
 //! in a [`Lab`] after the copy is loaded.
 
+use crate::engine::kv_state::CellRef;
 use crate::engine::{EngineError, KvPart, KvStateError, Lab, SeqState};
 use crate::experiment::spec::Span;
 
@@ -16,9 +17,9 @@ pub(crate) fn edited_state(
     prompt_states: &[SeqState],
 ) -> Result<SeqState, KvStateError> {
     let mut state = prompt_states[c.variant].clone();
-    match c.edit {
-        Edit::None | Edit::Remove => {}
-        Edit::Zero => {
+    match (&c.edit, &c.heads) {
+        (Edit::None | Edit::Remove, _) => {}
+        (Edit::Zero, None) => {
             for pos in span_positions(c.span) {
                 for cell in state.cells_at(pos) {
                     for &l in &c.layers {
@@ -27,11 +28,220 @@ pub(crate) fn edited_state(
                 }
             }
         }
-        Edit::Transplant { donor } => {
-            transplant(&mut state, &prompt_states[donor], c.span, &c.layers, c.part)?
-        }
+        (Edit::Transplant { donor }, None) => transplant(
+            &mut state,
+            &prompt_states[*donor],
+            c.span,
+            &c.layers,
+            c.part,
+        )?,
+        _ => edit_values(&mut state, c, prompt_states)?,
     }
     Ok(state)
+}
+
+/// Half of the cache, for reading and writing rows as numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Half {
+    K,
+    V,
+}
+
+fn halves(part: KvPart) -> impl Iterator<Item = Half> {
+    [(part.has_k(), Half::K), (part.has_v(), Half::V)]
+        .into_iter()
+        .filter_map(|(on, h)| on.then_some(h))
+}
+
+fn read_row(s: &SeqState, half: Half, layer: u32, cell: CellRef) -> Result<Vec<f32>, KvStateError> {
+    match half {
+        Half::K => s.k_row_f32(layer as usize, cell),
+        Half::V => s.v_row_f32(layer as usize, cell),
+    }
+}
+
+/// A variant's row at a position (its first cell there).
+fn row_at(s: &SeqState, half: Half, layer: u32, pos: i32) -> Result<Vec<f32>, KvStateError> {
+    let cell = *s
+        .cells_at(pos)
+        .first()
+        .ok_or(KvStateError::NoSuchPosition(pos))?;
+    read_row(s, half, layer, cell)
+}
+
+/// Edits through numbers (per-head surgery, mean and noise): each row is read as numbers, the
+/// op's values computed for the whole row, and only the chosen heads' values replaced before
+/// the row is written back (values left alone round-trip to the same bytes).
+fn edit_values(
+    state: &mut SeqState,
+    c: &PlannedCondition,
+    prompt_states: &[SeqState],
+) -> Result<(), KvStateError> {
+    let own = &prompt_states[c.variant];
+    let mut noise = match &c.edit {
+        Edit::Noise { scale, seed } => Some(Noise::new(*scale, *seed)),
+        _ => None,
+    };
+    for pos in span_positions(c.span) {
+        for cell in state.cells_at(pos) {
+            for &l in &c.layers {
+                for half in halves(c.part) {
+                    let mut row = read_row(state, half, l, cell)?;
+                    let target = match &c.edit {
+                        Edit::None | Edit::Remove => return Ok(()),
+                        Edit::Zero => vec![0.0; row.len()],
+                        Edit::Transplant { donor } => row_at(&prompt_states[*donor], half, l, pos)?,
+                        Edit::Mean { over } => mean_row(prompt_states, over, half, l, pos)?,
+                        Edit::Noise { .. } => match noise.as_mut() {
+                            Some(n) => n.add_to(&row, own, half, l)?,
+                            None => row.clone(),
+                        },
+                    };
+                    replace_heads(&mut row, &target, c.heads.as_ref());
+                    match half {
+                        Half::K => state.write_k_row_f32(l as usize, cell, &row)?,
+                        Half::V => state.write_v_row_f32(l as usize, cell, &row)?,
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies `target` into `row` for the chosen heads (all when `None`); a row holds `n_head`
+/// heads of equal size.
+fn replace_heads(row: &mut [f32], target: &[f32], heads: Option<&(Vec<u32>, u32)>) {
+    match heads {
+        None => row.copy_from_slice(target),
+        Some((heads, n_head)) => {
+            let size = row.len() / (*n_head).max(1) as usize;
+            for &h in heads {
+                let r = h as usize * size..(h as usize + 1) * size;
+                if r.end <= row.len() {
+                    row[r.clone()].copy_from_slice(&target[r]);
+                }
+            }
+        }
+    }
+}
+
+/// The mean of some variants' rows at a position. The sum starts from the first row, so the
+/// mean of one row is that row exactly.
+fn mean_row(
+    states: &[SeqState],
+    over: &[usize],
+    half: Half,
+    layer: u32,
+    pos: i32,
+) -> Result<Vec<f32>, KvStateError> {
+    let mut rows = over.iter().map(|&v| row_at(&states[v], half, layer, pos));
+    let Some(first) = rows.next() else {
+        return Err(KvStateError::Mismatch("a mean over no variant".into()));
+    };
+    let mut sum = first?;
+    for r in rows {
+        for (s, x) in sum.iter_mut().zip(r?) {
+            *s += x;
+        }
+    }
+    if over.len() > 1 {
+        let n = over.len() as f32;
+        sum.iter_mut().for_each(|s| *s /= n);
+    }
+    Ok(sum)
+}
+
+/// Gaussian noise scaled per layer and half by the spread of the variant's own cache there,
+/// drawn from a seeded generator in a fixed order (positions, cells, layers, K then V,
+/// elements), so a seed always draws the same noise.
+struct Noise {
+    scale: f32,
+    rng: SplitMix64,
+    spare: Option<f64>,
+    sigma: std::collections::HashMap<(u32, Half), f32>,
+}
+
+impl Noise {
+    fn new(scale: f32, seed: u64) -> Noise {
+        Noise {
+            scale,
+            rng: SplitMix64(seed),
+            spare: None,
+            sigma: Default::default(),
+        }
+    }
+
+    /// `row` plus noise; an element whose noise is exactly 0 (scale 0) keeps its bits.
+    fn add_to(
+        &mut self,
+        row: &[f32],
+        own: &SeqState,
+        half: Half,
+        layer: u32,
+    ) -> Result<Vec<f32>, KvStateError> {
+        let sigma = match self.sigma.get(&(layer, half)) {
+            Some(s) => *s,
+            None => {
+                let s = spread(own, half, layer)?;
+                self.sigma.insert((layer, half), s);
+                s
+            }
+        };
+        Ok(row
+            .iter()
+            .map(|&x| {
+                let n = self.scale * sigma * self.normal() as f32;
+                if n == 0.0 { x } else { x + n }
+            })
+            .collect())
+    }
+
+    /// A standard normal number (Box–Muller, both halves used).
+    fn normal(&mut self) -> f64 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
+        let u1 = (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let u2 = (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let r = (-2.0 * (1.0 - u1).ln()).sqrt();
+        let t = std::f64::consts::TAU * u2;
+        self.spare = Some(r * t.sin());
+        r * t.cos()
+    }
+}
+
+/// The standard deviation of a layer's K (or V) values over every cell of a state.
+fn spread(s: &SeqState, half: Half, layer: u32) -> Result<f32, KvStateError> {
+    let (mut n, mut sum, mut sq) = (0f64, 0f64, 0f64);
+    let cells: Vec<CellRef> = s.cells().map(|(r, _)| r).collect();
+    for cell in cells {
+        for x in read_row(s, half, layer, cell)? {
+            let x = x as f64;
+            n += 1.0;
+            sum += x;
+            sq += x * x;
+        }
+    }
+    if n == 0.0 {
+        return Ok(0.0);
+    }
+    let mean = sum / n;
+    Ok(((sq / n - mean * mean).max(0.0)).sqrt() as f32)
+}
+
+/// A small, fast, seedable generator (SplitMix64): its output for a seed never changes, so a
+/// recorded seed reproduces its noise on any machine and kvlab version.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
 }
 
 /// Copies the donor's rows at the span's positions into `state`, same positions.
@@ -147,6 +357,7 @@ mod tests {
             span: SPAN,
             layers: layers.to_vec(),
             part,
+            heads: None,
             seq: 2,
         }
     }
@@ -257,5 +468,151 @@ mod tests {
             edited_state(&c, &[before, short]),
             Err(KvStateError::NoSuchPosition(2))
         );
+    }
+
+    /// The donor made of numbers: every value differs from [`state`]'s (no NaN from flipped
+    /// bits), so changed elements are visible.
+    fn numeric_donor(v_trans: bool) -> SeqState {
+        let mut d = state(v_trans);
+        let cells: Vec<CellRef> = d.cells().map(|(r, _)| r).collect();
+        for l in 0..N_LAYER {
+            for &c in &cells {
+                let k: Vec<f32> = d.k_row_f32(l, c).unwrap().iter().map(|x| x + 0.5).collect();
+                let v: Vec<f32> = d
+                    .v_row_f32(l, c)
+                    .unwrap()
+                    .iter()
+                    .map(|x| x - 0.25)
+                    .collect();
+                d.write_k_row_f32(l, c, &k).unwrap();
+                d.write_v_row_f32(l, c, &v).unwrap();
+            }
+        }
+        d
+    }
+
+    /// Rows are 4 values: 2 heads of 2.
+    fn with_heads(mut c: PlannedCondition, heads: &[u32]) -> PlannedCondition {
+        c.heads = Some((heads.to_vec(), 2));
+        c
+    }
+
+    #[test]
+    fn per_head_edits_touch_only_the_chosen_heads_values() {
+        for v_trans in [false, true] {
+            let (before, d) = (state(v_trans), numeric_donor(v_trans));
+            let layers = [1];
+            let c = with_heads(
+                planned(Edit::Transplant { donor: 1 }, &layers, KvPart::Both),
+                &[1],
+            );
+            let after = edited_state(&c, &[before.clone(), d.clone()]).unwrap();
+            check_rows(
+                &before,
+                &after,
+                in_scope(&layers, KvPart::Both),
+                |layer, cell, is_v| {
+                    // Head 0 (bytes 0..4) stays; head 1 (bytes 4..8) is the donor's.
+                    let (k0, v0) = rows(&before, layer, cell);
+                    let (k1, v1) = rows(&d, layer, cell);
+                    let (mine, theirs) = if is_v { (v0, v1) } else { (k0, k1) };
+                    [&mine[..4], &theirs[4..]].concat()
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn zero_on_every_head_is_zero_bit_for_bit() {
+        for v_trans in [false, true] {
+            let before = state(v_trans);
+            let all = planned(Edit::Zero, &[0, 2], KvPart::Both);
+            let heads = with_heads(all.clone(), &[0, 1]);
+            let one = std::slice::from_ref(&before);
+            assert_eq!(
+                edited_state(&heads, one).unwrap().serialize(),
+                edited_state(&all, one).unwrap().serialize()
+            );
+        }
+    }
+
+    #[test]
+    fn mean_and_noise_change_exactly_the_chosen_rows() {
+        for v_trans in [false, true] {
+            let (before, d) = (state(v_trans), numeric_donor(v_trans));
+            let states = [before.clone(), d.clone()];
+            let layers = [0, 2];
+            let c = planned(Edit::Mean { over: vec![0, 1] }, &layers, KvPart::K);
+            let after = edited_state(&c, &states).unwrap();
+            check_rows(
+                &before,
+                &after,
+                in_scope(&layers, KvPart::K),
+                |layer, cell, _| {
+                    let a = before.k_row_f32(layer, cell).unwrap();
+                    let b = d.k_row_f32(layer, cell).unwrap();
+                    let mut m = before.clone();
+                    let mean: Vec<f32> = a.iter().zip(&b).map(|(x, y)| (x + y) / 2.0).collect();
+                    m.write_k_row_f32(layer, cell, &mean).unwrap();
+                    m.k_row_bytes(layer, cell).unwrap().to_vec()
+                },
+            );
+            let c = planned(
+                Edit::Noise {
+                    scale: 3.0,
+                    seed: 7,
+                },
+                &layers,
+                KvPart::V,
+            );
+            let after = edited_state(&c, &states).unwrap();
+            let again = edited_state(&c, &states).unwrap();
+            assert_eq!(
+                after.serialize(),
+                again.serialize(),
+                "a seed draws the same noise"
+            );
+            for (cell, meta) in before.cells() {
+                for layer in 0..N_LAYER {
+                    let touched = in_scope(&layers, KvPart::V)(layer, meta.pos, true);
+                    let (k0, v0) = rows(&before, layer, cell);
+                    let (k1, v1) = rows(&after, layer, cell);
+                    assert_eq!(k0, k1, "K untouched");
+                    assert_eq!(v0 != v1, touched, "V of layer {layer} at {}", meta.pos);
+                }
+            }
+            let other = planned(
+                Edit::Noise {
+                    scale: 3.0,
+                    seed: 8,
+                },
+                &layers,
+                KvPart::V,
+            );
+            assert_ne!(
+                edited_state(&other, &states).unwrap().serialize(),
+                after.serialize(),
+                "another seed draws other noise"
+            );
+        }
+    }
+
+    #[test]
+    fn noise_of_scale_zero_and_a_mean_over_the_variant_alone_change_nothing() {
+        for v_trans in [false, true] {
+            let before = state(v_trans);
+            let states = [before.clone(), numeric_donor(v_trans)];
+            for edit in [
+                Edit::Noise {
+                    scale: 0.0,
+                    seed: 1,
+                },
+                Edit::Mean { over: vec![0] },
+            ] {
+                let c = planned(edit, &[0, 1, 2], KvPart::Both);
+                let after = edited_state(&c, &states).unwrap();
+                assert_eq!(after.serialize(), before.serialize());
+            }
+        }
     }
 }

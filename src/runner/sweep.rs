@@ -55,7 +55,11 @@ pub fn run_sweep(
         conditions: conditions(sweep, &items),
         ..spec.clone()
     };
-    let plan = Plan::resolve(&sweep_spec, prompts, needle, n_layer)?;
+    let shape = super::plan::CacheShape {
+        n_layer,
+        n_head_kv: model.info().n_head_kv,
+    };
+    let plan = Plan::resolve(&sweep_spec, prompts, needle, shape)?;
     let measure = what_to_measure(model, spec, options, &mut on_event)?;
     let probe_ids = score::probe_token_ids(model, &spec.probes);
 

@@ -186,7 +186,36 @@ pub fn html(s: &Session) -> String {
         r.needle_span,
         prompt_html(r)
     );
-    // Outcome grid.
+    grid_html(&mut out, r);
+    if !r.complete {
+        out.push_str("<p class=\"undecided\">The run was stopped early: partial results.</p>");
+    }
+    scores_html(&mut out, r);
+    if let Some(probe) = r.spec.probes.first() {
+        let _ = write!(
+            out,
+            "<h2>Probability of {:?} per step</h2>{}",
+            probe,
+            probe_svg(r, 0)
+        );
+    }
+    if let Some(d) = &r.kv_delta {
+        let _ = write!(
+            out,
+            "<h2>K/V difference, {} vs {}</h2><p class=\"small\">L2 norm per layer (rows) and position (columns)</p><table class=\"kv\"><tr><td>{}</td><td>{}</td></tr></table>",
+            esc(&d.variant_a),
+            esc(&d.variant_b),
+            heatmap_svg(&d.k_l2, "K"),
+            heatmap_svg(&d.v_l2, "V")
+        );
+    }
+    model_html(&mut out, s, r);
+    out.push_str("</body></html>");
+    out
+}
+
+/// The outcome grid: baselines, then each row's cells with verdict, scores and text.
+fn grid_html(out: &mut String, r: &RunResults) {
     out.push_str("<h2>Outcome grid</h2><table id=\"grid\"><tr><th>condition</th>");
     for v in &r.variants {
         let _ = write!(out, "<th>{}</th>", esc(&v.name));
@@ -216,10 +245,10 @@ pub fn html(s: &Session) -> String {
         out.push_str("</tr>");
     }
     out.push_str("</table>");
-    if !r.complete {
-        out.push_str("<p class=\"undecided\">The run was stopped early: partial results.</p>");
-    }
-    // Score table.
+}
+
+/// The score table: what each verdict compares, per condition, and the baseline-text scores.
+fn scores_html(out: &mut String, r: &RunResults) {
     out.push_str("<h2>Scores</h2><table id=\"scores\"><tr><th>condition</th><th>prompt</th><th>verdict</th><th>preference</th>");
     for v in &r.variants {
         let _ = write!(out, "<th>log P({} answers)</th>", esc(&v.name));
@@ -266,24 +295,10 @@ pub fn html(s: &Session) -> String {
          under the edited cache, per token: they are not the answers.</p>",
         esc(grid::PREFERENCE_HELP)
     );
-    if let Some(probe) = r.spec.probes.first() {
-        let _ = write!(
-            out,
-            "<h2>Probability of {:?} per step</h2>{}",
-            probe,
-            probe_svg(r, 0)
-        );
-    }
-    if let Some(d) = &r.kv_delta {
-        let _ = write!(
-            out,
-            "<h2>K/V difference, {} vs {}</h2><p class=\"small\">L2 norm per layer (rows) and position (columns)</p><table class=\"kv\"><tr><td>{}</td><td>{}</td></tr></table>",
-            esc(&d.variant_a),
-            esc(&d.variant_b),
-            heatmap_svg(&d.k_l2, "K"),
-            heatmap_svg(&d.v_l2, "V")
-        );
-    }
+}
+
+/// The model, the settings and the versions the results came from.
+fn model_html(out: &mut String, s: &Session, r: &RunResults) {
     let info = &r.model_info;
     let _ = write!(
         out,
@@ -303,8 +318,6 @@ pub fn html(s: &Session) -> String {
         esc(&r.llama_cpp_2_version),
         esc(&s.modified)
     );
-    out.push_str("</body></html>");
-    out
 }
 
 /// Markdown: the grid as a table, plus notes.

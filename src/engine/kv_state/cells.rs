@@ -1,7 +1,7 @@
 //! Finding a sequence state's cells and reading, zeroing and copying their rows. Every edit
 //! keeps byte lengths and structure, so an edited state serializes to bytes llama.cpp accepts.
 
-use super::values::{decode_values, ggml_type_name};
+use super::values::{decode_values, encode_values, ggml_type_name};
 use super::{CellMeta, CellRef, KvPart, KvStateError, SeqState, Stream, VBlock};
 
 impl SeqState {
@@ -115,6 +115,48 @@ impl SeqState {
         let mut out = Vec::new();
         decode_values(t, &bytes, &mut out)?;
         Ok(out)
+    }
+
+    /// Writes numbers into one cell's K row in one layer (float caches only).
+    pub fn write_k_row_f32(
+        &mut self,
+        layer: usize,
+        r: CellRef,
+        values: &[f32],
+    ) -> Result<(), KvStateError> {
+        self.check_layer(layer)?;
+        let b = &mut self.stream_mut(r)?.k[layer];
+        let row = &mut b.data[r.cell * b.row_size..(r.cell + 1) * b.row_size];
+        encode_values(b.ggml_type, values, row)
+    }
+
+    /// Writes numbers into one cell's V values in one layer (scattered when V is transposed;
+    /// float caches only).
+    pub fn write_v_row_f32(
+        &mut self,
+        layer: usize,
+        r: CellRef,
+        values: &[f32],
+    ) -> Result<(), KvStateError> {
+        self.check_layer(layer)?;
+        let s = self.stream_mut(r)?;
+        let n_cells = s.cells.len();
+        match &mut s.v[layer] {
+            VBlock::Rows(b) => {
+                let row = &mut b.data[r.cell * b.row_size..(r.cell + 1) * b.row_size];
+                encode_values(b.ggml_type, values, row)
+            }
+            VBlock::Transposed(b) => {
+                let mut bytes = vec![0u8; b.n_embd * b.el_size];
+                encode_values(b.ggml_type, values, &mut bytes)?;
+                for j in 0..b.n_embd {
+                    let at = (j * n_cells + r.cell) * b.el_size;
+                    b.data[at..at + b.el_size]
+                        .copy_from_slice(&bytes[j * b.el_size..(j + 1) * b.el_size]);
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Sets one cell's rows to zero in one layer. All-zero bytes are exact zeros for the float

@@ -52,3 +52,26 @@ pub(super) fn decode_values(t: i32, bytes: &[u8], out: &mut Vec<f32>) -> Result<
     }
     Ok(())
 }
+
+/// Writes `values` as ggml type `t` (the float types; quantized blocks cannot take arbitrary
+/// numbers). A value read from a row and written back is the same bytes (f16 and bf16 widen to
+/// f32 exactly and narrow back exactly).
+pub(super) fn encode_values(t: i32, values: &[f32], out: &mut [u8]) -> Result<(), KvStateError> {
+    let size = element_size(t).ok_or_else(|| KvStateError::UnreadableType(ggml_type_name(t)))?;
+    if out.len() != values.len() * size {
+        return Err(KvStateError::Mismatch(format!(
+            "{} values do not fill a row of {} bytes of {}",
+            values.len(),
+            out.len(),
+            ggml_type_name(t)
+        )));
+    }
+    for (v, o) in values.iter().zip(out.chunks_exact_mut(size)) {
+        match t {
+            GGML_TYPE_F32 => o.copy_from_slice(&v.to_le_bytes()),
+            GGML_TYPE_F16 => o.copy_from_slice(&f16::from_f32(*v).to_le_bytes()),
+            _ => o.copy_from_slice(&bf16::from_f32(*v).to_le_bytes()),
+        }
+    }
+    Ok(())
+}

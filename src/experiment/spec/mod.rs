@@ -15,7 +15,7 @@ mod tests;
 
 pub use crate::engine::KvPart;
 pub use legacy::{upgrade_condition, upgrade_conditions};
-pub use op::{Condition, Op};
+pub use op::{Condition, DEFAULT_NOISE_SCALE, Op};
 pub use prompt::{PromptMode, PromptSpec, Turn, Variant};
 pub use site::{LayerSet, Site, Span};
 
@@ -270,6 +270,22 @@ impl ExperimentSpec {
         {
             return Err(SpecError::NoPlaceholder);
         }
+        let names = self.variant_names()?;
+        self.check_conditions(&names)?;
+        if let Some(s) = self.needle_span
+            && s.is_empty()
+        {
+            return Err(SpecError::Span(format!(
+                "the needle span {}..{} is empty",
+                s.start, s.end
+            )));
+        }
+        self.check_generation()
+    }
+
+    /// The variants' names, checked: at least one (two without an explicit needle span),
+    /// none empty, no two alike.
+    fn variant_names(&self) -> Result<BTreeSet<&str>, SpecError> {
         if self.variants.is_empty() {
             return Err(SpecError::Variants("the experiment has no variants".into()));
         }
@@ -291,6 +307,11 @@ impl ExperimentSpec {
                 )));
             }
         }
+        Ok(names)
+    }
+
+    /// Each condition names existing variants and an op that can act at its site.
+    fn check_conditions(&self, names: &BTreeSet<&str>) -> Result<(), SpecError> {
         for (index, c) in self.conditions.iter().enumerate() {
             let err = |reason: String| SpecError::Condition {
                 index,
@@ -305,16 +326,20 @@ impl ExperimentSpec {
             {
                 return Err(err(format!("there is no donor variant named {from:?}")));
             }
+            if let Op::Mean { over } = &c.op
+                && let Some(v) = over.iter().find(|v| !names.contains(v.as_str()))
+            {
+                return Err(err(format!(
+                    "the mean is over {v:?}, which is not a variant"
+                )));
+            }
             check_site(&c.op, &c.site).map_err(err)?;
         }
-        if let Some(s) = self.needle_span
-            && s.is_empty()
-        {
-            return Err(SpecError::Span(format!(
-                "the needle span {}..{} is empty",
-                s.start, s.end
-            )));
-        }
+        Ok(())
+    }
+
+    /// Generation settings, probes and the number of sequences are in range.
+    fn check_generation(&self) -> Result<(), SpecError> {
         if self.generation.max_tokens == 0 {
             return Err(SpecError::Generation(
                 "max_tokens must be at least 1".into(),
@@ -400,6 +425,23 @@ pub fn check_site(op: &Op, site: &Site) -> Result<(), String> {
         && s.is_empty()
     {
         return Err("no layer is selected".into());
+    }
+    if let Some(heads) = &site.heads {
+        if heads.is_empty() {
+            return Err("no head is selected".into());
+        }
+        if *op == Op::Remove {
+            return Err(
+                "remove takes whole cells out of the sequence, so it acts on every \
+                 head; use zero to act on some heads"
+                    .into(),
+            );
+        }
+    }
+    if let Op::Noise { scale, .. } = op
+        && !(scale.is_finite() && *scale >= 0.0)
+    {
+        return Err(format!("the noise scale is {scale}: give a number ≥ 0"));
     }
     Ok(())
 }

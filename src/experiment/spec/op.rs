@@ -11,7 +11,7 @@ use super::site::Site;
 ///
 /// Read through [`RawOp`] so that a field the op does not take is an error, not silently
 /// ignored (serde ignores unknown fields in the unit variants of internally tagged enums).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", try_from = "RawOp")]
 pub enum Op {
     /// Nothing: the control.
@@ -25,6 +25,22 @@ pub enum Op {
     },
     /// The cells leave the sequence (masked from attention; later positions unchanged).
     Remove,
+    /// Rows replaced by their mean over a reference set of variants at the same positions (the
+    /// same position means the same RoPE phase, so the mean of K is meaningful): an in-
+    /// distribution "average needle" instead of zero's out-of-distribution rows.
+    Mean {
+        /// The variants averaged (empty: every variant of the experiment).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        over: Vec<String>,
+    },
+    /// Gaussian noise added to the rows, σ = `scale` × the standard deviation of that layer's
+    /// K (or V) values over the prompt (causal tracing uses 3), drawn from `seed`.
+    Noise {
+        /// σ in units of the layer's standard deviation.
+        scale: f32,
+        /// The random seed (the same seed draws the same noise).
+        seed: u64,
+    },
 }
 
 /// An op as written in a file, before its fields are checked against its kind.
@@ -34,35 +50,55 @@ struct RawOp {
     kind: String,
     #[serde(default)]
     from: Option<String>,
+    #[serde(default)]
+    over: Option<Vec<String>>,
+    #[serde(default)]
+    scale: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
 }
+
+/// The default noise scale: causal tracing's 3 σ.
+pub const DEFAULT_NOISE_SCALE: f32 = 3.0;
 
 impl TryFrom<RawOp> for Op {
     type Error = String;
 
     fn try_from(raw: RawOp) -> Result<Op, String> {
-        let op = match raw.kind.as_str() {
+        let kind = raw.kind.as_str();
+        // Each field is taken by one kind only.
+        for (field, given, owner) in [
+            ("from", raw.from.is_some(), "transplant"),
+            ("over", raw.over.is_some(), "mean"),
+            ("scale", raw.scale.is_some(), "noise"),
+            ("seed", raw.seed.is_some(), "noise"),
+        ] {
+            if given && kind != owner {
+                return Err(format!("{kind} takes no `{field}` (only {owner} does)"));
+            }
+        }
+        Ok(match kind {
             "none" => Op::None,
             "zero" => Op::Zero,
             "remove" => Op::Remove,
-            "transplant" => {
-                let from = raw
+            "transplant" => Op::Transplant {
+                from: raw
                     .from
-                    .ok_or("transplant needs `from`: the donor variant's name")?;
-                return Ok(Op::Transplant { from });
-            }
+                    .ok_or("transplant needs `from`: the donor variant's name")?,
+            },
+            "mean" => Op::Mean {
+                over: raw.over.unwrap_or_default(),
+            },
+            "noise" => Op::Noise {
+                scale: raw.scale.unwrap_or(DEFAULT_NOISE_SCALE),
+                seed: raw.seed.unwrap_or(0),
+            },
             other => {
                 return Err(format!(
-                    "unknown intervention `{other}`: expected none, zero, transplant or remove"
+                    "unknown intervention `{other}`: expected none, zero, transplant, mean, noise or remove"
                 ));
             }
-        };
-        if raw.from.is_some() {
-            return Err(format!(
-                "{} takes no `from` (only transplant does)",
-                raw.kind
-            ));
-        }
-        Ok(op)
+        })
     }
 }
 
@@ -74,6 +110,9 @@ impl Op {
             Op::Zero => "zero".into(),
             Op::Transplant { from } => format!("transplant from {from}"),
             Op::Remove => "remove".into(),
+            Op::Mean { over } if over.is_empty() => "mean".into(),
+            Op::Mean { over } => format!("mean of {}", over.join(",")),
+            Op::Noise { scale, seed } => format!("noise {scale}σ (seed {seed})"),
         }
     }
 
@@ -91,12 +130,12 @@ impl Op {
 
     /// Whether the op edits row contents (as opposed to the control, or removing whole cells).
     pub fn edits_rows(&self) -> bool {
-        matches!(self, Op::Zero | Op::Transplant { .. })
+        !matches!(self, Op::None | Op::Remove)
     }
 }
 
 /// One cell of the grid: a variant's prompt with an op applied at a site.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     /// Row label in the grid; conditions of different variants with the same label share a row.

@@ -178,6 +178,10 @@ pub struct Site {
     /// K, V or both (default both).
     #[serde(default = "both", skip_serializing_if = "is_both")]
     pub part: KvPart,
+    /// KV heads touched (default all): a K or V row is `n_head_kv` heads of `head_dim`
+    /// values, and per-head surgery edits only these heads' values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<BTreeSet<u32>>,
 }
 
 impl Default for Site {
@@ -187,6 +191,7 @@ impl Default for Site {
             span: None,
             layers: LayerSet::All,
             part: KvPart::Both,
+            heads: None,
         }
     }
 }
@@ -200,9 +205,9 @@ impl Site {
     /// The needle in some layers and part.
     pub fn layers(layers: LayerSet, part: KvPart) -> Site {
         Site {
-            span: None,
             layers,
             part,
+            ..Site::default()
         }
     }
 
@@ -216,6 +221,10 @@ impl Site {
             KvPart::K => s.push_str(" [K]"),
             KvPart::V => s.push_str(" [V]"),
             KvPart::Both => {}
+        }
+        if let Some(heads) = &self.heads {
+            let list: Vec<String> = heads.iter().map(u32::to_string).collect();
+            s.push_str(&format!(" [heads {}]", list.join(",")));
         }
         if let Some(span) = self.span {
             s.push_str(&format!(" @{span}"));

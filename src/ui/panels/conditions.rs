@@ -88,11 +88,11 @@ fn condition_row(
         });
     named(combo.response, format!("Variant of condition {}", i + 1));
     intervention_combo(ui, i, c, names);
-    if let Op::Transplant { from } = &c.op {
-        ui.label(format!("from {from}"));
-    } else {
-        ui.label("");
-    }
+    match &c.op {
+        Op::Transplant { from } => ui.label(format!("from {from}")),
+        Op::Mean { .. } | Op::Noise { .. } => ui.label(c.op.short()),
+        _ => ui.label(""),
+    };
     let removing = c.op == Op::Remove;
     ui.add_enabled_ui(!removing, |ui| match n_layer {
         Some(n) => layer_range(ui, i, c, n),
@@ -120,6 +120,8 @@ fn intervention_combo(ui: &mut Ui, i: usize, c: &mut Condition, names: &[String]
         Op::Zero => "zero",
         Op::Transplant { .. } => "transplant",
         Op::Remove => "remove",
+        Op::Mean { .. } => "mean",
+        Op::Noise { .. } => "noise",
     };
     let combo = egui::ComboBox::from_id_salt(("ci", i))
         .selected_text(kind)
@@ -131,10 +133,32 @@ fn intervention_combo(ui: &mut Ui, i: usize, c: &mut Condition, names: &[String]
             if ui.selectable_label(kind == "zero", "zero").clicked() {
                 c.op = Op::Zero;
             }
+            if ui
+                .selectable_label(kind == "mean", "mean")
+                .on_hover_text(
+                    "The rows become their mean over every variant at the same positions",
+                )
+                .clicked()
+            {
+                c.op = Op::Mean { over: Vec::new() };
+            }
+            if ui
+                .selectable_label(kind == "noise", "noise")
+                .on_hover_text(
+                    "Gaussian noise of 3 σ of each layer's values added to the rows (seed 0)",
+                )
+                .clicked()
+            {
+                c.op = Op::Noise {
+                    scale: crate::experiment::spec::DEFAULT_NOISE_SCALE,
+                    seed: 0,
+                };
+            }
             if ui.selectable_label(kind == "remove", "remove").clicked() {
                 c.op = Op::Remove;
                 c.site.layers = LayerSet::All;
                 c.site.part = KvPart::Both;
+                c.site.heads = None;
             }
             for n in names.iter().filter(|n| **n != c.variant) {
                 if ui

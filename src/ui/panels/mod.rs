@@ -30,7 +30,7 @@ pub use frame::{
     WELCOME_TEXT, WelcomePanel, stale_banner,
 };
 pub use grid::OutcomeGrid;
-pub use model::ModelPanel;
+pub use model::{ModelPanel, UNSUPPORTED_BEFORE_LOADING};
 pub use sweeps::{SWEEP_STALE_TEXT, SWEEP_UNKNOWN_TEXT};
 pub use tokens::TokenStrip;
 

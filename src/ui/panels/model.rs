@@ -208,6 +208,10 @@ fn before_loading(ui: &mut Ui, ctx: &ViewCtx, path: &Option<std::path::PathBuf>,
     }
 }
 
+/// What the header check says of a model whose cache kvlab cannot edit.
+pub const UNSUPPORTED_BEFORE_LOADING: &str =
+    "Before loading: KV surgery is not supported for this model:";
+
 /// The header's description and the memory a run would need.
 fn header_grid(ui: &mut Ui, ctx: &ViewCtx, s: &GgufSummary, doc: &Document) {
     let (kv_bytes, n_seq) = run_kv_estimate(&doc.spec, ctx.prepared, s.kv_bytes_per_cell());
@@ -228,6 +232,7 @@ fn header_grid(ui: &mut Ui, ctx: &ViewCtx, s: &GgufSummary, doc: &Document) {
         );
         row("layers", s.n_layer.to_string());
         row("context", format!("{} trained", s.n_ctx_train));
+
         let total = kv_bytes.and_then(|kv| kv.checked_add(s.file_size));
         row(
             "memory needed",
@@ -240,6 +245,14 @@ fn header_grid(ui: &mut Ui, ctx: &ViewCtx, s: &GgufSummary, doc: &Document) {
             ),
         );
     });
+    if let Err(why) = s.kv_surgery_support() {
+        ui.label(
+            RichText::new(format!(
+                "{UNSUPPORTED_BEFORE_LOADING} {why}. It can be loaded for inspection only."
+            ))
+            .color(BAD),
+        );
+    }
 }
 
 /// The devices llama.cpp sees, the GPU-layers slider (in builds with a GPU backend, when a GPU
