@@ -113,11 +113,12 @@ pub enum RunEvent {
         /// Its text.
         piece: String,
     },
-    /// Steps done out of total (generation and scoring).
+    /// Work done out of the current stage's total: prompt tokens while the prompts are
+    /// evaluated ([`EVALUATING_PROMPTS`]), generation and scoring steps after, sweep items.
     Progress {
-        /// Done.
+        /// Units done.
         done: usize,
-        /// Total.
+        /// Units in all.
         total: usize,
     },
 }

@@ -14,7 +14,7 @@ use crate::gguf::GgufSummary;
 /// The loaded model, as the UI knows it.
 #[derive(Debug, Clone)]
 pub struct ModelView {
-    /// Its file.
+    /// The GGUF file it was loaded from.
     pub path: PathBuf,
     /// Its metadata.
     pub info: ModelInfo,

@@ -35,7 +35,7 @@ pub enum WorkerEvent {
     LoadProgress(f32),
     /// A model is ready.
     ModelLoaded {
-        /// Its file.
+        /// The GGUF file it was loaded from.
         path: PathBuf,
         /// Its metadata.
         info: ModelInfo,
