@@ -272,4 +272,7 @@ fn ablations_reduce_to_the_control_and_to_zero_where_they_should() {
     assert!(!same(0, 5), "the mean over both cities edits the needle");
     assert!(!same(0, 6), "3σ noise edits the needle");
     assert_eq!(c[6].label, "noise 3σ (seed 1)");
+    // Draws of one noise are summarized under the grid.
+    let table = kvlab::experiment::grid::to_table(&r, false);
+    assert!(table.contains("SF, noise 3σ over 2 seeds"), "{table}");
 }

@@ -184,6 +184,13 @@ pub fn to_table(results: &RunResults, color: bool) -> String {
             }
         }
     }
+    let noise = super::samples::noise_summaries(results);
+    if !noise.is_empty() {
+        let _ = writeln!(out, "\nnoise draws");
+        for s in noise {
+            let _ = writeln!(out, "  {s}");
+        }
+    }
     out
 }
 
@@ -227,6 +234,9 @@ pub fn to_markdown(results: &RunResults) -> String {
             })
             .collect();
         let _ = writeln!(out, "| {} | {} |", md_escape(&row.label), cells.join(" | "));
+    }
+    for s in super::samples::noise_summaries(results) {
+        let _ = writeln!(out, "\n- {}", md_escape(&s.to_string()));
     }
     out
 }

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod needle;
 pub mod outcome;
 pub mod results;
+pub mod samples;
 pub mod spec;
 pub mod sweep;
 
