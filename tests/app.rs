@@ -96,6 +96,15 @@ fn load_move_needle_add_condition_run_and_stop() {
             h.get_by_label("same as baseline");
         }
     }
+    // The K/V delta maps number their layers and positions and show their scale (issue #15).
+    if r.kv_delta.is_some() {
+        h.get_by_label("KV delta").click();
+        h.step();
+        h.get_by_label_contains("K: layer 0–29 (rows), position 0–");
+        h.get_by_label_contains("V: layer 0–29 (rows), position 0–");
+        h.get_by_label("Probe chart").click();
+        h.step();
+    }
     let first_piece = &r.conditions[0].generation.steps[0].token.piece;
     assert!(
         h.query_all_by_label(first_piece).count() > 0,
@@ -682,4 +691,163 @@ fn a_sweep_keeps_its_own_prompt_and_goes_stale_with_the_experiment() {
     h.state_mut().doc.sweep.as_mut().unwrap().spec = None;
     h.step();
     h.get_by_label(SWEEP_UNKNOWN_TEXT);
+}
+
+/// A harness with the window at `w` × `h` (no model).
+fn harness_sized(w: f32, h: f32) -> Harness<'static, KvlabApp> {
+    let prefs = Prefs {
+        threads: 2,
+        ..Prefs::default()
+    };
+    let app = KvlabApp::new(&egui::Context::default(), prefs);
+    Harness::builder()
+        .with_size(egui::vec2(w, h))
+        .allow_missing_glyphs()
+        .build_ui_state(|ui, app: &mut KvlabApp| app.show(ui), app)
+}
+
+fn within(outer: egui::Rect, inner: egui::Rect) -> bool {
+    outer.expand(0.5).contains_rect(inner)
+}
+
+/// A position × layer sweep over positions 3–5 of a six-token prompt, layers 0–2, the needle
+/// at 4.
+fn a_position_layer_sweep() -> kvlab::experiment::sweep::SweepResults {
+    use kvlab::engine::TokenPiece;
+    use kvlab::experiment::sweep::SweepKind;
+    let mut s = a_sweep();
+    s.sweep.kind = SweepKind::PositionLayer { range: None };
+    let p = s.points[0].clone();
+    s.points = (3..6)
+        .flat_map(|pos| (0..3).map(move |l| (pos, l)))
+        .map(|(pos, l)| {
+            let mut q = p.clone();
+            q.label = format!("position {pos}, layer {l}");
+            q.index = pos;
+            q.layer = Some(l);
+            q.preference = Some(-(pos as f64) - l as f64 * 0.5);
+            q
+        })
+        .collect();
+    s.tokens = (0..6)
+        .map(|i| TokenPiece {
+            id: i,
+            piece: format!("tok{i}"),
+        })
+        .collect();
+    s.spec.as_mut().unwrap().needle_span = Some(Span { start: 4, end: 5 });
+    s
+}
+
+/// Issue #15 item 9: the sweep map numbers its layers and positions and shows its colour scale;
+/// the position strip marks the needle.
+#[test]
+fn sweep_maps_have_axes_and_a_scale_and_the_strip_marks_the_needle() {
+    let mut h = harness(4);
+    let sweep = a_position_layer_sweep();
+    h.state_mut().doc.spec = sweep.spec.clone().unwrap();
+    h.state_mut().doc.sweep = Some(sweep.clone());
+    h.get_by_label("Sweeps").click();
+    h.step();
+    h.get_by_label_contains("layer 0–2 (rows), position 3–5 (columns)");
+    // The scale's ends: the effects' sizes run from |...| lowest to highest.
+    let effects = sweep.effects(0);
+    let abs: Vec<f64> = effects.iter().map(|e| e.abs()).collect();
+    let lo = abs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = abs.iter().copied().fold(0.0, f64::max);
+    h.get_by_label(&format!("{lo:.4}"));
+    h.get_by_label(&format!("{hi:.4}"));
+
+    // A position sweep over the same prompt: the needle's chip says so.
+    let mut strip = a_sweep();
+    strip.tokens = sweep.tokens.clone();
+    strip.spec = sweep.spec.clone();
+    h.state_mut().doc.sweep = Some(strip);
+    h.step();
+    // The needle's chip says so on hover (its accessible description); its neighbour does not.
+    let needle = h.get_by_label("tok4");
+    let d = needle.accesskit_node().description().unwrap_or_default();
+    assert!(d.contains("needle"), "{d}");
+    let other = h.get_by_label("tok3");
+    let d = other.accesskit_node().description().unwrap_or_default();
+    assert!(!d.contains("needle"), "{d}");
+}
+
+/// Issue #15 item 10: a sweep says how many items are done and about how long the rest takes.
+#[test]
+fn a_running_sweep_counts_items_and_estimates_the_time_left() {
+    let mut h = harness(4);
+    let started = std::time::Instant::now().checked_sub(std::time::Duration::from_secs(8));
+    h.state_mut().live = kvlab::ui::app::LiveGrid {
+        started,
+        sweep: true,
+        ..Default::default()
+    };
+    h.state_mut().busy = Busy::Running {
+        stage: "sweeping".into(),
+        done: 4,
+        total: 17,
+    };
+    h.step();
+    h.get_by_label_contains("4/17 items, about");
+    h.get_by_label_contains("s left");
+    // The app would go idle on its own only with a worker job; put it back for the drop.
+    h.state_mut().busy = Busy::Idle;
+    h.step();
+}
+
+/// Issue #15 item 11: a long error wraps inside a small window and can be dismissed.
+#[test]
+fn a_long_error_wraps_and_can_be_dismissed_in_a_small_window() {
+    let mut h = harness_sized(640.0, 480.0);
+    let long = "the model file /home/someone/models/a-very-long-directory-name/another/one/\
+                and-the-file-itself.Q4_K_M.gguf could not be read because "
+        .repeat(4);
+    h.state_mut().error = Some(long.clone());
+    h.step();
+    let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(640.0, 480.0));
+    let msg = h.get_by_label(&format!("Error: {long}")).rect();
+    assert!(
+        msg.max.x <= 640.5,
+        "the message wraps within the window: {msg:?}"
+    );
+    let dismiss = h.get_by_label("Dismiss");
+    assert!(within(window, dismiss.rect()), "{:?}", dismiss.rect());
+    dismiss.click();
+    h.step();
+    assert!(h.state().error.is_none());
+}
+
+/// Issue #15 item 11: at 640 × 480 Run and Stop stay in the window and the set-up column leaves
+/// the experiment room.
+#[test]
+fn run_and_stop_stay_visible_at_640_by_480() {
+    let mut h = harness_sized(640.0, 480.0);
+    h.run_steps(2);
+    let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(640.0, 480.0));
+    for b in ["Run", "Stop"] {
+        let r = h.get_by_label(b).rect();
+        assert!(within(window, r), "{b} is in the window: {r:?}");
+    }
+    let add = h.get_by_label("Add condition").rect();
+    // "Add condition" sits about 100 px into the middle column, which now starts before 300.
+    assert!(
+        add.min.x < 400.0,
+        "the middle keeps half the window: {add:?}"
+    );
+}
+
+/// Issue #15 item 11: without a file dialog, Open model… points at the path field.
+#[test]
+fn without_a_file_dialog_the_app_points_at_the_path_field() {
+    use kvlab::ui::app::{NO_DIALOG_MODEL, dialog_did_not_show};
+    assert!(dialog_did_not_show(std::time::Duration::from_millis(5)));
+    assert!(!dialog_did_not_show(std::time::Duration::from_secs(2)));
+    let mut h = harness(4);
+    h.state_mut().no_file_dialog = true;
+    h.get_by_label("Open model…").click();
+    h.run_steps(2);
+    assert_eq!(h.state().error.as_deref(), Some(NO_DIALOG_MODEL));
+    h.get_by_label(&format!("Error: {NO_DIALOG_MODEL}"));
+    h.get_by_label("Model path");
 }

@@ -65,6 +65,9 @@ pub struct LiveGrid {
     pub tokens: usize,
     /// When the run started.
     pub started: Option<Instant>,
+    /// The run is a sweep: its progress counts items (the status bar says how many and how
+    /// long the rest will take).
+    pub sweep: bool,
 }
 
 /// Why the experiment cannot run now, in words for a disabled Run button's hover text; `None`

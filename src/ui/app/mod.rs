@@ -23,6 +23,7 @@ use crate::engine::Device;
 use crate::experiment::sweep::{SweepKind, SweepSpec};
 use crate::runner::{Prepared, RowRef, RunEvent, RunOptions};
 use crate::session::{self, ModelRef, Session};
+pub use run_commands::{NO_DIALOG_MODEL, NO_DIALOG_OPEN, NO_DIALOG_SAVE, dialog_did_not_show};
 
 /// Seconds between autosaves of a changed session.
 const AUTOSAVE_EVERY_S: u64 = 5;
@@ -68,6 +69,10 @@ pub struct KvlabApp {
     pub tasks: BackgroundTasks,
     /// Close the window once the save under way succeeds (the close dialog's "Save").
     pub close_after_save: bool,
+    /// This desktop shows no file dialogs (none came up when asked: no file-chooser portal or
+    /// zenity). Set by the first one that fails, or by tests; then file commands say where else
+    /// to go instead of trying.
+    pub no_file_dialog: bool,
     ctx: egui::Context,
     saved_hash: u64,
     autosaved_hash: u64,
@@ -112,6 +117,7 @@ impl KvlabApp {
             peek: None,
             tasks: BackgroundTasks::default(),
             close_after_save: false,
+            no_file_dialog: false,
             ctx: ctx.clone(),
             saved_hash: 0,
             autosaved_hash: 0,

@@ -3,7 +3,44 @@
 
 use super::*;
 
+/// What Open model… says when no file dialog comes up.
+pub const NO_DIALOG_MODEL: &str = "No file dialog is available on this desktop (no file-chooser \
+    portal or zenity). Type or paste the model's path into the Model path field on the left and \
+    press Load, or drop the file on the window.";
+/// What Open session… says when no file dialog comes up.
+pub const NO_DIALOG_OPEN: &str = "No file dialog is available on this desktop (no file-chooser \
+    portal or zenity). Drop the session file on the window to open it, or pick it from \
+    Session ▸ recent sessions.";
+/// What Save as… says when no file dialog comes up.
+pub const NO_DIALOG_SAVE: &str = "No file dialog is available on this desktop (no file-chooser \
+    portal or zenity), so the session cannot be saved under a new name here. Sessions opened \
+    from a file save back to it, and the work is autosaved.";
+
+/// A dialog that returns nothing this fast did not come up: nobody cancels one in a blink.
+const DIALOG_BLINK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Whether a file dialog that returned nothing after `took` never showed.
+pub fn dialog_did_not_show(took: std::time::Duration) -> bool {
+    took < DIALOG_BLINK
+}
+
 impl KvlabApp {
+    /// Shows a file dialog; when none comes up (it returned nothing at once, or an earlier one
+    /// did), shows `instead` as the error: where else to go.
+    fn file_dialog<T>(&mut self, instead: &str, show: impl FnOnce() -> Option<T>) -> Option<T> {
+        if self.no_file_dialog {
+            self.error = Some(instead.into());
+            return None;
+        }
+        let t0 = Instant::now();
+        let picked = show();
+        if picked.is_none() && dialog_did_not_show(t0.elapsed()) {
+            self.no_file_dialog = true;
+            self.error = Some(instead.into());
+        }
+        picked
+    }
+
     /// Runs the queued commands.
     pub fn run_commands(&mut self) {
         // Re-tokenize whenever the prompt or the variants changed.
@@ -22,10 +59,11 @@ impl KvlabApp {
         for c in self.commands.take() {
             match c {
                 Command::PickModel => {
-                    if let Some(path) = rfd::FileDialog::new()
-                        .add_filter("GGUF model", &["gguf"])
-                        .pick_file()
-                    {
+                    if let Some(path) = self.file_dialog(NO_DIALOG_MODEL, || {
+                        rfd::FileDialog::new()
+                            .add_filter("GGUF model", &["gguf"])
+                            .pick_file()
+                    }) {
                         self.queue(Command::LoadModel(path));
                         self.run_commands();
                     }
@@ -65,21 +103,23 @@ impl KvlabApp {
                 },
                 Command::SaveAs => {
                     let name = format!("{}.{}", self.doc.spec.name, session::EXTENSION);
-                    if let Some(p) = rfd::FileDialog::new()
-                        .add_filter("kvlab session", &[session::EXTENSION])
-                        .set_file_name(name)
-                        .save_file()
-                    {
+                    if let Some(p) = self.file_dialog(NO_DIALOG_SAVE, || {
+                        rfd::FileDialog::new()
+                            .add_filter("kvlab session", &[session::EXTENSION])
+                            .set_file_name(name)
+                            .save_file()
+                    }) {
                         self.save_to(&p);
                     } else {
                         self.close_after_save = false;
                     }
                 }
                 Command::Open => {
-                    if let Some(p) = rfd::FileDialog::new()
-                        .add_filter("kvlab session", &[session::EXTENSION])
-                        .pick_file()
-                    {
+                    if let Some(p) = self.file_dialog(NO_DIALOG_OPEN, || {
+                        rfd::FileDialog::new()
+                            .add_filter("kvlab session", &[session::EXTENSION])
+                            .pick_file()
+                    }) {
                         self.open_session(&p);
                     }
                 }
@@ -135,6 +175,7 @@ impl KvlabApp {
             conditions: vec![String::new(); self.doc.spec.conditions.len()],
             tokens: 0,
             started: Some(Instant::now()),
+            sweep: false,
         };
         // The current results stay until this run completes (see `on_event`).
         self.busy = Busy::Running {
@@ -185,6 +226,7 @@ impl KvlabApp {
         self.error = None;
         self.live = LiveGrid {
             started: Some(Instant::now()),
+            sweep: true,
             ..LiveGrid::default()
         };
         self.busy = Busy::Running {

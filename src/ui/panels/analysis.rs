@@ -110,9 +110,10 @@ impl AnalysisPanel {
             d.variant_a, d.variant_b
         ));
         ui.horizontal(|ui| {
-            heatmap(ui, "K", &d.k_l2, Vec2::new(4.0, 6.0), "layer", "position");
+            let axes = HeatAxes::new("layer", "position");
+            ui.vertical(|ui| heatmap(ui, "K", &d.k_l2, Vec2::new(4.0, 6.0), &axes));
             ui.add_space(12.0);
-            heatmap(ui, "V", &d.v_l2, Vec2::new(4.0, 6.0), "layer", "position");
+            ui.vertical(|ui| heatmap(ui, "V", &d.v_l2, Vec2::new(4.0, 6.0), &axes));
         });
         if let Some(rows) = &d.layer_rows {
             let abs = |m: &Vec<Vec<f32>>| -> Vec<Vec<f32>> {
@@ -124,22 +125,9 @@ impl AnalysisPanel {
                 "layer {}: |difference| per position (rows) and channel (columns)",
                 rows.layer
             ));
-            heatmap(
-                ui,
-                "K",
-                &abs(&rows.k),
-                Vec2::new(2.0, 3.0),
-                "position",
-                "channel",
-            );
-            heatmap(
-                ui,
-                "V",
-                &abs(&rows.v),
-                Vec2::new(2.0, 3.0),
-                "position",
-                "channel",
-            );
+            let axes = HeatAxes::new("position", "channel");
+            heatmap(ui, "K", &abs(&rows.k), Vec2::new(2.0, 3.0), &axes);
+            heatmap(ui, "V", &abs(&rows.v), Vec2::new(2.0, 3.0), &axes);
         }
     }
 }
@@ -234,10 +222,10 @@ fn score_row(
     ui.end_row();
 }
 
-/// The colour of `value` on a dark-to-yellow scale up to `max`.
-fn heat(value: f32, max: f32) -> Color32 {
-    let t = if max > 0.0 {
-        (value / max).clamp(0.0, 1.0)
+/// The colour of `value` on a dark-to-yellow scale from `lo` to `hi`.
+fn heat(value: f32, lo: f32, hi: f32) -> Color32 {
+    let t = if hi > lo {
+        ((value - lo) / (hi - lo)).clamp(0.0, 1.0)
     } else {
         0.0
     };
@@ -245,31 +233,180 @@ fn heat(value: f32, max: f32) -> Color32 {
     Color32::from_rgb(c(20.0, 255.0), c(24.0, 200.0), c(60.0, 40.0))
 }
 
-/// A heatmap of `rows`, one `cell` per value, with the value under the pointer on hover.
-pub(super) fn heatmap(
-    ui: &mut Ui,
-    title: &str,
-    rows: &[Vec<f32>],
-    cell: Vec2,
-    row_name: &str,
-    col_name: &str,
-) {
-    ui.label(RichText::new(title).strong());
-    let max = rows.iter().flatten().copied().fold(0f32, f32::max);
-    let n_cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let size = Vec2::new(n_cols as f32 * cell.x, rows.len() as f32 * cell.y);
-    let (resp, painter) = ui.allocate_painter(size, Sense::hover());
-    for (ri, row) in rows.iter().enumerate() {
-        for (ci, &v) in row.iter().enumerate() {
-            let min = resp.rect.min + Vec2::new(ci as f32 * cell.x, ri as f32 * cell.y);
-            painter.rect_filled(egui::Rect::from_min_size(min, cell), 0.0, heat(v, max));
+/// Which of `n` cells `cell` pixels apart get a number so that numbers stay `gap` pixels apart:
+/// every 1, 2, 5, 10, 20, 50 … cells from 0.
+pub(super) fn ticks(n: usize, cell: f32, gap: f32) -> Vec<usize> {
+    let mut step = 1usize;
+    for s in [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] {
+        step = s;
+        if s as f32 * cell >= gap {
+            break;
         }
     }
-    if let Some(p) = resp.hover_pos() {
-        let rel = p - resp.rect.min;
-        let (ri, ci) = ((rel.y / cell.y) as usize, (rel.x / cell.x) as usize);
-        if let Some(v) = rows.get(ri).and_then(|r| r.get(ci)) {
-            resp.on_hover_text(format!("{row_name} {ri}, {col_name} {ci}: {v:.4}"));
+    (0..n).step_by(step).collect()
+}
+
+/// What a heatmap's axes say besides the values.
+pub(super) struct HeatAxes<'a> {
+    /// What a row is ("layer").
+    pub row_name: &'a str,
+    /// What a column is ("position").
+    pub col_name: &'a str,
+    /// The number of the first column (a map that starts at position 5 says 5 there).
+    pub first_col: usize,
+    /// Each column's text (tokens), shown on hover.
+    pub col_text: Option<&'a dyn Fn(usize) -> Option<String>>,
+    /// Columns to frame and call so on hover (the needle).
+    pub marked: Option<(std::ops::Range<usize>, &'a str)>,
+}
+
+impl<'a> HeatAxes<'a> {
+    /// Rows and columns named, numbered from 0, nothing marked.
+    pub fn new(row_name: &'a str, col_name: &'a str) -> Self {
+        HeatAxes {
+            row_name,
+            col_name,
+            first_col: 0,
+            col_text: None,
+            marked: None,
         }
+    }
+}
+
+/// A heatmap of `rows`, one `cell` per value: row numbers on the left, column numbers below,
+/// the colour scale with its lowest and highest value beside it, and the value under the
+/// pointer on hover.
+pub(super) fn heatmap(ui: &mut Ui, title: &str, rows: &[Vec<f32>], cell: Vec2, axes: &HeatAxes) {
+    ui.label(RichText::new(title).strong());
+    let values = || rows.iter().flatten().copied().filter(|v| v.is_finite());
+    let hi = values().fold(f32::NEG_INFINITY, f32::max);
+    let lo = values().fold(f32::INFINITY, f32::min);
+    let (lo, hi) = if lo <= hi { (lo, hi) } else { (0.0, 0.0) };
+    let n_cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let font = egui::FontId::monospace(9.0);
+    let ink = ui.visuals().text_color();
+    let last_row = rows.len().saturating_sub(1);
+    let last_col = axes.first_col + n_cols.saturating_sub(1);
+    let digits = |n: usize| n.to_string().len() as f32;
+    let left = 6.0 * digits(last_row) + 4.0;
+    // Room above for the first row's number, which is taller than a row.
+    let (above, below) = (4.0, 12.0);
+    let map = Vec2::new(n_cols as f32 * cell.x, rows.len() as f32 * cell.y);
+    let size = map + Vec2::new(left, above + below);
+    let (resp, painter) = ui.allocate_painter(size, Sense::hover());
+    let origin = resp.rect.min + Vec2::new(left, above);
+    for (ri, row) in rows.iter().enumerate() {
+        for (ci, &v) in row.iter().enumerate() {
+            let min = origin + Vec2::new(ci as f32 * cell.x, ri as f32 * cell.y);
+            painter.rect_filled(egui::Rect::from_min_size(min, cell), 0.0, heat(v, lo, hi));
+        }
+    }
+    for ri in ticks(rows.len(), cell.y, 11.0) {
+        let y = origin.y + (ri as f32 + 0.5) * cell.y;
+        painter.text(
+            egui::pos2(origin.x - 3.0, y),
+            egui::Align2::RIGHT_CENTER,
+            ri.to_string(),
+            font.clone(),
+            ink,
+        );
+    }
+    let col_gap = 6.0 * digits(last_col) + 8.0;
+    for ci in ticks(n_cols, cell.x, col_gap) {
+        let x = origin.x + ci as f32 * cell.x;
+        painter.line_segment(
+            [
+                egui::pos2(x, origin.y + map.y),
+                egui::pos2(x, origin.y + map.y + 3.0),
+            ],
+            egui::Stroke::new(1.0, ink),
+        );
+        painter.text(
+            egui::pos2(x, origin.y + map.y + 2.0),
+            egui::Align2::LEFT_TOP,
+            (axes.first_col + ci).to_string(),
+            font.clone(),
+            ink,
+        );
+    }
+    if let Some((cols, _)) = &axes.marked
+        && cols.start < n_cols
+    {
+        let x0 = origin.x + cols.start as f32 * cell.x;
+        let x1 = origin.x + cols.end.min(n_cols) as f32 * cell.x;
+        let r = egui::Rect::from_x_y_ranges(x0..=x1, origin.y..=origin.y + map.y);
+        painter.rect_stroke(
+            r.expand(1.0),
+            0.0,
+            egui::Stroke::new(1.5, ink),
+            egui::StrokeKind::Outside,
+        );
+    }
+    let name = format!(
+        "{title}: {} 0–{last_row} (rows), {} {}–{last_col} (columns), from {lo:.4} to {hi:.4}",
+        axes.row_name, axes.col_name, axes.first_col
+    );
+    let resp = super::named(resp, name);
+    if let Some(p) = resp.hover_pos() {
+        let rel = p - origin;
+        if rel.x >= 0.0 && rel.y >= 0.0 {
+            let (ri, ci) = ((rel.y / cell.y) as usize, (rel.x / cell.x) as usize);
+            if let Some(v) = rows.get(ri).and_then(|r| r.get(ci)) {
+                let col = axes.first_col + ci;
+                let mut text = format!("{} {ri}, {} {col}", axes.row_name, axes.col_name);
+                if let Some(t) = axes.col_text.and_then(|f| f(col)) {
+                    text += &format!(" ({t:?})");
+                }
+                if let Some((cols, what)) = &axes.marked
+                    && cols.contains(&ci)
+                {
+                    text += &format!(", {what}");
+                }
+                resp.on_hover_text(format!("{text}: {v:.4}"));
+            }
+        }
+    }
+    colour_scale(ui, lo, hi);
+}
+
+/// The colour scale: the lowest value, the colours, the highest value.
+fn colour_scale(ui: &mut Ui, lo: f32, hi: f32) {
+    ui.horizontal(|ui| {
+        ui.spacing_mut().item_spacing.x = 4.0;
+        ui.label(RichText::new(format!("{lo:.4}")).small())
+            .on_hover_text("the lowest value: the darkest colour");
+        let (rect, _) = ui.allocate_exact_size(Vec2::new(96.0, 10.0), Sense::hover());
+        let steps = 24;
+        for i in 0..steps {
+            let t = i as f32 / (steps - 1) as f32;
+            let w = rect.width() / steps as f32;
+            let r = egui::Rect::from_min_size(
+                rect.min + Vec2::new(i as f32 * w, 0.0),
+                Vec2::new(w + 0.5, rect.height()),
+            );
+            ui.painter().rect_filled(r, 0.0, heat(t, 0.0, 1.0));
+        }
+        ui.label(RichText::new(format!("{hi:.4}")).small())
+            .on_hover_text("the highest value: the brightest colour");
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_stay_apart_and_start_at_zero() {
+        assert_eq!(ticks(5, 20.0, 11.0), vec![0, 1, 2, 3, 4]);
+        assert_eq!(ticks(30, 6.0, 11.0), (0..30).step_by(2).collect::<Vec<_>>());
+        assert_eq!(ticks(30, 4.0, 11.0), vec![0, 5, 10, 15, 20, 25]);
+        assert!(ticks(0, 4.0, 11.0).is_empty());
+    }
+
+    #[test]
+    fn the_scale_runs_from_the_lowest_to_the_highest_value() {
+        assert_eq!(heat(1.0, 1.0, 3.0), heat(0.0, 0.0, 1.0));
+        assert_eq!(heat(3.0, 1.0, 3.0), heat(1.0, 0.0, 1.0));
+        assert_eq!(heat(2.0, 2.0, 2.0), heat(0.0, 0.0, 1.0));
     }
 }

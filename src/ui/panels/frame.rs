@@ -2,7 +2,7 @@
 //! error line, the read-only banner and the close dialog. Small panels with little or no state
 //! of their own, kept together because each is a few lines.
 
-use egui::{Color32, RichText, Ui};
+use egui::{RichText, Ui};
 
 use super::{ViewCtx, WARN, hint};
 use crate::ui::commands::{Command, Commands};
@@ -17,7 +17,8 @@ pub struct TopBar;
 impl TopBar {
     /// Draws it.
     pub fn ui(&mut self, ui: &mut Ui, ctx: &ViewCtx, cmds: &mut Commands) {
-        ui.horizontal(|ui| {
+        // Wraps onto a second line in a narrow window rather than pushing Run and Stop out.
+        ui.horizontal_wrapped(|ui| {
             ui.heading("kvlab");
             ui.separator();
             ui.menu_button("Session", |ui| session_menu(ui, ctx, cmds));
@@ -44,13 +45,12 @@ impl TopBar {
             }
             ui.separator();
             run_buttons(ui, ctx, cmds);
-            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                let dark = ctx.prefs.dark_mode;
-                let label = if dark { "Light theme" } else { "Dark theme" };
-                if ui.button(label).clicked() {
-                    cmds.push(Command::SetPref(PrefEdit::DarkMode(!dark)));
-                }
-            });
+            ui.separator();
+            let dark = ctx.prefs.dark_mode;
+            let label = if dark { "Light theme" } else { "Dark theme" };
+            if ui.button(label).clicked() {
+                cmds.push(Command::SetPref(PrefEdit::DarkMode(!dark)));
+            }
         });
     }
 }
@@ -128,8 +128,12 @@ impl StatusBar {
                             .text(stage.clone()),
                     );
                     if let Some(t0) = ctx.live.started {
-                        let s = t0.elapsed().as_secs_f32().max(1e-3);
-                        ui.label(format!("{:.1} tokens/s", ctx.live.tokens as f32 / s));
+                        if ctx.live.sweep {
+                            ui.label(sweep_progress(*done, *total, t0.elapsed()));
+                        } else {
+                            let s = t0.elapsed().as_secs_f32().max(1e-3);
+                            ui.label(format!("{:.1} tokens/s", ctx.live.tokens as f32 / s));
+                        }
                     }
                 }
             }
@@ -139,6 +143,21 @@ impl StatusBar {
             ui.label(ctx.status);
         });
     }
+}
+
+/// A sweep's progress: "k/N items", and once an item is done, about how long the rest will take
+/// at the pace so far.
+pub fn sweep_progress(done: usize, total: usize, elapsed: std::time::Duration) -> String {
+    let mut s = format!("{done}/{total} items");
+    if done > 0 && done < total {
+        let left = elapsed.as_secs_f64() / done as f64 * (total - done) as f64;
+        if left < 90.0 {
+            s += &format!(", about {}s left", left.ceil() as u64);
+        } else {
+            s += &format!(", about {} min left", (left / 60.0).round() as u64);
+        }
+    }
+    s
 }
 
 /// Free-text notes saved with the session.
@@ -201,12 +220,21 @@ impl ErrorLine {
     /// Draws it (nothing without an error).
     pub fn ui(&mut self, ui: &mut Ui, ctx: &ViewCtx, cmds: &mut Commands) {
         let Some(e) = ctx.error else { return };
-        ui.horizontal(|ui| {
-            ui.label(RichText::new(format!("Error: {e}")).color(Color32::from_rgb(230, 90, 80)));
-            if ui.small_button("Dismiss").clicked() {
-                cmds.push(Command::DismissError);
-            }
-        });
+        // Dismiss first, so that it stays in reach however long the message; the message wraps
+        // to the panel's width, in the theme's error colour (readable on light and dark).
+        let color = ui.visuals().error_fg_color;
+        egui::Frame::group(ui.style())
+            .stroke(egui::Stroke::new(1.0, color))
+            .show(ui, |ui| {
+                ui.horizontal_top(|ui| {
+                    if ui.small_button("Dismiss").clicked() {
+                        cmds.push(Command::DismissError);
+                    }
+                    ui.add(
+                        egui::Label::new(RichText::new(format!("Error: {e}")).color(color)).wrap(),
+                    );
+                });
+            });
         ui.separator();
     }
 }
@@ -308,3 +336,26 @@ pub fn stale_banner(ui: &mut Ui, doc: &Document) {
 /// What stale results say.
 pub const STALE_TEXT: &str = "From an earlier version of the experiment — Run to refresh. The experiment changed since \
      these results were measured.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn sweep_progress_counts_items_and_estimates_the_rest() {
+        assert_eq!(sweep_progress(0, 17, Duration::from_secs(3)), "0/17 items");
+        assert_eq!(
+            sweep_progress(4, 17, Duration::from_secs(8)),
+            "4/17 items, about 26s left"
+        );
+        assert_eq!(
+            sweep_progress(10, 400, Duration::from_secs(60)),
+            "10/400 items, about 39 min left"
+        );
+        assert_eq!(
+            sweep_progress(17, 17, Duration::from_secs(30)),
+            "17/17 items"
+        );
+    }
+}

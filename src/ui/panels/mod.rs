@@ -140,17 +140,24 @@ impl Panels {
     pub fn show(&mut self, ui: &mut Ui, ctx: &ViewCtx, doc: &mut Document, cmds: &mut Commands) {
         egui::Panel::top("menu").show(ui, |ui| self.top_bar.ui(ui, ctx, cmds));
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar.ui(ui, ctx));
+        // The set-up column takes at most half of a narrow window, so that the experiment and
+        // its results keep room.
+        let width = ui.available_width();
         egui::Panel::left("setup")
             .resizable(true)
-            .default_size(380.0)
+            .default_size(380f32.min(width * 0.4))
+            .max_size((width * 0.5).max(160.0))
             .show(ui, |ui| {
-                egui::ScrollArea::vertical().show(ui, |ui| {
-                    self.model.ui(ui, ctx, doc, cmds);
-                    ui.separator();
-                    ui.add_enabled_ui(!ctx.read_only, |ui| self.editor.ui(ui, doc));
-                    ui.separator();
-                    self.notes.ui(ui, doc);
-                });
+                // Scrolls sideways too, rather than growing past its share of a narrow window.
+                egui::ScrollArea::both()
+                    .id_salt("setup-scroll")
+                    .show(ui, |ui| {
+                        self.model.ui(ui, ctx, doc, cmds);
+                        ui.separator();
+                        ui.add_enabled_ui(!ctx.read_only, |ui| self.editor.ui(ui, doc));
+                        ui.separator();
+                        self.notes.ui(ui, doc);
+                    });
             });
         egui::CentralPanel::default().show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| {
@@ -237,7 +244,42 @@ fn set_pref_if<T: PartialEq>(
     }
 }
 
+/// Text that reads on `fill`: black on light fills, white on dark ones (by relative luminance).
+pub fn text_on(fill: Color32) -> Color32 {
+    let lin = |c: u8| {
+        let c = c as f32 / 255.0;
+        if c <= 0.04045 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    let l = 0.2126 * lin(fill.r()) + 0.7152 * lin(fill.g()) + 0.0722 * lin(fill.b());
+    // Where black and white contrast equally: (l + 0.05) / 0.05 = 1.05 / (l + 0.05).
+    if l > 0.179 {
+        Color32::BLACK
+    } else {
+        Color32::WHITE
+    }
+}
+
 /// A weak label, for hints and empty states.
 fn hint(ui: &mut Ui, text: impl Into<String>) {
     ui.label(RichText::new(text.into()).weak());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chip_text_contrasts_with_its_fill() {
+        assert_eq!(text_on(Color32::WHITE), Color32::BLACK);
+        assert_eq!(text_on(Color32::from_rgb(248, 248, 248)), Color32::BLACK);
+        assert_eq!(text_on(Color32::BLACK), Color32::WHITE);
+        assert_eq!(text_on(Color32::from_rgb(27, 27, 27)), Color32::WHITE);
+        assert_eq!(text_on(BAD), Color32::BLACK);
+        assert_eq!(text_on(Color32::from_rgb(40, 90, 200)), Color32::WHITE);
+        assert_eq!(text_on(GOOD), Color32::BLACK);
+    }
 }

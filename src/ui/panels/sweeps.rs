@@ -5,8 +5,9 @@
 use egui::{Color32, RichText, Ui, Vec2};
 use egui_plot::Plot;
 
-use super::analysis::heatmap;
-use super::{BAD, GOOD, ViewCtx, WARN, hint, set_pref_if};
+use super::analysis::{HeatAxes, heatmap};
+use super::{BAD, GOOD, ViewCtx, WARN, hint, set_pref_if, text_on};
+use crate::experiment::Span;
 use crate::experiment::sweep::{SweepKind, SweepResults};
 use crate::ui::commands::{Command, Commands};
 use crate::ui::document::Document;
@@ -55,7 +56,12 @@ impl SweepsTab {
             };
             ui.label(RichText::new(why).color(WARN));
         }
-        ui.add_enabled_ui(current, |ui| draw(ui, r, &effects));
+        // The needle the sweep was measured around: the chosen one, or (for the experiment on
+        // screen) the one found where the variants differ.
+        let needle = measured_on
+            .needle_span
+            .or_else(|| ctx.prepared.filter(|_| current).map(|p| p.span));
+        ui.add_enabled_ui(current, |ui| draw(ui, r, &effects, needle));
     }
 }
 
@@ -68,10 +74,10 @@ pub const SWEEP_UNKNOWN_TEXT: &str = "From an older session file that did not re
      this sweep was measured on — Run sweep to refresh.";
 
 /// The sweep's effects: a strip, a heatmap or bars, by kind.
-fn draw(ui: &mut Ui, r: &SweepResults, effects: &[f64]) {
+fn draw(ui: &mut Ui, r: &SweepResults, effects: &[f64], needle: Option<Span>) {
     match r.sweep.kind {
-        SweepKind::Position { .. } => position_strip(ui, r, effects),
-        SweepKind::PositionLayer { .. } => position_layer_map(ui, r, effects),
+        SweepKind::Position { .. } => position_strip(ui, r, effects, needle),
+        SweepKind::PositionLayer { .. } => position_layer_map(ui, r, effects, needle),
         _ => {
             let bars: Vec<egui_plot::Bar> = effects
                 .iter()
@@ -119,30 +125,60 @@ fn controls(ui: &mut Ui, ctx: &ViewCtx, doc: &Document, cmds: &mut Commands) {
 }
 
 /// A position sweep: the tokens of the prompt it was measured on, each coloured by its effect
-/// (older files without those tokens show the items' labels).
-fn position_strip(ui: &mut Ui, r: &SweepResults, effects: &[f64]) {
+/// (older files without those tokens show the items' labels), the needle framed and underlined.
+fn position_strip(ui: &mut Ui, r: &SweepResults, effects: &[f64], needle: Option<Span>) {
     let max = effects.iter().map(|e| e.abs()).fold(1e-9, f64::max);
     let tokens = &r.tokens;
+    let bg = ui.visuals().panel_fill;
+    let ink = ui.visuals().strong_text_color();
     ui.horizontal_wrapped(|ui| {
         ui.spacing_mut().item_spacing = Vec2::new(1.0, 3.0);
         for (p, e) in r.points.iter().zip(effects) {
             let t = (e.abs() / max) as f32;
             let base = if *e < 0.0 { BAD } else { GOOD };
-            let fill =
-                Color32::from_rgba_unmultiplied(base.r(), base.g(), base.b(), (t * 255.0) as u8);
+            let fill = blend(bg, base, t);
             let piece = tokens
                 .get(p.index)
                 .map(|t| t.piece.replace('\n', "¶"))
                 .unwrap_or_else(|| p.label.clone());
-            let text = RichText::new(piece).monospace().background_color(fill);
-            ui.label(text)
-                .on_hover_text(format!("{}: effect {e:+.3}", p.label));
+            let is_needle = needle.is_some_and(|n| n.positions().contains(&p.index));
+            let mut text = RichText::new(&piece)
+                .monospace()
+                .background_color(fill)
+                .color(text_on(fill));
+            if is_needle {
+                text = text.underline().strong();
+            }
+            let resp = ui.label(text);
+            if is_needle {
+                ui.painter().rect_stroke(
+                    resp.rect.expand(1.0),
+                    2.0,
+                    egui::Stroke::new(1.5, ink),
+                    egui::StrokeKind::Outside,
+                );
+                resp.on_hover_text(format!("{} (the needle): effect {e:+.3}", p.label));
+            } else {
+                resp.on_hover_text(format!("{}: effect {e:+.3}", p.label));
+            }
         }
     });
 }
 
-/// A position × layer sweep: rows are layers, columns positions, colour |effect|.
-fn position_layer_map(ui: &mut Ui, r: &SweepResults, effects: &[f64]) {
+/// `over` laid over `under` with opacity `t` (0..1), as the eye sees it.
+fn blend(under: Color32, over: Color32, t: f32) -> Color32 {
+    let t = t.clamp(0.0, 1.0);
+    let m = |a: u8, b: u8| (a as f32 + (b as f32 - a as f32) * t).round() as u8;
+    Color32::from_rgb(
+        m(under.r(), over.r()),
+        m(under.g(), over.g()),
+        m(under.b(), over.b()),
+    )
+}
+
+/// A position × layer sweep: rows are layers, columns positions, colour |effect|, the needle's
+/// columns framed.
+fn position_layer_map(ui: &mut Ui, r: &SweepResults, effects: &[f64], needle: Option<Span>) {
     let n_layer = r
         .points
         .iter()
@@ -165,12 +201,30 @@ fn position_layer_map(ui: &mut Ui, r: &SweepResults, effects: &[f64]) {
     ui.label(format!(
         "|effect| per layer (rows) and position (columns, from {first})"
     ));
-    heatmap(
-        ui,
-        "zero one cell",
-        &rows,
-        Vec2::new(6.0, 6.0),
-        "layer",
-        "position",
-    );
+    let token = |pos: usize| r.tokens.get(pos).map(|t| t.piece.clone());
+    let marked = needle.map(|n| {
+        (
+            n.start.saturating_sub(first)..n.end.saturating_sub(first),
+            "the needle",
+        )
+    });
+    let axes = HeatAxes {
+        first_col: first,
+        col_text: Some(&token),
+        marked,
+        ..HeatAxes::new("layer", "position")
+    };
+    heatmap(ui, "zero one cell", &rows, Vec2::new(6.0, 6.0), &axes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_faint_fill_is_the_background_and_a_full_one_the_colour() {
+        let bg = Color32::from_rgb(248, 248, 248);
+        assert_eq!(blend(bg, BAD, 0.0), bg);
+        assert_eq!(blend(bg, BAD, 1.0), BAD);
+    }
 }
