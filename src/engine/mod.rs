@@ -294,7 +294,7 @@ mod tests {
     }
 
     fn sys_type_count() -> u32 {
-        llama_cpp_sys_2::GGML_TYPE_COUNT as u32
+        llama_cpp_sys_2::GGML_TYPE_COUNT
     }
 
     #[test]

@@ -222,7 +222,7 @@ pub fn read_summary(path: &Path) -> Result<GgufSummary, GgufError> {
         }
         ParseError::Io(_) => GgufError::NotGguf {
             path: shown.clone(),
-            reason: format!("{}", cut_off(meta.len())),
+            reason: cut_off(meta.len()).to_string(),
         },
         ParseError::Bad(reason) => GgufError::NotGguf {
             path: shown.clone(),
