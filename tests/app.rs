@@ -98,12 +98,10 @@ fn load_move_needle_add_condition_run_and_stop() {
     }
     // The K/V delta maps number their layers and positions and show their scale (issue #15).
     if r.kv_delta.is_some() {
-        h.get_by_label("KV delta").click();
-        h.step();
+        open_tab(&mut h, "KV delta");
         h.get_by_label_contains("K: layer 0–29 (rows), position 0–");
         h.get_by_label_contains("V: layer 0–29 (rows), position 0–");
-        h.get_by_label("Probe chart").click();
-        h.step();
+        open_tab(&mut h, "Probe chart");
     }
     let first_piece = &r.conditions[0].generation.steps[0].token.piece;
     assert!(
@@ -256,8 +254,7 @@ fn sessions_save_open_mark_changes_and_guard_foreign_results() {
 fn a_sweep_runs_from_its_tab_and_shows_its_effects() {
     let mut h = harness(4);
     load(&mut h, model_path().to_str().unwrap());
-    h.get_by_label("Sweeps").click();
-    h.step();
+    open_tab(&mut h, "Sweeps");
     h.get_by_label("Needle + next k").click();
     h.step();
     h.get_by_label("Run sweep").click();
@@ -408,8 +405,7 @@ fn restoring_the_autosave_keeps_the_sweep_and_the_file_it_belongs_to() {
     assert_eq!(h.state().doc.path.as_deref(), Some(file.as_path()));
     assert!(h.state().is_dirty(), "a restored autosave is not saved yet");
     // The sweep tab draws it.
-    h.get_by_label("Sweeps").click();
-    h.step();
+    open_tab(&mut h, "Sweeps");
     h.get_by_label_contains("Position sweep of zero on SF");
 }
 
@@ -430,8 +426,7 @@ fn the_seed_experiment_starts_clean() {
         "no stale sweep from the previous experiment"
     );
     assert!(doc.results.is_none() && doc.notes.is_empty() && doc.path.is_none());
-    h.get_by_label("Sweeps").click();
-    h.step();
+    open_tab(&mut h, "Sweeps");
     assert!(
         h.query_by_label_contains("Position sweep of zero")
             .is_none()
@@ -501,6 +496,30 @@ fn a_stopped_first_run_shows_its_partial_results_and_edits_mark_results_stale() 
     assert!(h.query_by_label(kvlab::ui::panels::STALE_TEXT).is_none());
 }
 
+/// Brings an analysis view to the front, as a click on its tab does (the dock shows the new
+/// tab from the next frame on).
+fn open_tab(h: &mut Harness<'static, KvlabApp>, title: &str) {
+    h.get_by_label(title).click();
+    h.run_steps(2);
+}
+
+/// Scrolls the token strip back to its first token with the mouse wheel over the (visible)
+/// chip `visible`, as a user would.
+fn scroll_token_strip_to_start(h: &mut Harness<'static, KvlabApp>, visible: &str) {
+    // Let the strip finish bringing a moved needle into view first (a few frames).
+    h.run_steps(3);
+    let at = h.get_all_by_label(visible).next().unwrap().rect().center();
+    h.hover_at(at);
+    h.event(egui::Event::MouseWheel {
+        unit: egui::MouseWheelUnit::Point,
+        delta: egui::vec2(100_000.0, 0.0),
+        phase: egui::TouchPhase::Move,
+        source: egui::MouseWheelSource::Wheel,
+        modifiers: egui::Modifiers::NONE,
+    });
+    h.run_steps(3);
+}
+
 /// The first variant's token texts at the spec's needle, and that needle's start.
 fn needle_text(a: &KvlabApp) -> Option<(String, usize)> {
     let span = a.doc.spec.needle_span?;
@@ -544,7 +563,8 @@ fn a_chosen_needle_follows_its_text_when_the_prompt_is_tokenized_anew() {
     );
 
     // A needle only the template has ("<|im_start|>" at 0) has no place in plain text: Auto,
-    // and the strip says why.
+    // and the strip says why. The strip scrolled to the moved needle; the user scrolls back.
+    scroll_token_strip_to_start(&mut h, " city");
     h.get_all_by_label("<|im_start|>").next().unwrap().click();
     h.step();
     wait_for(&mut h, "the template needle", |a| {
@@ -675,8 +695,7 @@ fn a_sweep_keeps_its_own_prompt_and_goes_stale_with_the_experiment() {
     // Measured on the experiment on screen.
     sweep.spec = Some(h.state().doc.spec.clone());
     h.state_mut().doc.sweep = Some(sweep);
-    h.get_by_label("Sweeps").click();
-    h.step();
+    open_tab(&mut h, "Sweeps");
     h.get_by_label("tok3");
     assert!(h.query_by_label(SWEEP_STALE_TEXT).is_none());
 
@@ -747,8 +766,7 @@ fn sweep_maps_have_axes_and_a_scale_and_the_strip_marks_the_needle() {
     let sweep = a_position_layer_sweep();
     h.state_mut().doc.spec = sweep.spec.clone().unwrap();
     h.state_mut().doc.sweep = Some(sweep.clone());
-    h.get_by_label("Sweeps").click();
-    h.step();
+    open_tab(&mut h, "Sweeps");
     h.get_by_label_contains("layer 0–2 (rows), position 3–5 (columns)");
     // The scale's ends: the effects' sizes run from |...| lowest to highest.
     let effects = sweep.effects(0);
@@ -850,4 +868,128 @@ fn without_a_file_dialog_the_app_points_at_the_path_field() {
     assert_eq!(h.state().error.as_deref(), Some(NO_DIALOG_MODEL));
     h.get_by_label(&format!("Error: {NO_DIALOG_MODEL}"));
     h.get_by_label("Model path");
+}
+
+/// Issue #15 item 10: a prompt wider than the window scrolls to show the needle, and again when
+/// the needle moves.
+#[test]
+fn the_token_strip_scrolls_to_the_needle() {
+    use kvlab::engine::TokenPiece;
+    use kvlab::runner::{Prepared, PreparedPrompt};
+    let mut h = harness_sized(900.0, 600.0);
+    let tokens: Vec<TokenPiece> = (0..200)
+        .map(|i| TokenPiece {
+            id: i,
+            piece: format!("w{i}"),
+        })
+        .collect();
+    h.state_mut().prepared = Some(Prepared {
+        prompts: vec![PreparedPrompt {
+            name: "SF".into(),
+            text: String::new(),
+            tokens,
+        }],
+        span: Span {
+            start: 150,
+            end: 151,
+        },
+        warnings: vec![],
+    });
+    h.run_steps(3);
+    let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(900.0, 600.0));
+    let r = h.get_by_label("w150").rect();
+    assert!(within(window, r), "the needle is in view: {r:?}");
+    h.state_mut().prepared.as_mut().unwrap().span = Span { start: 5, end: 6 };
+    h.run_steps(3);
+    let r = h.get_by_label("w5").rect();
+    assert!(within(window, r), "the moved needle is in view: {r:?}");
+}
+
+/// Issue #15 item 8: after a seed run at 1600×1000 the outcome grid and an analysis view are on
+/// screen at once, each in its own area; the grid's texts use the width there is; the mouse
+/// wheel over a cell scrolls the grid (no scroll area inside a cell captures it); an analysis
+/// tab brought to the front shows there.
+#[test]
+fn the_grid_and_the_analysis_views_each_have_room_after_a_run() {
+    let mut h = harness_sized(1600.0, 1000.0);
+    h.state_mut().doc.spec.generation.max_tokens = 24;
+    load(&mut h, model_path().to_str().unwrap());
+    h.get_by_label("Run").click();
+    h.step();
+    wait_for(&mut h, "the run", |a| {
+        a.doc.results.is_some() && a.busy == Busy::Idle
+    });
+    h.run_steps(3);
+    let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1600.0, 1000.0));
+    let r = h.state().doc.results.clone().unwrap();
+    let baseline = shown_rect(&h, "baseline");
+    assert!(
+        within(window, baseline),
+        "the grid is on screen: {baseline:?}"
+    );
+    // The variants' column headers sit just above the baseline row.
+    let header = |name: &str| -> egui::Rect {
+        h.get_all_by_label(name)
+            .filter_map(|n| node_rect(&n))
+            .find(|r| r.max.y <= baseline.min.y + 2.0 && r.min.y > baseline.min.y - 40.0)
+            .unwrap_or_else(|| panic!("no column header {name}"))
+    };
+    let (sf, ny) = (header("SF"), header("NY"));
+    assert!(
+        ny.min.x - sf.min.x > 400.0,
+        "the columns share the width there is, not a fixed narrow one: {sf:?} {ny:?}"
+    );
+    // The probe chart (the first tab) is on screen with the grid.
+    let probe = shown_rect(&h, "\" San\"");
+    assert!(
+        within(window, probe),
+        "the probe chart is on screen: {probe:?}"
+    );
+
+    // The wheel over a cell moves the whole grid: no cell keeps it for itself.
+    h.hover_at(egui::pos2(sf.min.x + 100.0, baseline.center().y));
+    h.event(egui::Event::MouseWheel {
+        unit: egui::MouseWheelUnit::Point,
+        delta: egui::vec2(0.0, -120.0),
+        phase: egui::TouchPhase::Move,
+        source: egui::MouseWheelSource::Wheel,
+        modifiers: egui::Modifiers::NONE,
+    });
+    h.run_steps(3);
+    let moved = h
+        .get_all_by_label("baseline")
+        .filter_map(|n| node_rect(&n))
+        .next();
+    assert!(
+        moved.is_none_or(|m| m.min.y < baseline.min.y - 20.0),
+        "the grid scrolled under the wheel: {baseline:?} → {moved:?}"
+    );
+
+    open_tab(&mut h, "Score table");
+    let verdict = r.conditions[0].verdict.as_ref().unwrap().to_string();
+    let in_table = h
+        .get_all_by_label(&verdict)
+        .filter_map(|n| node_rect(&n))
+        .filter(|r| within(window, *r))
+        .count();
+    assert!(
+        in_table >= 2,
+        "the verdict shows in the grid and the score table"
+    );
+}
+
+/// Where a widget is laid out, if it is.
+fn node_rect(n: &egui_kittest::Node<'_>) -> Option<egui::Rect> {
+    let b = n.accesskit_node().bounding_box()?;
+    Some(egui::Rect::from_min_max(
+        egui::pos2(b.x0 as f32, b.y0 as f32),
+        egui::pos2(b.x1 as f32, b.y1 as f32),
+    ))
+}
+
+/// Where the first widget named `label` that is laid out is.
+fn shown_rect(h: &Harness<'static, KvlabApp>, label: &str) -> egui::Rect {
+    h.get_all_by_label(label)
+        .find_map(|n| node_rect(&n))
+        .unwrap_or_else(|| panic!("no widget {label:?} on screen"))
 }

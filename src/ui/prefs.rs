@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub const MAX_RECENT: usize = 8;
 
 /// The analysis views below the grid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum AnalysisTab {
     /// Probe-token probability per step.
     #[default]
@@ -21,6 +21,26 @@ pub enum AnalysisTab {
     KvDelta,
     /// Position, span and layer sweeps.
     Sweeps,
+}
+
+impl AnalysisTab {
+    /// Every view, in the order of their tabs.
+    pub const ALL: [AnalysisTab; 4] = [
+        AnalysisTab::Probes,
+        AnalysisTab::Scores,
+        AnalysisTab::KvDelta,
+        AnalysisTab::Sweeps,
+    ];
+
+    /// Its tab's title.
+    pub fn title(self) -> &'static str {
+        match self {
+            AnalysisTab::Probes => "Probe chart",
+            AnalysisTab::Scores => "Score table",
+            AnalysisTab::KvDelta => "KV delta",
+            AnalysisTab::Sweeps => "Sweeps",
+        }
+    }
 }
 
 /// What the sweep tab will run.

@@ -1,17 +1,17 @@
-//! The analysis views under the grid, one tab each: probe chart, score table, K/V difference
-//! heatmaps, and sweeps (in [`sweeps`](super::sweeps)).
+//! The analysis views, one tab each in the dock (see [`dock`](super::dock)): probe chart, score
+//! table, K/V difference heatmaps, and sweeps (in [`sweeps`](super::sweeps)).
 
 use egui::{Color32, RichText, Sense, Ui, Vec2};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use super::sweeps::SweepsTab;
-use super::{ViewCtx, hint, set_pref_if, stale_banner, verdict_color};
+use super::{ViewCtx, hint, set_pref_if, verdict_color};
 use crate::experiment::grid;
 use crate::ui::commands::Commands;
 use crate::ui::document::Document;
-use crate::ui::prefs::{AnalysisTab, PrefEdit};
+use crate::ui::prefs::PrefEdit;
 
-/// The tabs under the grid.
+/// The analysis views' own state.
 #[derive(Debug, Default)]
 pub struct AnalysisPanel {
     /// The sweep tab.
@@ -19,27 +19,6 @@ pub struct AnalysisPanel {
 }
 
 impl AnalysisPanel {
-    /// Draws the tab row and the chosen tab.
-    pub fn ui(&mut self, ui: &mut Ui, ctx: &ViewCtx, doc: &mut Document, cmds: &mut Commands) {
-        let mut tab = ctx.prefs.tab;
-        ui.horizontal(|ui| {
-            ui.selectable_value(&mut tab, AnalysisTab::Probes, "Probe chart");
-            ui.selectable_value(&mut tab, AnalysisTab::Scores, "Score table");
-            ui.selectable_value(&mut tab, AnalysisTab::KvDelta, "KV delta");
-            ui.selectable_value(&mut tab, AnalysisTab::Sweeps, "Sweeps");
-        });
-        set_pref_if(cmds, ctx.prefs.tab, tab, PrefEdit::Tab);
-        if tab != AnalysisTab::Sweeps {
-            stale_banner(ui, doc);
-        }
-        match tab {
-            AnalysisTab::Probes => self.probe_chart(ui, ctx, doc, cmds),
-            AnalysisTab::Scores => score_table(ui, doc),
-            AnalysisTab::KvDelta => self.kv_delta(ui, ctx, doc, cmds),
-            AnalysisTab::Sweeps => self.sweeps.ui(ui, ctx, doc, cmds),
-        }
-    }
-
     /// Probe-token probability per step, one line per condition.
     pub fn probe_chart(&mut self, ui: &mut Ui, ctx: &ViewCtx, doc: &Document, cmds: &mut Commands) {
         let Some(r) = &doc.results else {

@@ -13,6 +13,7 @@
 
 mod analysis;
 mod conditions;
+mod dock;
 mod experiment;
 mod frame;
 mod grid;
@@ -24,6 +25,7 @@ use egui::{Color32, RichText, Ui};
 
 pub use analysis::AnalysisPanel;
 pub use conditions::ConditionsPanel;
+pub use dock::{Dock, DockPanels, Pane};
 pub use experiment::ExperimentEditor;
 pub use frame::{
     CloseDialog, ErrorLine, NotesPanel, ReadOnlyBanner, STALE_TEXT, StatusBar, TopBar,
@@ -128,15 +130,18 @@ pub struct Panels {
     pub conditions: ConditionsPanel,
     /// The outcome grid.
     pub grid: OutcomeGrid,
-    /// The analysis views under the grid.
+    /// The analysis views.
     pub analysis: AnalysisPanel,
+    /// The central area's layout: the experiment, the grid and the analysis views.
+    pub dock: Dock,
     /// "Save changes?" when closing.
     pub close: CloseDialog,
 }
 
 impl Panels {
-    /// The whole window: menu and status lines, the set-up column on the left, the experiment's
-    /// tokens, conditions, grid and analysis in the middle, and the close dialog.
+    /// The whole window: menu and status lines, the set-up column on the left, the dock (the
+    /// experiment's tokens and conditions, the grid and the analysis views) in the middle, and
+    /// the close dialog.
     pub fn show(&mut self, ui: &mut Ui, ctx: &ViewCtx, doc: &mut Document, cmds: &mut Commands) {
         egui::Panel::top("menu").show(ui, |ui| self.top_bar.ui(ui, ctx, cmds));
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar.ui(ui, ctx));
@@ -160,18 +165,17 @@ impl Panels {
                     });
             });
         egui::CentralPanel::default().show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| {
-                self.welcome.ui(ui, ctx, cmds);
-                self.error.ui(ui, ctx, cmds);
-                self.read_only.ui(ui, ctx, doc, cmds);
-                self.tokens.ui(ui, ctx, doc, cmds);
-                ui.separator();
-                self.conditions.ui(ui, ctx, doc, cmds);
-                ui.separator();
-                self.grid.ui(ui, ctx, doc);
-                ui.separator();
-                self.analysis.ui(ui, ctx, doc, cmds);
-            });
+            // What the user must read whatever the layout: above the dock.
+            self.welcome.ui(ui, ctx, cmds);
+            self.error.ui(ui, ctx, cmds);
+            self.read_only.ui(ui, ctx, doc, cmds);
+            let panels = DockPanels {
+                tokens: &mut self.tokens,
+                conditions: &mut self.conditions,
+                grid: &mut self.grid,
+                analysis: &mut self.analysis,
+            };
+            self.dock.ui(ui, panels, ctx, doc, cmds);
         });
         self.close.ui(ui, doc, cmds);
     }

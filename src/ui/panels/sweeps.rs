@@ -99,7 +99,7 @@ fn controls(ui: &mut Ui, ctx: &ViewCtx, doc: &Document, cmds: &mut Commands) {
     let prefs = ctx.prefs;
     let (mut choice, mut remove, mut variant) =
         (prefs.sweep_choice, prefs.sweep_remove, prefs.sweep_variant);
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         ui.selectable_value(&mut choice, SweepChoice::Position, "Every position");
         ui.selectable_value(&mut choice, SweepChoice::Span, "Needle + next k");
         ui.selectable_value(&mut choice, SweepChoice::Layer, "Layers");

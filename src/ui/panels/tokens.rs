@@ -25,6 +25,11 @@ pub struct TokenStrip {
     following: Option<Chosen>,
     /// Why a chosen needle went back to Auto, until the next choice.
     notice: Option<String>,
+    /// The needle the strip last scrolled to (it scrolls again when the needle moves).
+    shown: Option<Span>,
+    /// Frames left to bring the needle into view (counted down while it is not yet visible, so
+    /// that a needle wider than the strip does not pin the scroll there).
+    scroll_frames: u8,
 }
 
 /// A chosen needle as its text: what the tokens at its positions spelled, in which prompt.
@@ -84,7 +89,20 @@ impl TokenStrip {
             ui.label(RichText::new(format!("Note: {w}")).color(WARN));
         }
         let shift = ui.input(|i| i.modifiers.shift);
-        if let Some(pos) = chips(ui, prepared) {
+        if self.shown != Some(prepared.span) {
+            self.shown = Some(prepared.span);
+            self.scroll_frames = 5;
+        }
+        let scroll = self.scroll_frames > 0;
+        let (clicked, needle_in_view) = chips(ui, prepared, scroll);
+        if scroll && !ui.is_sizing_pass() {
+            self.scroll_frames = if needle_in_view {
+                0
+            } else {
+                self.scroll_frames - 1
+            };
+        }
+        if let Some(pos) = clicked {
             let cached = prepared.prompts[0].tokens.len().saturating_sub(1);
             if pos >= cached {
                 cmds.push(Command::ShowError(format!(
@@ -240,39 +258,69 @@ fn clicked_span(pos: usize, shift: bool, current: Span) -> Span {
 }
 
 /// The chips, one row per variant (tokens that differ between variants highlighted, the needle
-/// selected); returns the position clicked.
-fn chips(ui: &mut Ui, prepared: &Prepared) -> Option<usize> {
+/// selected), in a strip with a visible scroll bar when it is wider than the panel, scrolled to
+/// the needle when `scroll`; returns the position clicked and whether the needle is in view.
+fn chips(ui: &mut Ui, prepared: &Prepared, scroll: bool) -> (Option<usize>, bool) {
     let mut clicked = None;
-    egui::ScrollArea::horizontal()
-        .id_salt("token-strip")
-        .show(ui, |ui| {
-            egui::Grid::new("tokens")
-                .spacing(Vec2::new(2.0, 4.0))
-                .show(ui, |ui| {
-                    for p in &prepared.prompts {
-                        ui.label(RichText::new(&p.name).strong());
-                        for (pos, t) in p.tokens.iter().enumerate() {
-                            let differs = prepared
-                                .prompts
-                                .iter()
-                                .any(|q| q.tokens.get(pos).map(|x| x.id) != Some(t.id));
-                            let in_span = prepared.span.positions().contains(&pos);
-                            let mut text = RichText::new(t.piece.replace('\n', "¶")).monospace();
-                            if differs {
-                                text = text.color(WARN).strong();
+    let mut in_view = false;
+    // Darker on light backgrounds, where the dark theme's amber is hard to read.
+    let differ_color = if ui.visuals().dark_mode {
+        WARN
+    } else {
+        egui::Color32::from_rgb(150, 90, 0)
+    };
+    // A solid bar rather than egui's floating one, which shows only under the pointer: a
+    // long prompt must look scrollable.
+    ui.scope(|ui| {
+        ui.spacing_mut().scroll = egui::style::ScrollStyle::solid();
+        egui::ScrollArea::horizontal()
+            .id_salt("token-strip")
+            .scroll_bar_visibility(egui::scroll_area::ScrollBarVisibility::VisibleWhenNeeded)
+            .show(ui, |ui| {
+                egui::Grid::new("tokens")
+                    .spacing(Vec2::new(2.0, 4.0))
+                    .show(ui, |ui| {
+                        for p in &prepared.prompts {
+                            ui.label(RichText::new(&p.name).strong());
+                            for (pos, t) in p.tokens.iter().enumerate() {
+                                let differs = prepared
+                                    .prompts
+                                    .iter()
+                                    .any(|q| q.tokens.get(pos).map(|x| x.id) != Some(t.id));
+                                let in_span = prepared.span.positions().contains(&pos);
+                                let mut text =
+                                    RichText::new(t.piece.replace('\n', "¶")).monospace();
+                                if differs {
+                                    text = text.color(differ_color).strong();
+                                }
+                                let r = ui
+                                    .selectable_label(in_span, text)
+                                    .on_hover_text(format!("position {pos} · token id {}", t.id));
+                                if r.clicked() {
+                                    clicked = Some(pos);
+                                }
+                                if pos == prepared.span.start
+                                    && std::ptr::eq(p, &prepared.prompts[0])
+                                {
+                                    in_view = ui.clip_rect().contains_rect(r.rect);
+                                    // Not while egui lays the grid out unseen: the chip is
+                                    // not where it will be drawn then.
+                                    if scroll && !in_view && !ui.is_sizing_pass() {
+                                        // At once: an animated scroll is not in view yet next
+                                        // frame, and asking again would overshoot.
+                                        r.scroll_to_me_animation(
+                                            None,
+                                            egui::style::ScrollAnimation::none(),
+                                        );
+                                    }
+                                }
                             }
-                            let r = ui
-                                .selectable_label(in_span, text)
-                                .on_hover_text(format!("position {pos} · token id {}", t.id));
-                            if r.clicked() {
-                                clicked = Some(pos);
-                            }
+                            ui.end_row();
                         }
-                        ui.end_row();
-                    }
-                });
-        });
-    clicked
+                    });
+            });
+    });
+    (clicked, in_view)
 }
 
 #[cfg(test)]
