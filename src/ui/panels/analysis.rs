@@ -39,7 +39,8 @@ impl AnalysisPanel {
         set_pref_if(cmds, ctx.prefs.probe_index, chosen, PrefEdit::ProbeIndex);
         let probe = chosen.min(r.spec.probes.len() - 1);
         Plot::new("probes")
-            .height(220.0)
+            // As tall as its area (in the dock), but never too small to read.
+            .height((ui.available_height() - 4.0).max(180.0))
             .legend(Legend::default())
             .x_axis_label("step")
             .y_axis_label("probability")
