@@ -8,11 +8,13 @@ else
 KVLAB_CACHE ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)/kvlab
 endif
 MODEL ?= $(KVLAB_CACHE)/models/SmolLM2-135M-Instruct.Q4_1.gguf
+# The sliding-window test model (Gemma 3 270M): fetched for `make test` only.
+GEMMA ?= $(KVLAB_CACHE)/models/gemma-3-270m-q4_k_m.gguf
 FEATURES ?=
 KVLAB_RUNTIME_DIR := $(CURDIR)/target/runtime
 CARGO_FLAGS := $(if $(FEATURES),--features $(FEATURES),)
 
-.PHONY: run run-cli test screenshot package package-check check-vulkan check-cuda deps model build clean
+.PHONY: run run-cli test screenshot package package-check check-vulkan check-cuda deps model gemma build clean
 
 ## Opens the kvlab app on the seed experiment with the demo model.
 run: deps model
@@ -20,10 +22,10 @@ run: deps model
 
 ## Builds and runs the whole test suite against the real model, then opens the real window
 ## under Xvfb and checks its screenshot is not blank.
-test: deps model
+test: deps model gemma
 	@# Mesa's Vulkan driver (UI snapshots) complains on every start without a runtime dir.
 	@mkdir -p -m 700 "$(KVLAB_RUNTIME_DIR)"
-	XDG_RUNTIME_DIR="$${XDG_RUNTIME_DIR:-$(KVLAB_RUNTIME_DIR)}" KVLAB_TEST_MODEL="$(MODEL)" $(CARGO) test $(CARGO_FLAGS) --all-targets
+	XDG_RUNTIME_DIR="$${XDG_RUNTIME_DIR:-$(KVLAB_RUNTIME_DIR)}" KVLAB_TEST_MODEL="$(MODEL)" KVLAB_TEST_GEMMA="$(GEMMA)" $(CARGO) test $(CARGO_FLAGS) --all-targets
 	@# `cargo test` built target/debug/kvlab for the CLI tests; a plain `cargo build` here would
 	@# build llama.cpp a second time (the test dependencies change a build-script dependency).
 	bash packaging/window-check.sh "$(MODEL)" target/window-check.png
@@ -64,6 +66,9 @@ deps:
 
 model:
 	@bash packaging/fetch-model.sh "$(dir $(MODEL))"
+
+gemma:
+	@bash packaging/fetch-model.sh "$(dir $(GEMMA))" gemma
 
 clean:
 	$(CARGO) clean

@@ -90,6 +90,9 @@ impl<'m> Lab<'m> {
             .with_n_ubatch(options.n_batch)
             .with_n_seq_max(options.n_seq)
             .with_kv_unified(false)
+            // A sliding-window cache of full size keeps every prompt cell until the window
+            // passes it (a smaller one may reuse cells still needed for surgery).
+            .with_swa_full(true)
             .with_n_threads(options.threads)
             .with_n_threads_batch(options.threads);
         let hook = capture.then(|| Arc::new(Hook::default()));
@@ -119,6 +122,7 @@ impl<'m> Lab<'m> {
             },
             hints: LayoutHints {
                 cell_ext: model.cells_have_ext(),
+                swa: model.sliding_layers().map_err(EngineError::Unsupported)?,
             },
             hook,
         })
@@ -227,7 +231,10 @@ impl<'m> Lab<'m> {
 
     /// The parsed state of a sequence.
     pub fn state(&self, seq: i32) -> Result<SeqState, EngineError> {
-        Ok(SeqState::parse(&self.state_bytes(seq)?, self.hints)?)
+        Ok(SeqState::parse(
+            &self.state_bytes(seq)?,
+            self.hints.clone(),
+        )?)
     }
 
     /// Replaces everything `seq` holds with `state`.
@@ -237,7 +244,7 @@ impl<'m> Lab<'m> {
 
     /// Replaces everything `seq` holds with raw state bytes (which must have parsed).
     pub fn set_state_bytes(&mut self, seq: i32, bytes: &[u8]) -> Result<(), EngineError> {
-        SeqState::parse(bytes, self.hints)?;
+        SeqState::parse(bytes, self.hints.clone())?;
         if seq < 0 || seq as u32 >= self.options.n_seq {
             return Err(EngineError::State {
                 seq,

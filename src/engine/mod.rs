@@ -14,6 +14,7 @@ pub mod kv_state;
 pub mod lab;
 pub mod log;
 pub mod model;
+pub mod swa;
 
 pub use attention::{AttentionCapture, CaptureRequest, CapturedRow};
 pub use kv_state::{KvPart, KvStateError, SeqState};

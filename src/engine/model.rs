@@ -146,6 +146,9 @@ pub fn fingerprint(path: &Path) -> Result<ModelFingerprint, EngineError> {
 /// Whether kvlab can edit the cache of a model of `architecture` that keeps a recurrent state
 /// (`recurrent`) or has a sliding-window attention key (`sliding_window`). The one rule for both
 /// the loaded model (asked of llama.cpp) and a GGUF header read before loading.
+///
+/// Sliding-window models are supported where kvlab maps llama.cpp's two caches to model layers
+/// ([`super::swa`]); for other architectures with the key, the cache's layout is not known.
 pub fn kv_surgery_support(
     architecture: &str,
     recurrent: bool,
@@ -156,9 +159,9 @@ pub fn kv_surgery_support(
             "{architecture} keeps a recurrent state, not only a KV cache: KV surgery is not supported for it"
         ));
     }
-    if sliding_window {
+    if sliding_window && !super::swa::is_mapped(architecture) {
         return Err(format!(
-            "{architecture} uses sliding-window attention (two KV caches): KV surgery is not supported for it yet"
+            "{architecture} uses sliding-window attention, and kvlab does not know how llama.cpp lays out its cache (mapped: Gemma 2 and 3, Cohere 2, gpt-oss): KV surgery is not supported for it yet"
         ));
     }
     Ok(())
@@ -266,6 +269,34 @@ impl LoadedModel {
         let recurrent = self.model.is_recurrent() || self.model.is_hybrid();
         kv_surgery_support(&self.info.architecture, recurrent, sliding)
             .map_err(EngineError::Unsupported)
+    }
+
+    /// Which layers slide, for a model whose llama.cpp cache is iSWA (`None`: one plain cache).
+    pub fn sliding_layers(&self) -> Result<Option<crate::engine::kv_state::SwaSplit>, String> {
+        let key = |k: &str| {
+            self.model
+                .meta_val_str(&format!("{}.{k}", self.info.architecture))
+                .ok()
+        };
+        let window = key("attention.sliding_window").and_then(|w| w.trim().parse::<u32>().ok());
+        let pattern = key("attention.sliding_window_pattern");
+        super::swa::split(
+            &self.info.architecture,
+            self.info.n_layer,
+            window,
+            pattern.as_deref(),
+        )
+    }
+
+    /// The sliding window in tokens, when the model has one.
+    pub fn sliding_window(&self) -> Option<u32> {
+        self.model
+            .meta_val_str(&format!(
+                "{}.attention.sliding_window",
+                self.info.architecture
+            ))
+            .ok()
+            .and_then(|w| w.trim().parse().ok())
     }
 
     /// Whether cache cells carry llama.cpp's cell extension (M-RoPE models).

@@ -6,6 +6,7 @@ use crate::experiment::metrics;
 use crate::experiment::results::{KvDelta, LayerDelta};
 
 use super::prompts::PreparedPrompt;
+use super::surgery::in_window;
 
 /// Per layer and position, the L2 norm of the K and V differences between two prompt states.
 pub fn kv_delta(
@@ -35,7 +36,15 @@ pub fn kv_delta(
             return Err(KvStateError::NoSuchPosition(pos).into());
         };
         for layer in 0..n_layer {
-            let (ka, kb) = (a.k_row_f32(layer, ca)?, b.k_row_f32(layer, cb)?);
+            // A sliding layer that no longer sees the position: no difference it could read.
+            let (Some(ka), Some(kb)) = (
+                in_window(a.k_row_f32(layer, ca))?,
+                in_window(b.k_row_f32(layer, cb))?,
+            ) else {
+                k_l2[layer].push(0.0);
+                v_l2[layer].push(0.0);
+                continue;
+            };
             let (va, vb) = (a.v_row_f32(layer, ca)?, b.v_row_f32(layer, cb)?);
             k_l2[layer].push(metrics::l2_diff(&ka, &kb));
             v_l2[layer].push(metrics::l2_diff(&va, &vb));

@@ -60,6 +60,14 @@ fn read_row(s: &SeqState, half: Half, layer: u32, cell: CellRef) -> Result<Vec<f
     }
 }
 
+/// A row read where a sliding layer may no longer see the cell: `None` then.
+pub(crate) fn in_window<T>(r: Result<T, KvStateError>) -> Result<Option<T>, KvStateError> {
+    match r {
+        Err(KvStateError::OutsideWindow { .. }) => Ok(None),
+        other => other.map(Some),
+    }
+}
+
 /// A variant's row at a position (its first cell there).
 fn row_at(s: &SeqState, half: Half, layer: u32, pos: i32) -> Result<Vec<f32>, KvStateError> {
     let cell = *s
@@ -86,7 +94,10 @@ fn edit_values(
         for cell in state.cells_at(pos) {
             for &l in &c.layers {
                 for half in halves(c.part) {
-                    let mut row = read_row(state, half, l, cell)?;
+                    // A sliding layer that no longer sees the position has nothing to edit.
+                    let Some(mut row) = in_window(read_row(state, half, l, cell))? else {
+                        continue;
+                    };
                     let target = match &c.edit {
                         Edit::None | Edit::Remove => return Ok(()),
                         Edit::Zero => vec![0.0; row.len()],
@@ -216,7 +227,10 @@ fn spread(s: &SeqState, half: Half, layer: u32) -> Result<f32, KvStateError> {
     let (mut n, mut sum, mut sq) = (0f64, 0f64, 0f64);
     let cells: Vec<CellRef> = s.cells().map(|(r, _)| r).collect();
     for cell in cells {
-        for x in read_row(s, half, layer, cell)? {
+        let Some(row) = in_window(read_row(s, half, layer, cell))? else {
+            continue;
+        };
+        for x in row {
             let x = x as f64;
             n += 1.0;
             sum += x;

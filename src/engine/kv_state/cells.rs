@@ -4,9 +4,22 @@
 use super::values::{decode_values, encode_values, ggml_type_name};
 use super::{CellMeta, CellRef, KvPart, KvStateError, SeqState, Stream, VBlock};
 
+/// Where one model layer's rows of one cell are: which cache (base or sliding), that cache's
+/// own layer index, and the cell's index in the stream.
+#[derive(Debug, Clone, Copy)]
+struct Site {
+    sliding: bool,
+    layer: usize,
+    stream: usize,
+    cell: usize,
+}
+
 impl SeqState {
-    /// The number of KV layers (the same in every non-empty stream).
+    /// The number of model layers the state holds rows for.
     pub fn n_layer(&self) -> usize {
+        if let Some(swa) = &self.swa {
+            return swa.split.sliding.len();
+        }
         self.streams
             .iter()
             .flatten()
@@ -15,7 +28,8 @@ impl SeqState {
             .unwrap_or(0)
     }
 
-    /// Every cell, with its position, in stream then cell order.
+    /// Every cell, with its position, in stream then cell order (for an iSWA state, the
+    /// full-attention cache's cells: it holds every position).
     pub fn cells(&self) -> impl Iterator<Item = (CellRef, &CellMeta)> {
         self.streams.iter().enumerate().flat_map(|(si, s)| {
             s.iter().flat_map(move |s| {
@@ -48,47 +62,96 @@ impl SeqState {
         p
     }
 
-    fn stream(&self, r: CellRef) -> Result<&Stream, KvStateError> {
-        match self.streams.get(r.stream) {
-            Some(Some(s)) if r.cell < s.cells.len() => Ok(s),
-            _ => Err(KvStateError::NoSuchCell(r)),
-        }
+    /// Whether model layer `layer` uses a sliding window (always false for a plain cache).
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        self.swa
+            .as_ref()
+            .and_then(|s| s.split.sliding.get(layer).copied())
+            .unwrap_or(false)
     }
 
-    fn stream_mut(&mut self, r: CellRef) -> Result<&mut Stream, KvStateError> {
-        match self.streams.get_mut(r.stream) {
-            Some(Some(s)) if r.cell < s.cells.len() => Ok(s),
-            _ => Err(KvStateError::NoSuchCell(r)),
-        }
-    }
-
-    fn check_layer(&self, layer: usize) -> Result<(), KvStateError> {
+    /// Finds model layer `layer`'s rows of cell `r` (a cell of [`cells`](Self::cells)).
+    fn site(&self, layer: usize, r: CellRef) -> Result<Site, KvStateError> {
         let n_layer = self.n_layer();
         if layer >= n_layer {
             return Err(KvStateError::LayerOutOfRange { layer, n_layer });
         }
-        Ok(())
+        let base = match self.streams.get(r.stream) {
+            Some(Some(s)) if r.cell < s.cells.len() => s,
+            _ => return Err(KvStateError::NoSuchCell(r)),
+        };
+        let plain = Site {
+            sliding: false,
+            layer,
+            stream: r.stream,
+            cell: r.cell,
+        };
+        let Some(swa) = &self.swa else {
+            return Ok(plain);
+        };
+        let Some((sliding, index)) = swa.split.locate(layer) else {
+            return Err(KvStateError::LayerOutOfRange { layer, n_layer });
+        };
+        if !sliding {
+            return Ok(Site {
+                layer: index,
+                ..plain
+            });
+        }
+        let pos = base.cells[r.cell].pos;
+        let cell = swa
+            .streams
+            .get(r.stream)
+            .and_then(Option::as_ref)
+            .and_then(|s| s.cells.iter().position(|c| c.pos == pos))
+            .ok_or(KvStateError::OutsideWindow { pos, layer })?;
+        Ok(Site {
+            sliding: true,
+            layer: index,
+            stream: r.stream,
+            cell,
+        })
+    }
+
+    fn stream_at(&self, at: Site) -> &Stream {
+        let streams = match (&self.swa, at.sliding) {
+            (Some(swa), true) => &swa.streams,
+            _ => &self.streams,
+        };
+        streams[at.stream]
+            .as_ref()
+            .expect("a site is in a non-empty stream")
+    }
+
+    fn stream_at_mut(&mut self, at: Site) -> &mut Stream {
+        let streams = match (&mut self.swa, at.sliding) {
+            (Some(swa), true) => &mut swa.streams,
+            _ => &mut self.streams,
+        };
+        streams[at.stream]
+            .as_mut()
+            .expect("a site is in a non-empty stream")
     }
 
     /// The raw bytes of one cell's K row in one layer.
     pub fn k_row_bytes(&self, layer: usize, r: CellRef) -> Result<&[u8], KvStateError> {
-        self.check_layer(layer)?;
-        let b = &self.stream(r)?.k[layer];
-        Ok(&b.data[r.cell * b.row_size..(r.cell + 1) * b.row_size])
+        let at = self.site(layer, r)?;
+        let b = &self.stream_at(at).k[at.layer];
+        Ok(&b.data[at.cell * b.row_size..(at.cell + 1) * b.row_size])
     }
 
     /// The raw bytes of one cell's V values in one layer (gathered when V is transposed).
     pub fn v_row_bytes(&self, layer: usize, r: CellRef) -> Result<Vec<u8>, KvStateError> {
-        self.check_layer(layer)?;
-        let s = self.stream(r)?;
+        let at = self.site(layer, r)?;
+        let s = self.stream_at(at);
         let n_cells = s.cells.len();
-        Ok(match &s.v[layer] {
-            VBlock::Rows(b) => b.data[r.cell * b.row_size..(r.cell + 1) * b.row_size].to_vec(),
+        Ok(match &s.v[at.layer] {
+            VBlock::Rows(b) => b.data[at.cell * b.row_size..(at.cell + 1) * b.row_size].to_vec(),
             VBlock::Transposed(b) => {
                 let mut out = Vec::with_capacity(b.n_embd * b.el_size);
                 for j in 0..b.n_embd {
-                    let at = (j * n_cells + r.cell) * b.el_size;
-                    out.extend_from_slice(&b.data[at..at + b.el_size]);
+                    let i = (j * n_cells + at.cell) * b.el_size;
+                    out.extend_from_slice(&b.data[i..i + b.el_size]);
                 }
                 out
             }
@@ -97,20 +160,18 @@ impl SeqState {
 
     /// One cell's K row in one layer as numbers.
     pub fn k_row_f32(&self, layer: usize, r: CellRef) -> Result<Vec<f32>, KvStateError> {
-        let t = self.stream(r)?.k.get(layer).map(|b| b.ggml_type);
+        let at = self.site(layer, r)?;
+        let t = self.stream_at(at).k[at.layer].ggml_type;
         let bytes = self.k_row_bytes(layer, r)?;
         let mut out = Vec::new();
-        decode_values(t.unwrap_or(-1), bytes, &mut out)?;
+        decode_values(t, bytes, &mut out)?;
         Ok(out)
     }
 
     /// One cell's V values in one layer as numbers.
     pub fn v_row_f32(&self, layer: usize, r: CellRef) -> Result<Vec<f32>, KvStateError> {
-        self.check_layer(layer)?;
-        let t = match &self.stream(r)?.v[layer] {
-            VBlock::Rows(b) => b.ggml_type,
-            VBlock::Transposed(b) => b.ggml_type,
-        };
+        let at = self.site(layer, r)?;
+        let t = v_shape(&self.stream_at(at).v[at.layer]).0;
         let bytes = self.v_row_bytes(layer, r)?;
         let mut out = Vec::new();
         decode_values(t, &bytes, &mut out)?;
@@ -124,9 +185,9 @@ impl SeqState {
         r: CellRef,
         values: &[f32],
     ) -> Result<(), KvStateError> {
-        self.check_layer(layer)?;
-        let b = &mut self.stream_mut(r)?.k[layer];
-        let row = &mut b.data[r.cell * b.row_size..(r.cell + 1) * b.row_size];
+        let at = self.site(layer, r)?;
+        let b = &mut self.stream_at_mut(at).k[at.layer];
+        let row = &mut b.data[at.cell * b.row_size..(at.cell + 1) * b.row_size];
         encode_values(b.ggml_type, values, row)
     }
 
@@ -138,20 +199,20 @@ impl SeqState {
         r: CellRef,
         values: &[f32],
     ) -> Result<(), KvStateError> {
-        self.check_layer(layer)?;
-        let s = self.stream_mut(r)?;
+        let at = self.site(layer, r)?;
+        let s = self.stream_at_mut(at);
         let n_cells = s.cells.len();
-        match &mut s.v[layer] {
+        match &mut s.v[at.layer] {
             VBlock::Rows(b) => {
-                let row = &mut b.data[r.cell * b.row_size..(r.cell + 1) * b.row_size];
+                let row = &mut b.data[at.cell * b.row_size..(at.cell + 1) * b.row_size];
                 encode_values(b.ggml_type, values, row)
             }
             VBlock::Transposed(b) => {
                 let mut bytes = vec![0u8; b.n_embd * b.el_size];
                 encode_values(b.ggml_type, values, &mut bytes)?;
                 for j in 0..b.n_embd {
-                    let at = (j * n_cells + r.cell) * b.el_size;
-                    b.data[at..at + b.el_size]
+                    let i = (j * n_cells + at.cell) * b.el_size;
+                    b.data[i..i + b.el_size]
                         .copy_from_slice(&bytes[j * b.el_size..(j + 1) * b.el_size]);
                 }
                 Ok(())
@@ -160,27 +221,31 @@ impl SeqState {
     }
 
     /// Sets one cell's rows to zero in one layer. All-zero bytes are exact zeros for the float
-    /// types and for ggml's block quantizations (scale 0).
+    /// types and for ggml's block quantizations (scale 0). A cell a sliding layer no longer
+    /// sees (older than its window) is not in that layer's cache: nothing to do there.
     pub fn zero_cell(
         &mut self,
         layer: usize,
         r: CellRef,
         part: KvPart,
     ) -> Result<(), KvStateError> {
-        self.check_layer(layer)?;
-        let s = self.stream_mut(r)?;
+        let at = match self.site(layer, r) {
+            Err(KvStateError::OutsideWindow { .. }) => return Ok(()),
+            other => other?,
+        };
+        let s = self.stream_at_mut(at);
         let n_cells = s.cells.len();
         if part.has_k() {
-            let b = &mut s.k[layer];
-            b.data[r.cell * b.row_size..(r.cell + 1) * b.row_size].fill(0);
+            let b = &mut s.k[at.layer];
+            b.data[at.cell * b.row_size..(at.cell + 1) * b.row_size].fill(0);
         }
         if part.has_v() {
-            match &mut s.v[layer] {
-                VBlock::Rows(b) => b.data[r.cell * b.row_size..(r.cell + 1) * b.row_size].fill(0),
+            match &mut s.v[at.layer] {
+                VBlock::Rows(b) => b.data[at.cell * b.row_size..(at.cell + 1) * b.row_size].fill(0),
                 VBlock::Transposed(b) => {
                     for j in 0..b.n_embd {
-                        let at = (j * n_cells + r.cell) * b.el_size;
-                        b.data[at..at + b.el_size].fill(0);
+                        let i = (j * n_cells + at.cell) * b.el_size;
+                        b.data[i..i + b.el_size].fill(0);
                     }
                 }
             }
@@ -188,7 +253,8 @@ impl SeqState {
         Ok(())
     }
 
-    /// Copies one cell's rows in one layer from `donor` (same model, same cache types).
+    /// Copies one cell's rows in one layer from `donor` (same model, same cache types). As with
+    /// [`zero_cell`](Self::zero_cell), a cell outside a sliding layer's window is left alone.
     pub fn copy_cell_from(
         &mut self,
         donor: &SeqState,
@@ -197,11 +263,13 @@ impl SeqState {
         src: CellRef,
         part: KvPart,
     ) -> Result<(), KvStateError> {
-        self.check_layer(layer)?;
-        donor.check_layer(layer)?;
+        let (to, from) = match (self.site(layer, dst), donor.site(layer, src)) {
+            (Err(KvStateError::OutsideWindow { .. }), _) => return Ok(()),
+            (to, from) => (to?, from?),
+        };
         if part.has_k() {
-            let src_k = &donor.stream(src)?.k[layer];
-            let dst_k = &self.stream(dst)?.k[layer];
+            let src_k = &donor.stream_at(from).k[from.layer];
+            let dst_k = &self.stream_at(to).k[to.layer];
             if src_k.ggml_type != dst_k.ggml_type || src_k.row_size != dst_k.row_size {
                 return Err(KvStateError::Mismatch(format!(
                     "layer {layer} K is {} ({} B/row) in one and {} ({} B/row) in the other",
@@ -212,12 +280,12 @@ impl SeqState {
                 )));
             }
             let row = donor.k_row_bytes(layer, src)?.to_vec();
-            let b = &mut self.stream_mut(dst)?.k[layer];
-            b.data[dst.cell * b.row_size..(dst.cell + 1) * b.row_size].copy_from_slice(&row);
+            let b = &mut self.stream_at_mut(to).k[to.layer];
+            b.data[to.cell * b.row_size..(to.cell + 1) * b.row_size].copy_from_slice(&row);
         }
         if part.has_v() {
-            let (src_t, src_len) = v_shape(&donor.stream(src)?.v[layer]);
-            let (dst_t, dst_len) = v_shape(&self.stream(dst)?.v[layer]);
+            let (src_t, src_len) = v_shape(&donor.stream_at(from).v[from.layer]);
+            let (dst_t, dst_len) = v_shape(&self.stream_at(to).v[to.layer]);
             if src_t != dst_t || src_len != dst_len {
                 return Err(KvStateError::Mismatch(format!(
                     "layer {layer} V is {} in one and {} in the other",
@@ -226,16 +294,16 @@ impl SeqState {
                 )));
             }
             let row = donor.v_row_bytes(layer, src)?;
-            let s = self.stream_mut(dst)?;
+            let s = self.stream_at_mut(to);
             let n_cells = s.cells.len();
-            match &mut s.v[layer] {
+            match &mut s.v[to.layer] {
                 VBlock::Rows(b) => {
-                    b.data[dst.cell * b.row_size..(dst.cell + 1) * b.row_size].copy_from_slice(&row)
+                    b.data[to.cell * b.row_size..(to.cell + 1) * b.row_size].copy_from_slice(&row)
                 }
                 VBlock::Transposed(b) => {
                     for j in 0..b.n_embd {
-                        let at = (j * n_cells + dst.cell) * b.el_size;
-                        b.data[at..at + b.el_size]
+                        let i = (j * n_cells + to.cell) * b.el_size;
+                        b.data[i..i + b.el_size]
                             .copy_from_slice(&row[j * b.el_size..(j + 1) * b.el_size]);
                     }
                 }

@@ -4,7 +4,7 @@
 
 use super::values::{element_size, ggml_type_name};
 use super::{
-    CellMeta, KvStateError, LayoutHints, RowBlock, SEQ_STATE_MAGIC, SeqState, Stream,
+    CellMeta, KvStateError, LayoutHints, RowBlock, SEQ_STATE_MAGIC, SeqState, Stream, SwaPart,
     TransposedBlock, VBlock,
 };
 
@@ -59,7 +59,9 @@ impl<'a> Reader<'a> {
 /// Largest ggml type id kvlab accepts (GGML_TYPE_COUNT in the pinned llama.cpp is below this).
 const MAX_GGML_TYPE: i32 = 64;
 impl SeqState {
-    /// Parses the bytes of `llama_state_seq_get_data` for the plain `llama_kv_cache`.
+    /// Parses the bytes of `llama_state_seq_get_data` for the plain `llama_kv_cache`, or for
+    /// the iSWA cache (two caches, one after the other) when `hints.swa` says which layers
+    /// slide.
     ///
     /// Refuses (never panics on) anything else: other magic, truncation, implausible counts,
     /// unknown types and trailing bytes from memory modules kvlab does not know.
@@ -70,20 +72,26 @@ impl SeqState {
             return Err(KvStateError::BadMagic { found: magic });
         }
         let seq_id = r.i32()?;
-        let n_stream = r.count("n_stream", 4)?;
-        let mut streams = Vec::with_capacity(n_stream);
-        for _ in 0..n_stream {
-            let cell_count = r.count("cell_count", 8)?;
-            if cell_count == 0 {
-                streams.push(None);
-                continue;
+        let streams = parse_cache(&mut r, &hints)?;
+        let swa = match hints.swa.clone() {
+            Some(split) => {
+                let part = SwaPart {
+                    streams: parse_cache(&mut r, &hints)?,
+                    split,
+                };
+                check_layer_counts(&streams, &part)?;
+                Some(part)
             }
-            streams.push(Some(parse_stream(&mut r, cell_count, hints)?));
-        }
+            None => None,
+        };
         if r.remaining() != 0 {
             return Err(KvStateError::TrailingBytes(r.remaining()));
         }
-        Ok(SeqState { seq_id, streams })
+        Ok(SeqState {
+            seq_id,
+            streams,
+            swa,
+        })
     }
 
     /// Writes the state back in llama.cpp's layout. `parse(serialize(s)) == s`, and for bytes
@@ -92,56 +100,18 @@ impl SeqState {
         let mut out = Vec::with_capacity(self.byte_len_hint());
         out.extend_from_slice(&SEQ_STATE_MAGIC.to_le_bytes());
         out.extend_from_slice(&self.seq_id.to_le_bytes());
-        out.extend_from_slice(&(self.streams.len() as u32).to_le_bytes());
-        for stream in &self.streams {
-            let Some(s) = stream else {
-                out.extend_from_slice(&0u32.to_le_bytes());
-                continue;
-            };
-            out.extend_from_slice(&(s.cells.len() as u32).to_le_bytes());
-            for c in &s.cells {
-                out.extend_from_slice(&c.pos.to_le_bytes());
-                out.extend_from_slice(&(c.seq_ids.len() as u32).to_le_bytes());
-                if let Some(ext) = c.ext {
-                    for x in ext {
-                        out.extend_from_slice(&x.to_le_bytes());
-                    }
-                }
-                for id in &c.seq_ids {
-                    out.extend_from_slice(&id.to_le_bytes());
-                }
-            }
-            out.extend_from_slice(&u32::from(s.v_trans).to_le_bytes());
-            out.extend_from_slice(&(s.k.len() as u32).to_le_bytes());
-            out.extend_from_slice(&s.n_rot_k.to_le_bytes());
-            out.extend_from_slice(&s.n_rot_v.to_le_bytes());
-            for k in &s.k {
-                out.extend_from_slice(&k.ggml_type.to_le_bytes());
-                out.extend_from_slice(&(k.row_size as u64).to_le_bytes());
-                out.extend_from_slice(&k.data);
-            }
-            for v in &s.v {
-                match v {
-                    VBlock::Rows(b) => {
-                        out.extend_from_slice(&b.ggml_type.to_le_bytes());
-                        out.extend_from_slice(&(b.row_size as u64).to_le_bytes());
-                        out.extend_from_slice(&b.data);
-                    }
-                    VBlock::Transposed(b) => {
-                        out.extend_from_slice(&b.ggml_type.to_le_bytes());
-                        out.extend_from_slice(&(b.el_size as u32).to_le_bytes());
-                        out.extend_from_slice(&(b.n_embd as u32).to_le_bytes());
-                        out.extend_from_slice(&b.data);
-                    }
-                }
-            }
+        write_cache(&mut out, &self.streams);
+        if let Some(swa) = &self.swa {
+            write_cache(&mut out, &swa.streams);
         }
         out
     }
 
     fn byte_len_hint(&self) -> usize {
+        let swa = self.swa.iter().flat_map(|p| p.streams.iter());
         self.streams
             .iter()
+            .chain(swa)
             .flatten()
             .map(|s| {
                 s.k.iter().map(|b| b.data.len() + 12).sum::<usize>()
@@ -159,6 +129,100 @@ impl SeqState {
     }
 }
 
+/// One cache's part of a state: its stream count, then each stream.
+fn parse_cache(
+    r: &mut Reader<'_>,
+    hints: &LayoutHints,
+) -> Result<Vec<Option<Stream>>, KvStateError> {
+    let n_stream = r.count("n_stream", 4)?;
+    let mut streams = Vec::with_capacity(n_stream);
+    for _ in 0..n_stream {
+        let cell_count = r.count("cell_count", 8)?;
+        if cell_count == 0 {
+            streams.push(None);
+            continue;
+        }
+        streams.push(Some(parse_stream(r, cell_count, hints)?));
+    }
+    Ok(streams)
+}
+
+/// An iSWA state's caches must hold as many layers as the split gives each (a wrong split
+/// would edit the wrong layers).
+fn check_layer_counts(base: &[Option<Stream>], swa: &SwaPart) -> Result<(), KvStateError> {
+    let count = |streams: &[Option<Stream>]| streams.iter().flatten().map(|s| s.k.len()).next();
+    for (what, streams, expected) in [
+        ("full-attention", base, swa.split.base_layers().len()),
+        (
+            "sliding-window",
+            &swa.streams[..],
+            swa.split.swa_layers().len(),
+        ),
+    ] {
+        if let Some(n) = count(streams)
+            && n != expected
+        {
+            return Err(KvStateError::Malformed(format!(
+                "the {what} cache holds {n} layers where the model's layer pattern gives it {expected}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Writes one cache's part of a state, as [`parse_cache`] reads it.
+fn write_cache(out: &mut Vec<u8>, streams: &[Option<Stream>]) {
+    out.extend_from_slice(&(streams.len() as u32).to_le_bytes());
+    for stream in streams {
+        let Some(s) = stream else {
+            out.extend_from_slice(&0u32.to_le_bytes());
+            continue;
+        };
+        write_stream(out, s);
+    }
+}
+
+/// One non-empty stream: cells, data header, K blocks, V blocks.
+fn write_stream(out: &mut Vec<u8>, s: &Stream) {
+    out.extend_from_slice(&(s.cells.len() as u32).to_le_bytes());
+    for c in &s.cells {
+        out.extend_from_slice(&c.pos.to_le_bytes());
+        out.extend_from_slice(&(c.seq_ids.len() as u32).to_le_bytes());
+        if let Some(ext) = c.ext {
+            for x in ext {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        for id in &c.seq_ids {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&u32::from(s.v_trans).to_le_bytes());
+    out.extend_from_slice(&(s.k.len() as u32).to_le_bytes());
+    out.extend_from_slice(&s.n_rot_k.to_le_bytes());
+    out.extend_from_slice(&s.n_rot_v.to_le_bytes());
+    for k in &s.k {
+        out.extend_from_slice(&k.ggml_type.to_le_bytes());
+        out.extend_from_slice(&(k.row_size as u64).to_le_bytes());
+        out.extend_from_slice(&k.data);
+    }
+    for v in &s.v {
+        match v {
+            VBlock::Rows(b) => {
+                out.extend_from_slice(&b.ggml_type.to_le_bytes());
+                out.extend_from_slice(&(b.row_size as u64).to_le_bytes());
+                out.extend_from_slice(&b.data);
+            }
+            VBlock::Transposed(b) => {
+                out.extend_from_slice(&b.ggml_type.to_le_bytes());
+                out.extend_from_slice(&(b.el_size as u32).to_le_bytes());
+                out.extend_from_slice(&(b.n_embd as u32).to_le_bytes());
+                out.extend_from_slice(&b.data);
+            }
+        }
+    }
+}
+
 fn check_type(t: i32) -> Result<(), KvStateError> {
     if !(0..MAX_GGML_TYPE).contains(&t) {
         return Err(KvStateError::Malformed(format!("unknown ggml type id {t}")));
@@ -169,7 +233,7 @@ fn check_type(t: i32) -> Result<(), KvStateError> {
 fn parse_stream(
     r: &mut Reader<'_>,
     cell_count: usize,
-    hints: LayoutHints,
+    hints: &LayoutHints,
 ) -> Result<Stream, KvStateError> {
     let cells = (0..cell_count)
         .map(|_| parse_cell(r, hints))
@@ -205,7 +269,7 @@ fn parse_stream(
 }
 
 /// One cell's metadata: position, sequence count, the M-RoPE extension if any, sequence ids.
-fn parse_cell(r: &mut Reader<'_>, hints: LayoutHints) -> Result<CellMeta, KvStateError> {
+fn parse_cell(r: &mut Reader<'_>, hints: &LayoutHints) -> Result<CellMeta, KvStateError> {
     let pos = r.i32()?;
     let n_seq_id = r.count("n_seq_id", 4)?;
     let ext = if hints.cell_ext {

@@ -48,7 +48,7 @@ pub enum KvStateError {
         /// The magic that was found.
         found: u32,
     },
-    /// Bytes remain after the last structure: another memory module (a sliding-window cache, a
+    /// Bytes remain after the last structure: another memory module (a second cache, a
     /// recurrent state) kvlab cannot place.
     #[error(
         "the KV state has {0} unexplained trailing bytes: this model's memory layout \
@@ -64,6 +64,17 @@ pub enum KvStateError {
          zero and transplant still work on it"
     )]
     UnreadableType(String),
+    /// A sliding-window layer's cache no longer holds the position (it is older than the
+    /// window, so that layer does not read it).
+    #[error(
+        "position {pos} is outside layer {layer}'s sliding window: that layer no longer reads it"
+    )]
+    OutsideWindow {
+        /// The position.
+        pos: i32,
+        /// The model layer.
+        layer: usize,
+    },
     /// No cell holds the given position.
     #[error("no cache cell holds position {0}")]
     NoSuchPosition(i32),
@@ -169,12 +180,66 @@ pub struct Stream {
 }
 
 /// A parsed sequence state: what `llama_state_seq_get_data` wrote for one sequence.
+///
+/// Layer indices in every accessor are the *model's* layer numbers. For a plain cache they are
+/// the cache's own; for a sliding-window model (llama.cpp's iSWA cache: the full-attention
+/// layers in one cache, the sliding ones in another, see [`SwaSplit`]) the state maps them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeqState {
     /// The sequence the state was taken from.
     pub seq_id: i32,
-    /// Per stream: `None` for an empty stream (llama.cpp writes only its cell count, 0).
+    /// Per stream: `None` for an empty stream (llama.cpp writes only its cell count, 0). For an
+    /// iSWA state: the full-attention (base) cache's streams.
     pub streams: Vec<Option<Stream>>,
+    /// The sliding-window cache's part of an iSWA state.
+    pub swa: Option<SwaPart>,
+}
+
+/// The second half of an iSWA state: the sliding-window cache's streams, and which model
+/// layers each cache holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwaPart {
+    /// Per stream, as in [`SeqState::streams`]. Cells older than the window (as of the
+    /// sequence's last position) are not written by llama.cpp: no sliding layer reads them.
+    pub streams: Vec<Option<Stream>>,
+    /// Which model layers slide.
+    pub split: SwaSplit,
+}
+
+/// Which model layers use sliding-window attention, as llama.cpp decided it for the model
+/// (`hparams.is_swa(il)`): an iSWA cache keeps the others in its base cache and these in its
+/// sliding-window cache, each in increasing layer order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SwaSplit {
+    /// Per model layer: whether it slides.
+    pub sliding: Vec<bool>,
+}
+
+impl SwaSplit {
+    /// The model layers the base (full-attention) cache holds, in its order.
+    pub fn base_layers(&self) -> Vec<usize> {
+        (0..self.sliding.len())
+            .filter(|&l| !self.sliding[l])
+            .collect()
+    }
+
+    /// The model layers the sliding-window cache holds, in its order.
+    pub fn swa_layers(&self) -> Vec<usize> {
+        (0..self.sliding.len())
+            .filter(|&l| self.sliding[l])
+            .collect()
+    }
+
+    /// Where model layer `layer` lives: `(in the sliding cache, index among that cache's
+    /// layers)`; `None` beyond the model's layers.
+    pub fn locate(&self, layer: usize) -> Option<(bool, usize)> {
+        let sliding = *self.sliding.get(layer)?;
+        let index = self.sliding[..layer]
+            .iter()
+            .filter(|&&s| s == sliding)
+            .count();
+        Some((sliding, index))
+    }
 }
 
 /// Where a cell lives inside a [`SeqState`].
@@ -187,8 +252,11 @@ pub struct CellRef {
 }
 
 /// What the parser must know about the model that the bytes do not say.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LayoutHints {
     /// Whether cells carry llama.cpp's `llama_kv_cell_ext` (M-RoPE and n-gram models).
     pub cell_ext: bool,
+    /// For a model with llama.cpp's iSWA cache: which layers slide. The state then holds two
+    /// caches, the base one first.
+    pub swa: Option<SwaSplit>,
 }

@@ -18,6 +18,7 @@ pub(crate) fn synthetic(
     let mut st = SeqState {
         seq_id: 0,
         streams: vec![None, None],
+        swa: None,
     };
     let cells = positions
         .iter()

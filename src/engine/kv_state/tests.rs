@@ -151,3 +151,68 @@ proptest! {
         }
     }
 }
+
+/// An iSWA state: the base cache's part, then the sliding cache's, each as llama.cpp writes a
+/// plain cache after the state's header.
+fn iswa_bytes() -> Vec<u8> {
+    let base = synthetic(&[0, 1, 2], 1, 4, false);
+    let swa = synthetic(&[1, 2], 2, 4, true);
+    let mut b = base;
+    b.extend_from_slice(&swa[8..]);
+    b
+}
+
+fn iswa_hints(sliding: Vec<bool>) -> LayoutHints {
+    LayoutHints {
+        cell_ext: false,
+        swa: Some(SwaSplit { sliding }),
+    }
+}
+
+#[test]
+fn an_iswa_state_maps_model_layers_to_both_caches() {
+    let bytes = iswa_bytes();
+    // Layer 1 attends fully (the base cache's one layer); 0 and 2 slide.
+    let st = SeqState::parse(&bytes, iswa_hints(vec![true, false, true])).unwrap();
+    assert_eq!(st.serialize(), bytes);
+    assert_eq!(st.n_layer(), 3);
+    assert!(st.is_sliding(0) && !st.is_sliding(1));
+    // Position 0 is older than the window: only the full-attention layer has it.
+    let first = st.cells_at(0)[0];
+    assert!(st.k_row_f32(1, first).is_ok());
+    assert_eq!(
+        st.k_row_f32(0, first),
+        Err(KvStateError::OutsideWindow { pos: 0, layer: 0 })
+    );
+    // Model layer 2 is the sliding cache's second layer; position 2 its second cell.
+    let r = st.cells_at(2)[0];
+    let k: Vec<f32> = (0..4).map(|j| ((1000 + 10 + j) as f32) / 64.0).collect();
+    assert_eq!(st.k_row_f32(2, r).unwrap(), k);
+    // Zeroing in every layer changes the base cache's and the sliding cache's rows of that
+    // position, and leaves position 0's absent sliding rows alone.
+    let mut z = st.clone();
+    for layer in 0..3 {
+        z.zero_cell(layer, r, KvPart::Both).unwrap();
+        z.zero_cell(layer, first, KvPart::K).unwrap();
+    }
+    for layer in 0..3 {
+        assert!(z.k_row_f32(layer, r).unwrap().iter().all(|&x| x == 0.0));
+        assert!(z.v_row_f32(layer, r).unwrap().iter().all(|&x| x == 0.0));
+        let middle = z.cells_at(1)[0];
+        assert_eq!(z.k_row_bytes(layer, middle), st.k_row_bytes(layer, middle));
+    }
+}
+
+#[test]
+fn an_iswa_split_that_does_not_match_the_caches_is_refused() {
+    let e = SeqState::parse(&iswa_bytes(), iswa_hints(vec![false, false, true])).unwrap_err();
+    assert!(
+        matches!(e, KvStateError::Malformed(ref m) if m.contains("holds 1 layers where the model's layer pattern gives it 2")),
+        "{e}"
+    );
+    // Without the split, the second cache is unexplained.
+    assert!(matches!(
+        SeqState::parse(&iswa_bytes(), LayoutHints::default()),
+        Err(KvStateError::TrailingBytes(_))
+    ));
+}
