@@ -72,6 +72,11 @@ fn the_model_says_which_layers_slide() {
     assert_eq!(m.sliding_window(), Some(512));
     let split = m.sliding_layers().unwrap().expect("two caches");
     assert_eq!(split.base_layers(), vec![5, 11, 17]);
+    // What the model panel and `kvlab inspect` say.
+    assert_eq!(
+        m.attention_summary().as_deref(),
+        Some("sliding window of 512 tokens in 15 of 18 layers; layers 5, 11, 17 see every token")
+    );
 }
 
 /// The state holds both caches; zeroing one position in every model layer changes exactly that

@@ -116,6 +116,9 @@ pub(super) fn inspect(args: InspectArgs, gpu_layers: Option<u32>) -> Result<()> 
         "KV cache       {}",
         engine::kv_cache_home(&devices, gpu_layers, info.n_layer)
     );
+    if let Some(a) = m.attention_summary() {
+        say!("attention      {a}");
+    }
     match m.check_kv_surgery_supported() {
         Ok(()) => say!("KV surgery     supported"),
         Err(e) => say!("KV surgery     not supported: {e}"),

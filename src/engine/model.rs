@@ -299,6 +299,12 @@ impl LoadedModel {
             .and_then(|w| w.trim().parse().ok())
     }
 
+    /// The sliding window in words, for a model whose cache has one (see [`super::swa::describe`]).
+    pub fn attention_summary(&self) -> Option<String> {
+        let split = self.sliding_layers().ok()??;
+        Some(super::swa::describe(self.sliding_window()?, &split))
+    }
+
     /// Whether cache cells carry llama.cpp's cell extension (M-RoPE models).
     pub(crate) fn cells_have_ext(&self) -> bool {
         matches!(

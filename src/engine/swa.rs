@@ -78,6 +78,22 @@ pub fn split(
     Ok(Some(SwaSplit { sliding }))
 }
 
+/// In words, for the model panel and `kvlab inspect`: "sliding window of 512 tokens in 15 of
+/// 18 layers; layers 5, 11, 17 see every token".
+pub fn describe(window: u32, split: &SwaSplit) -> String {
+    let full: Vec<String> = split.base_layers().iter().map(|l| l.to_string()).collect();
+    let n = split.sliding.len();
+    let sees = match full.len() {
+        0 => "no layer sees every token".to_string(),
+        1 => format!("layer {} sees every token", full[0]),
+        _ => format!("layers {} see every token", full.join(", ")),
+    };
+    format!(
+        "sliding window of {window} tokens in {} of {n} layers; {sees}",
+        n - full.len()
+    )
+}
+
 /// llama.cpp's `set_swa_pattern`: with period `n` every n-th layer attends to everything (the
 /// last of each period, or the first with `dense_first`); period 0 makes every layer slide.
 fn periodic(n_layer: usize, n: u32, dense_first: bool) -> Vec<bool> {
@@ -126,6 +142,15 @@ mod tests {
         assert_eq!(split("gemma3", 18, None, None), Ok(None));
         assert_eq!(split("gemma3", 18, Some(0), None), Ok(None));
         assert_eq!(split("llama", 30, Some(4096), None), Ok(None));
+    }
+
+    #[test]
+    fn the_split_reads_in_words() {
+        let s = split("gemma3", 18, Some(512), None).unwrap().unwrap();
+        assert_eq!(
+            describe(512, &s),
+            "sliding window of 512 tokens in 15 of 18 layers; layers 5, 11, 17 see every token"
+        );
     }
 
     #[test]

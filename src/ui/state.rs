@@ -25,6 +25,8 @@ pub struct ModelView {
     /// Why kvlab cannot edit this model's cache (the engine's verdict, asked once at load);
     /// `None` when it can. Such a model is loaded for inspection only: no runs, no sweeps.
     pub unsupported: Option<String>,
+    /// Its sliding window in words (which layers slide, how far they see), if it has one.
+    pub attention: Option<String>,
 }
 
 /// A model file's metadata read without loading it (for the estimate shown before loading).

@@ -43,6 +43,8 @@ pub enum WorkerEvent {
         fingerprint: ModelFingerprint,
         /// Why its cache cannot be edited (the engine's check), if it cannot.
         unsupported: Option<String>,
+        /// Its sliding window in words, if it has one.
+        attention: Option<String>,
     },
     /// Loading failed or was cancelled; the previous model (if any) is gone.
     LoadFailed(String),
@@ -155,6 +157,7 @@ fn worker_loop(
                                 .check_kv_surgery_supported()
                                 .err()
                                 .map(|e| e.to_string()),
+                            attention: m.attention_summary(),
                         });
                         model = Some(m);
                     }

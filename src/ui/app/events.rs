@@ -81,6 +81,7 @@ impl KvlabApp {
                 info,
                 fingerprint,
                 unsupported,
+                attention,
             } => {
                 self.busy = Busy::Idle;
                 self.status = format!(
@@ -101,6 +102,7 @@ impl KvlabApp {
                     fingerprint,
                     gpu_layers: self.prefs.gpu_layers,
                     unsupported,
+                    attention,
                 });
                 self.prepared_for = None;
                 self.queue(Command::Prepare);

@@ -138,6 +138,9 @@ fn loaded_model(ui: &mut Ui, ctx: &ViewCtx, m: &ModelView, doc: &Document) {
         row("layers", info.n_layer.to_string());
         row("heads", format!("{} (KV {})", info.n_head, info.n_head_kv));
         row("context", format!("{} trained", info.n_ctx_train));
+        if let Some(a) = &m.attention {
+            row("attention", a.clone());
+        }
         row(
             "chat template",
             if info.has_chat_template { "yes" } else { "no" }.into(),
