@@ -164,8 +164,8 @@ impl GridScores {
     }
 }
 
-/// Every grid job, condition by condition: the baseline continuation, then every expected
-/// answer, of each variant the condition is judged between (all variants unless it names
+/// Every grid job, condition by condition: the baseline continuation (unless the spec turns
+/// that off), then every expected answer, of each variant the condition is judged between (all variants unless it names
 /// whom it is judged against).
 pub(crate) fn grid_jobs(
     model: &LoadedModel,
@@ -186,7 +186,12 @@ pub(crate) fn grid_jobs(
     for (condition, planned) in plan.conditions.iter().enumerate() {
         let judged = plan.condition(planned).judged(&names);
         let scored = |vi: usize| judged.contains(&names[vi]);
-        for (vi, b) in baselines.iter().enumerate().filter(|(vi, _)| scored(*vi)) {
+        let with_baselines = plan.spec.score_baselines;
+        for (vi, b) in baselines
+            .iter()
+            .enumerate()
+            .filter(|(vi, _)| with_baselines && scored(*vi))
+        {
             jobs.push(GridJob {
                 condition,
                 target: Target::Baseline(vi),

@@ -169,6 +169,7 @@ fn wave(
             generation: spec.generation.clone(),
             probes: spec.probes.clone(),
             top_k: spec.top_k,
+            score_baselines: false,
             dataset: None,
         },
     }

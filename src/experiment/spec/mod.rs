@@ -72,6 +72,11 @@ pub enum SpecError {
     Dataset(String),
 }
 
+/// For `skip_serializing_if`: the default of a flag that is on unless turned off.
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -136,6 +141,11 @@ pub struct ExperimentSpec {
     pub probes: Vec<String>,
     /// Alternatives recorded per step.
     pub top_k: usize,
+    /// Score every judged variant's baseline continuation under each condition (the grid's
+    /// "how likely is the baseline's text" numbers). Datasets turn it off: their verdicts come
+    /// from the expected answers alone, and the baselines would double the scoring work.
+    #[serde(skip_serializing_if = "is_true")]
+    pub score_baselines: bool,
     /// A dataset: needles, answer templates, pairs and prompt templates that expand into many
     /// grids (see [`crate::experiment::dataset`]). With one, the prompt's turns, the variants
     /// and the conditions come from it and must not be given here.
@@ -155,6 +165,7 @@ impl Default for ExperimentSpec {
             generation: GenerationSpec::default(),
             probes: Vec::new(),
             top_k: 10,
+            score_baselines: true,
             dataset: None,
         }
     }
