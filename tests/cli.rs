@@ -242,10 +242,13 @@ fn the_benchmark_runs_in_quick_mode_and_its_output_parses() {
         ("decode step", r.decode_step_s),
         ("sweep", r.sweep_positions_per_s),
         ("grid positions", r.grid_positions_per_s),
+        ("dataset batched", r.dataset_items_per_s),
+        ("dataset one grid per item", r.dataset_separate_items_per_s),
     ] {
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
     }
     assert!(r.generation_loop_overhead.is_finite());
+    assert_eq!(r.dataset_items, 4);
 }
 
 #[test]

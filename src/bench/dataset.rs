@@ -11,10 +11,11 @@ use crate::runner::{self, DatasetOptions, RunError, RunOptions};
 
 /// The shipped dataset cut to one prompt template, its listed pairs (`n_items` of them) and
 /// the conditions a one-item grid can hold (a mean over every needle needs every needle's
-/// prompt in each grid).
-fn bench_dataset(n_items: usize) -> ExperimentSpec {
+/// prompt in each grid), generating `max_tokens`.
+fn bench_dataset(n_items: usize, max_tokens: usize) -> ExperimentSpec {
     let text = include_str!("../../assets/experiments/cities.json");
     let mut spec = ExperimentSpec::from_json(text).expect("the shipped dataset is valid");
+    spec.generation.max_tokens = max_tokens;
     let data = spec.dataset.as_mut().expect("cities.json has a dataset");
     data.templates.truncate(1);
     data.conditions.retain(|c| !matches!(c.op, Op::Mean { .. }));
@@ -30,7 +31,11 @@ pub(super) fn dataset_vs_grids(
     options: &RunOptions,
     quick: bool,
 ) -> Result<(f64, f64, usize), RunError> {
-    let spec = bench_dataset(if quick { 6 } else { 24 });
+    let spec = if quick {
+        bench_dataset(4, 4)
+    } else {
+        bench_dataset(24, 16)
+    };
     let n = dataset::items(spec.dataset.as_ref().expect("a dataset")).len();
     let batched_options = DatasetOptions {
         run: options.clone(),

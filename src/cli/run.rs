@@ -36,6 +36,9 @@ pub(super) fn run(args: RunArgs, gpu_layers: Option<u32>) -> Result<()> {
         check_output(path, "--session")?;
     }
     if spec.dataset.is_some() {
+        if delta_layer.is_some() {
+            bail!("--delta-layer is for grids: a dataset records no K/V differences");
+        }
         let outputs = super::dataset::Outputs {
             out,
             session,
