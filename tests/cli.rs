@@ -242,8 +242,58 @@ fn the_benchmark_runs_in_quick_mode_and_its_output_parses() {
         ("decode step", r.decode_step_s),
         ("sweep", r.sweep_positions_per_s),
         ("grid positions", r.grid_positions_per_s),
+        ("dataset batched", r.dataset_items_per_s),
+        ("dataset one grid per item", r.dataset_separate_items_per_s),
     ] {
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
     }
     assert!(r.generation_loop_overhead.is_finite());
+    assert_eq!(r.dataset_items, 4);
+}
+
+#[test]
+fn a_small_dataset_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("tiny.json");
+    std::fs::write(&spec, common::tiny_dataset_json().to_string()).unwrap();
+    let session = dir.path().join("tiny.kvlab");
+    let model = model_path();
+    let (spec, session) = (spec.to_str().unwrap(), session.to_str().unwrap());
+    let m = model.to_str().unwrap();
+    let out = kvlab(&["run", spec, "--model", m, "--session", session]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.starts_with("tiny-cities — 4 of 4 items"), "{stdout}");
+    for row in [
+        "all items",
+        "template trip",
+        "needle LA",
+        "transplant from partner",
+    ] {
+        assert!(stdout.contains(row), "missing {row}: {stdout}");
+    }
+    assert!(stderr.contains("4/4 items"), "{stderr}");
+    // The session re-runs as CSV-able items and verifies exactly.
+    let out = kvlab(&["verify", session, "--model", m]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("reproduces its 4 dataset items exactly"),
+        "{stdout}"
+    );
+    let out = kvlab(&["run", spec, "--model", m, "--format", "csv"]);
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(csv.lines().count(), 1 + 4 * 3, "{csv}");
+    assert!(
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("0,seed,SF,NY,none,"),
+        "{csv}"
+    );
 }

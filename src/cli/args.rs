@@ -30,10 +30,10 @@ pub struct RunArgs {
     /// The GGUF model file.
     #[arg(long, short, env = "KVLAB_MODEL")]
     pub model: PathBuf,
-    /// Write the full results (JSON) here.
+    /// Write the full results (JSON) here (a dataset: every wave's grid and the items).
     #[arg(long, short)]
     pub out: Option<PathBuf>,
-    /// How to print the grid.
+    /// How to print the grid (a dataset: its aggregate table).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// CPU threads for llama.cpp.
@@ -157,6 +157,8 @@ pub enum Format {
     Table,
     /// A Markdown table.
     Markdown,
-    /// The full results as JSON.
+    /// The full results as JSON (a dataset: its aggregates).
     Json,
+    /// A dataset: one row per item × condition (grids have no CSV form here: see `report`).
+    Csv,
 }

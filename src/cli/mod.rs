@@ -39,6 +39,7 @@ macro_rules! note_inline {
 // After the macros: modules see only macros defined above them.
 mod args;
 mod checks;
+mod dataset;
 mod info;
 mod run;
 

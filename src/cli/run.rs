@@ -35,6 +35,20 @@ pub(super) fn run(args: RunArgs, gpu_layers: Option<u32>) -> Result<()> {
     if let Some(path) = &session {
         check_output(path, "--session")?;
     }
+    if spec.dataset.is_some() {
+        if delta_layer.is_some() {
+            bail!("--delta-layer is for grids: a dataset records no K/V differences");
+        }
+        let outputs = super::dataset::Outputs {
+            out,
+            session,
+            format,
+        };
+        return super::dataset::run(&spec, &model, threads, outputs, gpu_layers);
+    }
+    if format == Format::Csv {
+        bail!("--format csv is for datasets; for a grid's per-step CSV use `kvlab report --csv`");
+    }
     let model = load(&model, gpu_layers)?;
     check_fits(&spec, &model)?;
     let n_layer = model.info().n_layer as usize;
@@ -87,14 +101,14 @@ pub(super) fn run(args: RunArgs, gpu_layers: Option<u32>) -> Result<()> {
     let printed = match format {
         Format::Table => grid::to_table(&results, std::io::stdout().is_terminal()),
         Format::Markdown => grid::to_markdown(&results),
-        Format::Json => json,
+        Format::Json | Format::Csv => json,
     };
     say!("{printed}");
     Ok(())
 }
 
 /// Saves the experiment, the model reference and the results as a session file.
-fn save_session(
+pub(super) fn save_session(
     path: &Path,
     spec: &ExperimentSpec,
     model: &LoadedModel,
@@ -186,15 +200,20 @@ pub(super) fn verify(
     gpu_layers: Option<u32>,
 ) -> Result<()> {
     let s = Session::load(path)?;
-    let saved = s
-        .results
-        .as_ref()
-        .with_context(|| format!("{} has no results to verify", path.display()))?;
+    // A dataset is verified wave by wave; its first wave's grid carries the run's settings.
+    let grid = match (&s.results, &s.dataset) {
+        (Some(r), _) => r,
+        (None, Some(d)) => match d.waves.first() {
+            Some(w) => &w.results,
+            None => bail!("{} has no finished dataset items to verify", path.display()),
+        },
+        (None, None) => bail!("{} has no results to verify", path.display()),
+    };
     // Threads are a run setting, not a result: --threads wins; the recorded count is used
     // when this machine can run it.
     let threads = match threads {
         Some(_) => threads_arg(threads)?,
-        None => match check_threads(saved.settings.threads as i64, "the session") {
+        None => match check_threads(grid.settings.threads as i64, "the session") {
             Ok(t) => t,
             Err(e) => {
                 let t = runner::default_threads();
@@ -207,17 +226,21 @@ pub(super) fn verify(
         .or_else(|| s.model.as_ref().map(|m| m.path.clone()))
         .with_context(|| "the session names no model: pass --model")?;
     let m = load(&model_path, gpu_layers)?;
-    check_fits(&saved.spec, &m)?;
-    if m.fingerprint() != &saved.model {
+    check_fits(&grid.spec, &m)?;
+    if m.fingerprint() != &grid.model {
         bail!(
             "{} is not the model these results came from ({} {} bytes, expected {} {} bytes): results are never compared across models",
             model_path.display(),
             m.fingerprint().file_name,
             m.fingerprint().file_size,
-            saved.model.file_name,
-            saved.model.file_size
+            grid.model.file_name,
+            grid.model.file_size
         );
     }
+    let Some(saved) = &s.results else {
+        let d = s.dataset.as_ref().expect("checked above");
+        return super::dataset::verify(path, d, &m, threads);
+    };
     let options = RunOptions {
         threads,
         delta_layer: saved

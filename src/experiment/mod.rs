@@ -2,6 +2,7 @@
 //! finding, metrics, the results a run produces and the outcome grid.
 
 pub mod compare;
+pub mod dataset;
 pub mod floats;
 pub mod grid;
 pub mod jinja;
@@ -11,6 +12,7 @@ pub mod outcome;
 pub mod results;
 pub mod samples;
 pub mod spec;
+pub mod stats;
 pub mod sweep;
 
 pub use results::RunResults;

@@ -85,6 +85,9 @@ pub struct ConditionResult {
     pub op: Op,
     /// Where, as the condition asked (its span `None` for the needle).
     pub site: Site,
+    /// The variants it was judged against (empty: all others).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub against: Vec<String>,
     /// The positions touched (the site's span, or the needle's).
     pub span: Span,
     /// What was generated.
@@ -119,6 +122,7 @@ impl ConditionResult {
             variant: self.variant.clone(),
             op: self.op.clone(),
             site: self.site.clone(),
+            against: self.against.clone(),
         }
     }
 

@@ -93,7 +93,7 @@ pub(crate) fn condition_result(
         outcome::is_fragile(&gaps)
     });
     let names: Vec<&str> = spec.variants.iter().map(|v| v.name.as_str()).collect();
-    let pref = outcome::preference(&expected, &c.variant, &names);
+    let pref = outcome::preference(&expected, &c.variant, &c.judged(&names));
     let keywords = if spec.variants.iter().any(|v| !v.keywords.is_empty()) {
         let lists: Vec<(&str, &[String])> = spec
             .variants
@@ -109,6 +109,7 @@ pub(crate) fn condition_result(
         variant: c.variant.clone(),
         op: c.op.clone(),
         site: c.site.clone(),
+        against: c.against.clone(),
         span,
         generation,
         first_divergence,

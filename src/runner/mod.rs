@@ -17,9 +17,11 @@
 //! - `generate`: all sequences advanced together, one batched decode per step;
 //! - `score`: teacher-forced log-probs of continuations, shared by grids and sweeps;
 //! - `assemble`: results from the measured numbers (pure);
-//! - `sweep`: many conditions measured by scores alone.
+//! - `sweep`: many conditions measured by scores alone;
+//! - `dataset`: many items, packed into waves of grids.
 
 mod assemble;
+mod dataset;
 mod delta;
 pub mod fits;
 mod generate;
@@ -40,6 +42,7 @@ use crate::engine::{EngineError, Lab, LabOptions, LoadedModel, SeqState};
 use crate::experiment::results::{RunResults, RunSettings, Timings};
 use crate::experiment::spec::{ExperimentSpec, SpecError};
 
+pub use dataset::{DatasetOptions, plan_waves, run_dataset};
 pub use delta::kv_delta;
 pub use prompts::{Prepared, PreparedPrompt, prepare_prompts};
 pub use sweep::run_sweep;

@@ -93,6 +93,7 @@ impl<'s> Plan<'s> {
     /// Refuses, before anything is allocated, a spec whose run would not fit the model's
     /// context or this machine's memory.
     pub fn new(model: &LoadedModel, spec: &'s ExperimentSpec) -> Result<Plan<'s>, RunError> {
+        not_a_dataset(spec)?;
         super::fits::check(model, spec)?;
         let Prepared {
             prompts,
@@ -119,6 +120,7 @@ impl<'s> Plan<'s> {
         shape: CacheShape,
     ) -> Result<Plan<'s>, SpecError> {
         spec.validate()?;
+        not_a_dataset(spec)?;
         check_prompts(spec, &prompts)?;
         let n_var = prompts.len();
         let conditions = spec
@@ -174,6 +176,17 @@ impl<'s> Plan<'s> {
             Sampling::Greedy => 0,
         }
     }
+}
+
+/// A dataset is many grids (its waves), never one: its spec has no variants of its own.
+fn not_a_dataset(spec: &ExperimentSpec) -> Result<(), SpecError> {
+    if spec.dataset.is_some() {
+        return Err(SpecError::Dataset(
+            "this experiment is a dataset: it runs as waves of grids (`kvlab run`), not as one grid"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// One prompt per variant, each with a token to cache and a last token to feed.

@@ -164,8 +164,9 @@ impl GridScores {
     }
 }
 
-/// Every grid job, condition by condition: each variant's baseline continuation, then every
-/// expected answer.
+/// Every grid job, condition by condition: the baseline continuation (unless the spec turns
+/// that off), then every expected answer, of each variant the condition is judged between (all variants unless it names
+/// whom it is judged against).
 pub(crate) fn grid_jobs(
     model: &LoadedModel,
     plan: &Plan<'_>,
@@ -177,24 +178,34 @@ pub(crate) fn grid_jobs(
     let mut answers = Vec::new();
     for (vi, v) in plan.spec.variants.iter().enumerate() {
         for (ai, answer) in v.expected.iter().enumerate() {
-            answers.push((Target::Expected(vi, ai), answer_ids(model, answer)?));
+            answers.push((vi, Target::Expected(vi, ai), answer_ids(model, answer)?));
         }
     }
+    let names: Vec<&str> = plan.spec.variants.iter().map(|v| v.name.as_str()).collect();
     let mut jobs = Vec::new();
-    for condition in 0..plan.conditions.len() {
-        for (vi, b) in baselines.iter().enumerate() {
+    for (condition, planned) in plan.conditions.iter().enumerate() {
+        let judged = plan.condition(planned).judged(&names);
+        let scored = |vi: usize| judged.contains(&names[vi]);
+        let with_baselines = plan.spec.score_baselines;
+        for (vi, b) in baselines
+            .iter()
+            .enumerate()
+            .filter(|(vi, _)| with_baselines && scored(*vi))
+        {
             jobs.push(GridJob {
                 condition,
                 target: Target::Baseline(vi),
                 tokens: b.tokens.clone(),
             });
         }
-        for (target, tokens) in &answers {
-            jobs.push(GridJob {
-                condition,
-                target: *target,
-                tokens: tokens.clone(),
-            });
+        for (vi, target, tokens) in &answers {
+            if scored(*vi) {
+                jobs.push(GridJob {
+                    condition,
+                    target: *target,
+                    tokens: tokens.clone(),
+                });
+            }
         }
     }
     Ok(jobs)

@@ -7,6 +7,7 @@
 use crate::engine::kv_state::CellRef;
 use crate::engine::{EngineError, KvPart, KvStateError, Lab, SeqState};
 use crate::experiment::spec::Span;
+use crate::experiment::stats::SplitMix64;
 
 use super::plan::{Edit, Plan, PlannedCondition};
 
@@ -213,8 +214,8 @@ impl Noise {
         if let Some(z) = self.spare.take() {
             return z;
         }
-        let u1 = (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64;
-        let u2 = (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let u1 = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let u2 = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let r = (-2.0 * (1.0 - u1).ln()).sqrt();
         let t = std::f64::consts::TAU * u2;
         self.spare = Some(r * t.sin());
@@ -242,20 +243,6 @@ fn spread(s: &SeqState, half: Half, layer: u32) -> Result<f32, KvStateError> {
     }
     let mean = sum / n;
     Ok(((sq / n - mean * mean).max(0.0)).sqrt() as f32)
-}
-
-/// A small, fast, seedable generator (SplitMix64): its output for a seed never changes, so a
-/// recorded seed reproduces its noise on any machine and kvlab version.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 /// Copies the donor's rows at the span's positions into `state`, same positions.

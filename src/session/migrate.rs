@@ -6,6 +6,9 @@
 //!   typed op and site instead of their names in words, and a typed verdict instead of its text;
 //!   sweeps name their op. Sweeps of that time did not record the experiment they were measured
 //!   on, so they read as not current.
+//! - 2 → 3: sessions may hold a dataset run (`dataset`) and specs a `dataset`; nothing older
+//!   changes shape. The version says so, so that an older kvlab refuses the file with "update
+//!   kvlab" rather than calling the unknown field damage.
 
 use serde_json::{Value, json};
 

@@ -21,7 +21,7 @@ pub use save::{Fault, write_atomic};
 /// The `format` field of every session file.
 pub const FORMAT: &str = "kvlab-session";
 /// The version this build writes; it reads this one and older ones.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The file extension.
 pub const EXTENSION: &str = "kvlab";
 /// The largest session file read (a long run's session is a few MiB).
@@ -107,6 +107,9 @@ pub struct Session {
     /// The last sweep's results.
     #[serde(default)]
     pub sweep: Option<crate::experiment::sweep::SweepResults>,
+    /// The last dataset run's results (every finished wave's grid, its items).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<crate::experiment::dataset::DatasetResults>,
     /// The user's notes.
     #[serde(default)]
     pub notes: String,
@@ -140,6 +143,7 @@ impl Session {
             model: None,
             results: None,
             sweep: None,
+            dataset: None,
             notes: String::new(),
             app_version: env!("CARGO_PKG_VERSION").into(),
             llama_cpp_2_version: crate::engine::LLAMA_CPP_2_VERSION.into(),
@@ -211,6 +215,9 @@ impl Session {
         self.spec.validate().map_err(|e| format!("spec: {e}"))?;
         if let Some(r) = &self.results {
             r.validate()?;
+        }
+        if let Some(d) = &self.dataset {
+            d.validate()?;
         }
         Ok(())
     }

@@ -325,7 +325,7 @@ fn a_version_1_session_is_migrated_to_ops_sites_and_typed_verdicts() {
         "format 1 did not record a sweep's experiment"
     );
     assert_eq!(sweep.points.len(), 3);
-    // Saved again, it is a version-2 file that reads back the same.
+    // Saved again, it is a current-version file that reads back the same.
     let again = Session::from_json(&s.to_json(), "x").unwrap();
     assert_eq!(again, s);
     assert!(!s.to_json().contains("\"intervention\""));

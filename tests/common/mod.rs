@@ -96,3 +96,26 @@ pub fn wait_for(
     }
     h.step();
 }
+
+/// A tiny dataset cut from the shipped `cities.json` (for CI time): three needles, the first
+/// two prompt templates, two listed pairs, none/zero/transplant, four tokens generated.
+pub fn tiny_dataset_json() -> serde_json::Value {
+    let path = format!(
+        "{}/assets/experiments/cities.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("asset exists")).unwrap();
+    v["name"] = "tiny-cities".into();
+    v["generation"]["max_tokens"] = 4.into();
+    let d = &mut v["dataset"];
+    d["needles"].as_array_mut().unwrap().truncate(3);
+    d["templates"].as_array_mut().unwrap().truncate(2);
+    d["pairs"] = serde_json::json!({"listed": [["SF", "NY"], ["LA", "SF"]]});
+    d["conditions"] = serde_json::json!([
+        {"op": {"kind": "none"}},
+        {"op": {"kind": "zero"}},
+        {"op": {"kind": "transplant", "from": "{partner}"}}
+    ]);
+    v
+}

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod file;
 mod legacy;
 mod op;
 mod prompt;
@@ -14,6 +15,7 @@ mod site;
 mod tests;
 
 pub use crate::engine::KvPart;
+pub use file::read_text_file;
 pub use legacy::{upgrade_condition, upgrade_conditions};
 pub use op::{Condition, DEFAULT_NOISE_SCALE, Op};
 pub use prompt::{PromptMode, PromptSpec, Turn, Variant};
@@ -65,6 +67,14 @@ pub enum SpecError {
     /// Generation settings are out of range.
     #[error("{0}")]
     Generation(String),
+    /// The dataset is inconsistent.
+    #[error("dataset: {0}")]
+    Dataset(String),
+}
+
+/// For `skip_serializing_if`: the default of a flag that is on unless turned off.
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// How the next token is chosen.
@@ -131,6 +141,16 @@ pub struct ExperimentSpec {
     pub probes: Vec<String>,
     /// Alternatives recorded per step.
     pub top_k: usize,
+    /// Score every judged variant's baseline continuation under each condition (the grid's
+    /// "how likely is the baseline's text" numbers). Datasets turn it off: their verdicts come
+    /// from the expected answers alone, and the baselines would double the scoring work.
+    #[serde(skip_serializing_if = "is_true")]
+    pub score_baselines: bool,
+    /// A dataset: needles, answer templates, pairs and prompt templates that expand into many
+    /// grids (see [`crate::experiment::dataset`]). With one, the prompt's turns, the variants
+    /// and the conditions come from it and must not be given here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<crate::experiment::dataset::DatasetSpec>,
 }
 
 impl Default for ExperimentSpec {
@@ -145,46 +165,10 @@ impl Default for ExperimentSpec {
             generation: GenerationSpec::default(),
             probes: Vec::new(),
             top_k: 10,
+            score_baselines: true,
+            dataset: None,
         }
     }
-}
-
-/// Reads a text file that a user names (an experiment, a session): it must be a regular file
-/// (a FIFO would block, `/dev/zero` never ends) of at most `max` bytes, in UTF-8 (a byte order
-/// mark is allowed). `what` names the kind of file in messages ("an experiment").
-pub fn read_text_file(path: &std::path::Path, max: u64, what: &str) -> Result<String, String> {
-    use std::io::Read;
-    let shown = path.display();
-    let cannot = |e: std::io::Error| format!("cannot read {what} {shown}: {e}");
-    let meta = std::fs::metadata(path).map_err(cannot)?;
-    if let Some(kind) = crate::gguf::not_a_regular_file(&meta) {
-        return Err(format!("{shown} is {kind}, not {what} file"));
-    }
-    let too_big = || {
-        format!(
-            "{shown} is larger than {} MiB, too large for {what} file",
-            max >> 20
-        )
-    };
-    if meta.len() > max {
-        return Err(too_big());
-    }
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes).map_err(cannot)?;
-    if bytes.len() as u64 > max {
-        return Err(too_big());
-    }
-    let mut text = String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "{shown} is not UTF-8 text (invalid byte at {})",
-            e.utf8_error().valid_up_to()
-        )
-    })?;
-    if text.starts_with('\u{feff}') {
-        text.drain(..3);
-    }
-    Ok(text)
 }
 
 /// The seed experiment, as shipped in `assets/experiments/seed-short.json`.
@@ -262,6 +246,17 @@ impl ExperimentSpec {
 
     /// Checks what can be checked without a model.
     pub fn validate(&self) -> Result<(), SpecError> {
+        if let Some(data) = &self.dataset {
+            if !self.variants.is_empty() || !self.conditions.is_empty() {
+                return Err(SpecError::Dataset(
+                    "an experiment with a dataset takes its variants and conditions from it: \
+                     leave `variants` and `conditions` out"
+                        .into(),
+                ));
+            }
+            data.validate()?;
+            return self.check_generation();
+        }
         if !self
             .prompt
             .turns
@@ -331,6 +326,15 @@ impl ExperimentSpec {
             {
                 return Err(err(format!(
                     "the mean is over {v:?}, which is not a variant"
+                )));
+            }
+            if let Some(v) = c
+                .against
+                .iter()
+                .find(|v| !names.contains(v.as_str()) || **v == c.variant)
+            {
+                return Err(err(format!(
+                    "it is judged against {v:?}, which is not another variant"
                 )));
             }
             check_site(&c.op, &c.site).map_err(err)?;

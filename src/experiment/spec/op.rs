@@ -149,6 +149,12 @@ pub struct Condition {
     /// Where (default: the needle, every layer, K and V).
     #[serde(default, skip_serializing_if = "Site::is_default")]
     pub site: Site,
+    /// The variants this cell is judged against (its preference is its own variant's answers
+    /// over the best of these). Empty: every other variant. A dataset packs many items into
+    /// one grid; each cell is judged against its own item's partner only, which also keeps
+    /// scoring linear in the number of items.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub against: Vec<String>,
 }
 
 impl Condition {
@@ -159,6 +165,7 @@ impl Condition {
             variant: variant.into(),
             op,
             site: Site::default(),
+            against: Vec::new(),
         }
     }
 
@@ -172,6 +179,17 @@ impl Condition {
     pub fn labelled(mut self, label: impl Into<String>) -> Condition {
         self.label = Some(label.into());
         self
+    }
+
+    /// The variants it is judged between: its own, then those it is judged against (all of
+    /// `variants` when it names none).
+    pub fn judged<'a>(&'a self, variants: &[&'a str]) -> Vec<&'a str> {
+        if self.against.is_empty() {
+            return variants.to_vec();
+        }
+        std::iter::once(self.variant.as_str())
+            .chain(self.against.iter().map(String::as_str))
+            .collect()
     }
 
     /// The row label: the explicit one, or one derived from the op and its site.

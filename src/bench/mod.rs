@@ -1,5 +1,7 @@
 //! `kvlab bench`: speed figures measured on this machine, in one run, reported as ratios.
 
+mod dataset;
+
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +54,14 @@ pub struct BenchReport {
     pub large_session_first_frame_ms: f64,
     /// The slowest of the next 9 frames, ms.
     pub large_session_frame_ms: f64,
+    /// A dataset's items run batched in waves: items per second.
+    pub dataset_items_per_s: f64,
+    /// The same items, one grid each: items per second.
+    pub dataset_separate_items_per_s: f64,
+    /// batched / separate, per item.
+    pub dataset_speedup: f64,
+    /// Items in the dataset measured.
+    pub dataset_items: usize,
     /// Peak resident memory of the process, MiB (Linux).
     pub peak_memory_mib: Option<f64>,
 }
@@ -255,6 +265,10 @@ pub fn run(
     let n_pos = if quick { 3 } else { 16 };
     let (sweep_s, swept_points, grid_s) = sweep_vs_grid(model, &spec, &options, n_pos)?;
 
+    progress("dataset batched vs one grid per item");
+    let (dataset_batched, dataset_separate, dataset_items) =
+        dataset::dataset_vs_grids(model, &options, quick)?;
+
     progress("large session: save, open, show");
     let (large_save, large_load, large_mib, large_first, large_frame) =
         large_session_figures(&grid_run)?;
@@ -278,6 +292,10 @@ pub fn run(
         large_session_mib: large_mib,
         large_session_first_frame_ms: large_first,
         large_session_frame_ms: large_frame,
+        dataset_items_per_s: dataset_batched,
+        dataset_separate_items_per_s: dataset_separate,
+        dataset_speedup: dataset_batched / dataset_separate,
+        dataset_items,
         peak_memory_mib: peak_memory_mib(),
     })
 }
@@ -386,6 +404,8 @@ pub fn to_table(r: &BenchReport) -> String {
          same positions as grid cells     {:>9.2} positions/s → sweep is {:.1}× faster\n\
          large session (10 × 1000 tokens) {:>9.2} s save, {:.2} s open, {:.1} MiB\n\
            shown in the app               {:>9.1} ms first frame, then at most {:.1} ms\n\
+         dataset ({} items), batched      {:>9.2} items/s\n\
+         same items, one grid each        {:>9.2} items/s → batched is {:.1}× faster\n\
          peak memory                      {}\n\
          ({} mode, {} threads)",
         r.raw_decode_tokens_per_s,
@@ -404,6 +424,10 @@ pub fn to_table(r: &BenchReport) -> String {
         r.large_session_mib,
         r.large_session_first_frame_ms,
         r.large_session_frame_ms,
+        r.dataset_items,
+        r.dataset_items_per_s,
+        r.dataset_separate_items_per_s,
+        r.dataset_speedup,
         r.peak_memory_mib
             .map_or("n/a".into(), |m| format!("{m:>9.0} MiB")),
         if r.quick { "quick" } else { "full" },

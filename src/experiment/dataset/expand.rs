@@ -1,0 +1,176 @@
+//! A dataset as ordinary grids. Per prompt template, items are packed into waves: one grid
+//! whose variants are the needles the wave's items use and whose conditions are, per item and
+//! condition template, the op on the item's needle, judged against its partner only. A wave
+//! holds at most `max_sequences` sequences (variants + conditions), so it fits one context;
+//! every sequence of a wave shares each decode step, which is where a dataset's speed comes
+//! from. Condition `k` of a wave belongs to item `items[k / n]`, condition template `k % n`
+//! (`n` condition templates): the map back from grid cells to items is arithmetic.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{DatasetSpec, PARTNER};
+use crate::experiment::spec::{Condition, ExperimentSpec, Op, PromptSpec, SpecError, Variant};
+
+/// One item: a prompt template and an ordered pair of needles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetItem {
+    /// Its index in the dataset's item order (template-major, then pairs).
+    pub index: usize,
+    /// The prompt template's index.
+    pub template: usize,
+    /// The needle whose cache is edited (its name).
+    pub needle: String,
+    /// The needle it is judged against (its name).
+    pub partner: String,
+}
+
+/// One wave: a grid and the items it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wave {
+    /// The prompt template's index.
+    pub template: usize,
+    /// The items, by index; item `items[k / n]` owns the grid's condition `k`.
+    pub items: Vec<usize>,
+    /// The grid to run.
+    pub spec: ExperimentSpec,
+}
+
+/// Every item of the dataset, template-major.
+pub fn items(data: &DatasetSpec) -> Vec<DatasetItem> {
+    let pairs = data.pair_indices();
+    (0..data.templates.len())
+        .flat_map(|template| pairs.iter().map(move |&(a, b)| (template, a, b)))
+        .enumerate()
+        .map(|(index, (template, a, b))| DatasetItem {
+            index,
+            template,
+            needle: data.needles[a].name().to_string(),
+            partner: data.needles[b].name().to_string(),
+        })
+        .collect()
+}
+
+/// The needles an item's grid needs besides its own two: every needle for a mean over all,
+/// a mean's listed needles, a transplant's named donor.
+fn extra_needles(data: &DatasetSpec) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for c in &data.conditions {
+        match &c.op {
+            Op::Mean { over } if over.is_empty() => {
+                out.extend(data.needles.iter().map(|n| n.name().to_string()))
+            }
+            Op::Mean { over } => out.extend(over.iter().cloned()),
+            Op::Transplant { from } if from != PARTNER => {
+                out.insert(from.clone());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Splits the dataset of `spec` (which must have one) into waves of at most `max_sequences`
+/// sequences each, template by template, items in order.
+pub fn expand(spec: &ExperimentSpec, max_sequences: usize) -> Result<Vec<Wave>, SpecError> {
+    let data = spec
+        .dataset
+        .as_ref()
+        .ok_or_else(|| SpecError::Dataset("the experiment has no dataset".into()))?;
+    let n_cond = data.conditions.len();
+    let extra = extra_needles(data);
+    let all = items(data);
+    let mut waves = Vec::new();
+    for template in 0..data.templates.len() {
+        let mut current: Vec<&super::DatasetItem> = Vec::new();
+        let mut needles = extra.clone();
+        for item in all.iter().filter(|i| i.template == template) {
+            let mut grown = needles.clone();
+            grown.insert(item.needle.clone());
+            grown.insert(item.partner.clone());
+            if grown.len() + (current.len() + 1) * n_cond > max_sequences {
+                if current.is_empty() {
+                    return Err(SpecError::Dataset(format!(
+                        "one item needs {} sequences, more than the {max_sequences} a context runs",
+                        grown.len() + n_cond
+                    )));
+                }
+                waves.push(wave(spec, data, template, &current, &needles));
+                current.clear();
+                needles = extra.clone();
+                grown = needles.clone();
+                grown.insert(item.needle.clone());
+                grown.insert(item.partner.clone());
+            }
+            needles = grown;
+            current.push(item);
+        }
+        if !current.is_empty() {
+            waves.push(wave(spec, data, template, &current, &needles));
+        }
+    }
+    Ok(waves)
+}
+
+/// The grid of one wave.
+fn wave(
+    spec: &ExperimentSpec,
+    data: &DatasetSpec,
+    template: usize,
+    items: &[&DatasetItem],
+    needles: &BTreeSet<String>,
+) -> Wave {
+    let variants = data
+        .needles
+        .iter()
+        .filter(|n| needles.contains(n.name()))
+        .map(|n| Variant {
+            name: n.name().to_string(),
+            needle: n.needle.clone(),
+            expected: data.expected.iter().map(|t| n.fill(t)).collect(),
+            keywords: data.keywords.iter().map(|t| n.fill(t)).collect(),
+        })
+        .collect();
+    let conditions = items
+        .iter()
+        .flat_map(|item| {
+            data.conditions.iter().map(|c| {
+                let op = match &c.op {
+                    Op::Transplant { from } if from == PARTNER => Op::Transplant {
+                        from: item.partner.clone(),
+                    },
+                    op => op.clone(),
+                };
+                Condition {
+                    label: Some(c.row_label()),
+                    variant: item.needle.clone(),
+                    op,
+                    site: c.site.clone(),
+                    against: vec![item.partner.clone()],
+                }
+            })
+        })
+        .collect();
+    let t = &data.templates[template];
+    Wave {
+        template,
+        items: items.iter().map(|i| i.index).collect(),
+        spec: ExperimentSpec {
+            name: format!("{} · {}", spec.name, t.name),
+            description: spec.description.clone(),
+            prompt: PromptSpec {
+                mode: spec.prompt.mode,
+                turns: t.turns.clone(),
+            },
+            variants,
+            needle_span: spec.needle_span,
+            conditions,
+            generation: spec.generation.clone(),
+            probes: spec.probes.clone(),
+            top_k: spec.top_k,
+            score_baselines: false,
+            dataset: None,
+        },
+    }
+}
