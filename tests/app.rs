@@ -993,3 +993,45 @@ fn shown_rect(h: &Harness<'static, KvlabApp>, label: &str) -> egui::Rect {
         .find_map(|n| node_rect(&n))
         .unwrap_or_else(|| panic!("no widget {label:?} on screen"))
 }
+
+/// Issue #16: a dataset experiment runs from the app; its Dataset tab comes to the front with
+/// the aggregate table `kvlab run` prints (same numbers), and the session keeps every wave.
+#[test]
+fn a_dataset_runs_in_the_app_and_shows_its_aggregates() {
+    use kvlab::experiment::dataset;
+    let mut h = harness_sized(1600.0, 1000.0);
+    load(&mut h, model_path().to_str().unwrap());
+    h.state_mut().doc.spec =
+        kvlab::experiment::ExperimentSpec::from_json(&common::tiny_dataset_json().to_string())
+            .unwrap();
+    h.run_steps(2);
+    h.get_by_label_contains("3 needles, 2 prompt templates, 4 items");
+    h.get_by_label("Run").click();
+    h.step();
+    wait_for(&mut h, "the dataset", |a| {
+        a.doc.dataset.is_some() && a.busy == Busy::Idle
+    });
+    h.run_steps(3);
+    let d = h.state().doc.dataset.clone().unwrap();
+    assert!(d.complete);
+    assert_eq!(h.state().prefs.tab, kvlab::ui::prefs::AnalysisTab::Dataset);
+    h.get_by_label(&dataset::title(&d));
+    let a = dataset::aggregates(&d);
+    assert_eq!(a.items, (4, 4));
+    for g in &a.overall {
+        let cells = dataset::cells(g);
+        // The flip rate with its interval, as the CLI prints it.
+        assert!(
+            h.query_all_by_label(&cells[3]).count() > 0,
+            "{} shows {:?}",
+            g.condition,
+            cells[3]
+        );
+    }
+    let s = h.state().to_session();
+    assert_eq!(
+        s.dataset.as_ref(),
+        Some(&d),
+        "the session keeps the dataset"
+    );
+}

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use crate::experiment::dataset::DatasetResults;
 use crate::experiment::sweep::SweepResults;
 use crate::experiment::{ExperimentSpec, RunResults};
 use crate::session::{ModelRef, Session};
@@ -23,6 +24,8 @@ pub struct Document {
     pub results: Option<RunResults>,
     /// The last sweep's results.
     pub sweep: Option<SweepResults>,
+    /// The last dataset run's results (every finished wave's grid).
+    pub dataset: Option<DatasetResults>,
     /// The model the results came from (may differ from the loaded one).
     pub results_model: Option<ModelRef>,
     /// The session file this document is saved to, once saved or opened.
@@ -47,6 +50,7 @@ impl Document {
             notes: String::new(),
             results: None,
             sweep: None,
+            dataset: None,
             results_model: None,
             path: None,
             created: None,
@@ -62,6 +66,7 @@ impl Document {
             notes: s.notes,
             results: s.results,
             sweep: s.sweep,
+            dataset: s.dataset,
             results_model: s.model,
             path,
             created: (!s.created.is_empty()).then_some(s.created),
@@ -76,6 +81,7 @@ impl Document {
         s.notes = self.notes.clone();
         s.results = self.results.clone();
         s.sweep = self.sweep.clone();
+        s.dataset = self.dataset.clone();
         s.model = self.results_model.clone().or(loaded);
         if let Some(c) = &self.created {
             s.created = c.clone();
@@ -101,6 +107,14 @@ impl Document {
                 .as_ref()
                 .is_some_and(|spec| same_experiment(spec, &self.spec))
         })
+    }
+
+    /// Whether the dataset results were measured on the experiment as it is now (same rule as
+    /// results).
+    pub fn dataset_is_current(&self) -> bool {
+        self.dataset
+            .as_ref()
+            .is_none_or(|d| same_experiment(&d.spec, &self.spec))
     }
 
     /// Marks results or the sweep as changed.
@@ -176,14 +190,27 @@ mod tests {
         let mut s = Session::new(ExperimentSpec::seed());
         s.notes = "zero keeps it".into();
         s.sweep = Some(a_sweep());
+        s.dataset = Some(DatasetResults {
+            spec: ExperimentSpec::seed(),
+            items: Vec::new(),
+            max_sequences: 64,
+            waves: Vec::new(),
+            complete: false,
+            seconds: 1.5,
+        });
         s.created = "2026-01-02T03:04:05Z".into();
         let doc = Document::from_session(s.clone(), Some("/x/a.kvlab".into()));
         assert_eq!(doc.sweep, s.sweep);
+        assert_eq!(
+            doc.dataset, s.dataset,
+            "a dataset survives the app (it used to be dropped)"
+        );
         assert_eq!(doc.path, Some(PathBuf::from("/x/a.kvlab")));
         let back = doc.to_session(None);
         assert_eq!(back.spec, s.spec);
         assert_eq!(back.notes, s.notes);
         assert_eq!(back.sweep, s.sweep);
+        assert_eq!(back.dataset, s.dataset);
         assert_eq!(back.results, s.results);
         assert_eq!(back.created, s.created, "the first save's date is kept");
     }

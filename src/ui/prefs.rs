@@ -21,15 +21,18 @@ pub enum AnalysisTab {
     KvDelta,
     /// Position, span and layer sweeps.
     Sweeps,
+    /// A dataset's aggregates: flip rates and preference changes with intervals.
+    Dataset,
 }
 
 impl AnalysisTab {
     /// Every view, in the order of their tabs.
-    pub const ALL: [AnalysisTab; 4] = [
+    pub const ALL: [AnalysisTab; 5] = [
         AnalysisTab::Probes,
         AnalysisTab::Scores,
         AnalysisTab::KvDelta,
         AnalysisTab::Sweeps,
+        AnalysisTab::Dataset,
     ];
 
     /// Its tab's title.
@@ -39,6 +42,7 @@ impl AnalysisTab {
             AnalysisTab::Scores => "Score table",
             AnalysisTab::KvDelta => "KV delta",
             AnalysisTab::Sweeps => "Sweeps",
+            AnalysisTab::Dataset => "Dataset",
         }
     }
 }

@@ -56,6 +56,8 @@ pub enum WorkerEvent {
     Run(RunEvent),
     /// A run finished (possibly stopped early: `complete == false`).
     RunDone(Box<RunResults>),
+    /// A dataset run finished (possibly stopped: `complete == false`, finished items kept).
+    DatasetDone(Box<crate::experiment::dataset::DatasetResults>),
     /// A run failed.
     RunFailed(String),
     /// A sweep finished (possibly stopped early: `complete == false`).
@@ -187,9 +189,22 @@ fn worker_loop(
                 None => send(WorkerEvent::RunFailed("load a model first".into())),
                 Some(m) => {
                     options.cancel = cancel.clone();
-                    match runner::run(m, &spec, &options, |e| send(WorkerEvent::Run(e))) {
-                        Ok(r) => send(WorkerEvent::RunDone(Box::new(r))),
-                        Err(e) => send(WorkerEvent::RunFailed(e.to_string())),
+                    if spec.dataset.is_some() {
+                        // Many items, batched in waves of grids.
+                        let options = runner::DatasetOptions {
+                            run: options,
+                            ..runner::DatasetOptions::default()
+                        };
+                        match runner::run_dataset(m, &spec, &options, |e| send(WorkerEvent::Run(e)))
+                        {
+                            Ok(r) => send(WorkerEvent::DatasetDone(Box::new(r))),
+                            Err(e) => send(WorkerEvent::RunFailed(e.to_string())),
+                        }
+                    } else {
+                        match runner::run(m, &spec, &options, |e| send(WorkerEvent::Run(e))) {
+                            Ok(r) => send(WorkerEvent::RunDone(Box::new(r))),
+                            Err(e) => send(WorkerEvent::RunFailed(e.to_string())),
+                        }
                     }
                 }
             },

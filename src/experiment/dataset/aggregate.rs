@@ -128,7 +128,7 @@ fn with_ci(value: Option<f64>, ci: Option<Interval>, signed: bool) -> String {
 }
 
 /// The cells of one aggregate's row: condition, n, flips, flip rate [CI], mean Δ [CI].
-fn cells(a: &Aggregate) -> [String; 5] {
+pub fn cells(a: &Aggregate) -> [String; 5] {
     [
         a.condition.clone(),
         a.n.to_string(),
@@ -138,7 +138,8 @@ fn cells(a: &Aggregate) -> [String; 5] {
     ]
 }
 
-const HEADER: [&str; 5] = [
+/// The column titles of an aggregate table (the CLI's and the app's).
+pub const HEADER: [&str; 5] = [
     "condition",
     "n",
     "flips",
@@ -146,8 +147,8 @@ const HEADER: [&str; 5] = [
     "Δpref vs none [95% CI]",
 ];
 
-/// The title line: name, items finished, and whether the run was stopped.
-fn title(results: &DatasetResults) -> String {
+/// The title line (the app shows it too): name, items finished, and whether the run was stopped.
+pub fn title(results: &DatasetResults) -> String {
     let (done, all) = (results.finished_items(), results.items.len());
     let stopped = if results.complete {
         ""

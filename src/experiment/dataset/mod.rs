@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use super::spec::{NEEDLE_PLACEHOLDER, Op, Site, SpecError, Turn, check_site};
 
-pub use aggregate::{Aggregate, Aggregates, aggregate, aggregates, to_csv, to_markdown, to_table};
+pub use aggregate::{
+    Aggregate, Aggregates, HEADER, aggregate, aggregates, cells, title, to_csv, to_markdown,
+    to_table,
+};
 pub use expand::{DatasetItem, Wave, expand, items};
 pub use results::{DatasetResults, DatasetWave, ItemRow};
 

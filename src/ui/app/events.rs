@@ -162,6 +162,30 @@ impl KvlabApp {
                 self.doc.sweep = Some(*r);
                 self.doc.touch();
             }
+            WorkerEvent::DatasetDone(r) => {
+                self.busy = Busy::Idle;
+                let done = r
+                    .rows()
+                    .iter()
+                    .map(|row| row.item)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
+                self.status = format!(
+                    "Dataset {}: {done} of {} items in {:.0} s.",
+                    if r.complete {
+                        "finished"
+                    } else {
+                        "stopped (finished items kept)"
+                    },
+                    r.items.len(),
+                    r.seconds
+                );
+                tracing::info!(target: "kvlab::ui", "{}", self.status);
+                self.doc.dataset = Some(*r);
+                self.doc.results_model = self.loaded_model_ref();
+                self.doc.touch();
+                self.prefs.tab = crate::ui::prefs::AnalysisTab::Dataset;
+            }
             WorkerEvent::RunFailed(e) => {
                 self.busy = Busy::Idle;
                 self.status = "Run failed.".into();

@@ -16,6 +16,8 @@ use crate::ui::prefs::PrefEdit;
 pub struct AnalysisPanel {
     /// The sweep tab.
     pub sweeps: SweepsTab,
+    /// The dataset tab.
+    pub dataset: super::DatasetTab,
 }
 
 impl AnalysisPanel {

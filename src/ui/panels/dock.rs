@@ -46,15 +46,16 @@ impl Pane {
 #[derive(Debug)]
 pub struct Dock {
     tree: Tree<Pane>,
-    /// The analysis tab brought to the front from the preferences (once, at the first frame).
-    restored: bool,
+    /// The analysis tab last brought to the front from the preferences: the dock follows the
+    /// preference when something else changes it (a finished dataset run shows its tab).
+    shown_pref: Option<AnalysisTab>,
 }
 
 impl Default for Dock {
     fn default() -> Self {
         Dock {
             tree: default_tree(),
-            restored: false,
+            shown_pref: None,
         }
     }
 }
@@ -111,8 +112,8 @@ impl Dock {
         doc: &mut Document,
         cmds: &mut Commands,
     ) {
-        if !self.restored {
-            self.restored = true;
+        if self.shown_pref != Some(ctx.prefs.tab) {
+            self.shown_pref = Some(ctx.prefs.tab);
             let tab = ctx.prefs.tab;
             self.tree
                 .make_active(|_, tile| matches!(tile, Tile::Pane(Pane::Analysis(t)) if *t == tab));
@@ -135,6 +136,33 @@ impl Dock {
             behavior.cmds.push(Command::SetPref(PrefEdit::Tab(front)));
         }
     }
+}
+
+/// What a dataset experiment runs, in place of the token strip and the conditions (its prompts
+/// and conditions are templates, edited in its file).
+fn dataset_summary(ui: &mut Ui, d: &crate::experiment::dataset::DatasetSpec) {
+    ui.heading("Dataset");
+    let n_items = crate::experiment::dataset::items(d).len();
+    ui.label(format!(
+        "{} needles, {} prompt templates, {} items (a template with a pair of needles), {} conditions on each: {}.",
+        d.needles.len(),
+        d.templates.len(),
+        n_items,
+        d.conditions.len(),
+        d.conditions
+            .iter()
+            .map(|c| c.row_label())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    ui.label(
+        egui::RichText::new(
+            "Run runs every item, batched in waves; the Dataset tab shows the flip rates and \
+             preference changes with their intervals. The needle table and templates are edited \
+             in the experiment's JSON file.",
+        )
+        .weak(),
+    );
 }
 
 /// How the dock draws its panes and tabs.
@@ -164,15 +192,19 @@ impl Behavior<Pane> for DockBehavior<'_, '_> {
             .show(ui, |ui| {
                 ui.add_space(4.0);
                 match *pane {
-                    Pane::Experiment => {
-                        p.tokens.ui(ui, ctx, doc, cmds);
-                        ui.separator();
-                        p.conditions.ui(ui, ctx, doc, cmds);
-                    }
+                    Pane::Experiment => match &doc.spec.dataset {
+                        // A dataset's prompts and conditions are templates: say what runs.
+                        Some(d) => dataset_summary(ui, d),
+                        None => {
+                            p.tokens.ui(ui, ctx, doc, cmds);
+                            ui.separator();
+                            p.conditions.ui(ui, ctx, doc, cmds);
+                        }
+                    },
                     Pane::Outcome => p.grid.ui(ui, ctx, doc),
                     Pane::Analysis(tab) => {
                         self.shown.push(tab);
-                        if tab != AnalysisTab::Sweeps {
+                        if !matches!(tab, AnalysisTab::Sweeps | AnalysisTab::Dataset) {
                             stale_banner(ui, doc);
                         }
                         match tab {
@@ -180,6 +212,7 @@ impl Behavior<Pane> for DockBehavior<'_, '_> {
                             AnalysisTab::Scores => score_table(ui, doc),
                             AnalysisTab::KvDelta => p.analysis.kv_delta(ui, ctx, doc, cmds),
                             AnalysisTab::Sweeps => p.analysis.sweeps.ui(ui, ctx, doc, cmds),
+                            AnalysisTab::Dataset => p.analysis.dataset.ui(ui, doc),
                         }
                     }
                 }

@@ -13,6 +13,7 @@
 
 mod analysis;
 mod conditions;
+mod dataset;
 mod dock;
 mod experiment;
 mod frame;
@@ -25,6 +26,7 @@ use egui::{Color32, RichText, Ui};
 
 pub use analysis::AnalysisPanel;
 pub use conditions::ConditionsPanel;
+pub use dataset::{DatasetTab, NO_DATASET_TEXT};
 pub use dock::{Dock, DockPanels, Pane};
 pub use experiment::ExperimentEditor;
 pub use frame::{

@@ -1,0 +1,181 @@
+//! The Dataset tab: a dataset run's aggregates (the same numbers `kvlab run` prints), drawn as
+//! bars with their 95 % intervals, a dot per item, and the tables overall, by prompt template
+//! and by needle.
+
+use egui::{Color32, RichText, Ui};
+use egui_plot::{Bar, BarChart, Legend, Line, Plot, PlotPoints, Points};
+
+use super::{WARN, hint};
+use crate::experiment::dataset::{self, Aggregate, Aggregates, DatasetResults, HEADER, ItemRow};
+use crate::ui::document::Document;
+
+/// What the Dataset tab shows when there is nothing to show.
+pub const NO_DATASET_TEXT: &str = "No dataset results. A dataset experiment (a needle table with \
+     prompt templates, e.g. assets/experiments/cities.json) runs many items at once: open it from \
+     a session (kvlab run cities.json --model M --session out.kvlab) or run it here with Run.";
+
+/// The Dataset tab, with its aggregates computed once per dataset (the bootstrap is not free).
+#[derive(Debug, Default)]
+pub struct DatasetTab {
+    cache: Option<(u64, Aggregates, Vec<ItemRow>)>,
+}
+
+impl DatasetTab {
+    /// Draws it.
+    pub fn ui(&mut self, ui: &mut Ui, doc: &Document) {
+        let Some(d) = &doc.dataset else {
+            hint(ui, NO_DATASET_TEXT);
+            return;
+        };
+        if !doc.dataset_is_current() {
+            ui.label(RichText::new(super::STALE_TEXT).color(WARN));
+        }
+        if self
+            .cache
+            .as_ref()
+            .is_none_or(|(rev, ..)| *rev != doc.revision)
+        {
+            self.cache = Some((doc.revision, dataset::aggregates(d), d.rows()));
+        }
+        let Some((_, a, rows)) = &self.cache else {
+            return;
+        };
+        ui.label(RichText::new(dataset::title(d)).strong());
+        ui.add_enabled_ui(doc.dataset_is_current(), |ui| {
+            charts(ui, a, rows);
+            table(ui, "overall", &a.overall);
+            for (title, groups) in [
+                ("By prompt template", &a.by_template),
+                ("By needle", &a.by_needle),
+            ] {
+                egui::CollapsingHeader::new(title).show(ui, |ui| {
+                    for (name, aggs) in groups {
+                        table(ui, name, aggs);
+                    }
+                });
+            }
+            ui.label(RichText::new(reading(d)).small().weak());
+        });
+    }
+}
+
+/// How to read the numbers.
+fn reading(d: &DatasetResults) -> String {
+    format!(
+        "Each item is one prompt template with one pair of needles; a flip means the edited cache \
+         prefers the partner's expected answers. Flip rates carry Wilson 95 % intervals; Δpref is the \
+         change of preference against the same item's none row, with a bootstrap 95 % interval over \
+         items (fixed seed). {} wave(s), {:.0} s.",
+        d.waves.len(),
+        d.seconds
+    )
+}
+
+/// Flip rate and Δpref per condition: bars, their intervals as whiskers, a dot per item.
+fn charts(ui: &mut Ui, a: &Aggregates, rows: &[ItemRow]) {
+    let labels: Vec<String> = a.overall.iter().map(|g| g.condition.clone()).collect();
+    let x_label = move |x: f64| -> String {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 {
+            labels.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    let height = 220.0;
+    ui.columns(2, |cols| {
+        let flips: Vec<Estimate> = a
+            .overall
+            .iter()
+            .map(|g| (g.flip_rate, g.flip_ci.map(|c| (c.low, c.high))))
+            .collect();
+        Plot::new("dataset-flips")
+            .height(height)
+            .legend(Legend::default())
+            .x_axis_formatter({
+                let f = x_label.clone();
+                move |m, _| f(m.value)
+            })
+            .y_axis_label("flip rate")
+            .include_y(0.0)
+            .include_y(1.0)
+            .show(&mut cols[0], |p| {
+                bars_with_ci(
+                    p,
+                    "flip rate, Wilson 95 % CI",
+                    &flips,
+                    Color32::from_rgb(225, 95, 85),
+                );
+            });
+        let deltas: Vec<Estimate> = a
+            .overall
+            .iter()
+            .map(|g| (g.mean_delta, g.delta_ci.map(|c| (c.low, c.high))))
+            .collect();
+        Plot::new("dataset-deltas")
+            .height(height)
+            .legend(Legend::default())
+            .x_axis_formatter(move |m, _| x_label(m.value))
+            .y_axis_label("Δ preference vs none")
+            .show(&mut cols[1], |p| {
+                bars_with_ci(
+                    p,
+                    "mean Δpref, bootstrap 95 % CI",
+                    &deltas,
+                    Color32::from_rgb(90, 140, 220),
+                );
+                let dots: Vec<[f64; 2]> = rows
+                    .iter()
+                    .filter_map(|r| Some([r.condition as f64 + jitter(r.item), r.delta?]))
+                    .collect();
+                p.points(Points::new("items", PlotPoints::from(dots)).radius(1.5));
+            });
+    });
+}
+
+/// A condition's value and its 95 % interval, when there are items to compute them.
+type Estimate = (Option<f64>, Option<(f64, f64)>);
+
+/// A small, fixed horizontal offset per item so that its dots do not hide each other.
+fn jitter(item: usize) -> f64 {
+    ((item * 37) % 21) as f64 / 21.0 * 0.5 - 0.25
+}
+
+/// One bar per condition (at x = its index) and its interval as a vertical line.
+fn bars_with_ci(p: &mut egui_plot::PlotUi<'_>, name: &str, values: &[Estimate], color: Color32) {
+    let bars: Vec<Bar> = values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (v, _))| Some(Bar::new(i as f64, (*v)?).width(0.6)))
+        .collect();
+    p.bar_chart(BarChart::new(name, bars).color(color.gamma_multiply(0.6)));
+    for (i, (_, ci)) in values.iter().enumerate() {
+        if let Some((lo, hi)) = ci {
+            let x = i as f64;
+            p.line(
+                Line::new("", PlotPoints::from(vec![[x, *lo], [x, *hi]]))
+                    .color(color)
+                    .width(2.0),
+            );
+        }
+    }
+}
+
+/// One aggregate table.
+fn table(ui: &mut Ui, name: &str, aggs: &[Aggregate]) {
+    ui.label(RichText::new(name).strong());
+    egui::Grid::new(("dataset-table", name))
+        .striped(true)
+        .show(ui, |ui| {
+            for h in HEADER {
+                ui.label(RichText::new(h).strong());
+            }
+            ui.end_row();
+            for a in aggs {
+                for c in dataset::cells(a) {
+                    ui.label(c);
+                }
+                ui.end_row();
+            }
+        });
+}
