@@ -180,10 +180,17 @@ impl KvlabApp {
                     r.items.len(),
                     r.seconds
                 );
+                // As with grids, a Stop never replaces a complete dataset by a partial one.
+                let keep_previous =
+                    !r.complete && self.doc.dataset.as_ref().is_some_and(|p| p.complete);
+                if keep_previous {
+                    self.status += " The previous complete dataset results are kept.";
+                } else {
+                    self.doc.dataset = Some(*r);
+                    self.doc.results_model = self.loaded_model_ref();
+                    self.doc.touch();
+                }
                 tracing::info!(target: "kvlab::ui", "{}", self.status);
-                self.doc.dataset = Some(*r);
-                self.doc.results_model = self.loaded_model_ref();
-                self.doc.touch();
                 self.prefs.tab = crate::ui::prefs::AnalysisTab::Dataset;
             }
             WorkerEvent::RunFailed(e) => {
