@@ -1035,3 +1035,20 @@ fn a_dataset_runs_in_the_app_and_shows_its_aggregates() {
         "the session keeps the dataset"
     );
 }
+
+/// Issue #17: the KV cache's types are chosen in the experiment editor and belong to the
+/// experiment (results measured with another type go stale).
+#[test]
+fn the_cache_type_is_chosen_in_the_editor() {
+    let mut h = harness(4);
+    h.step();
+    let k = h.get_by_label("keys");
+    assert_eq!(k.value().as_deref(), Some("f16"));
+    k.click();
+    h.run_steps(2);
+    h.get_by_label("q8_0").click();
+    h.run_steps(2);
+    assert_eq!(h.state().doc.spec.cache.k, kvlab::engine::CacheType::Q8_0);
+    assert_eq!(h.get_by_label("keys").value().as_deref(), Some("q8_0"));
+    assert_eq!(h.get_by_label("values").value().as_deref(), Some("f16"));
+}

@@ -14,6 +14,7 @@ fn options() -> LabOptions {
         n_ctx_per_seq: 256,
         threads: 2,
         n_batch: 512,
+        cache: Default::default(),
     }
 }
 

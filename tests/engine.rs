@@ -17,6 +17,7 @@ fn lab(n_seq: u32) -> Lab<'static> {
             n_ctx_per_seq: 256,
             threads: 2,
             n_batch: 512,
+            cache: Default::default(),
         },
     )
     .expect("context")

@@ -52,6 +52,7 @@ fn expected_answer_scores_equal_token_by_token_feeding() {
             n_ctx_per_seq: 256,
             threads: 2,
             n_batch: 512,
+            cache: Default::default(),
         },
     )
     .unwrap();

@@ -45,6 +45,7 @@ fn lab(model: &LoadedModel, n_ctx_per_seq: u32) -> Lab<'_> {
             n_ctx_per_seq,
             threads: 2,
             n_batch: 1024,
+            cache: Default::default(),
         },
     )
     .expect("context")

@@ -174,6 +174,7 @@ fn lab(model: &LoadedModel, n_seq: u32, threads: i32) -> Result<Lab<'_>, RunErro
             n_ctx_per_seq: 512,
             threads,
             n_batch: 512,
+            cache: Default::default(),
         },
     )?)
 }

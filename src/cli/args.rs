@@ -45,6 +45,32 @@ pub struct RunArgs {
     /// Also save a session file (.kvlab) with the experiment, the model and the results.
     #[arg(long)]
     pub session: Option<PathBuf>,
+    /// The KV cache's types (override the experiment's).
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// The KV cache's number types, as llama.cpp's own tools take them.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// The K cache's type: f16 (default), bf16, f32, q8_0, q5_1, q5_0, q4_1, q4_0, iq4_nl.
+    #[arg(long, value_parser = crate::engine::CacheType::parse)]
+    pub cache_type_k: Option<crate::engine::CacheType>,
+    /// The V cache's type (a quantized V cache runs with flash attention).
+    #[arg(long, value_parser = crate::engine::CacheType::parse)]
+    pub cache_type_v: Option<crate::engine::CacheType>,
+}
+
+impl CacheArgs {
+    /// Sets the experiment's cache types to those given.
+    pub fn apply(&self, spec: &mut crate::experiment::ExperimentSpec) {
+        if let Some(k) = self.cache_type_k {
+            spec.cache.k = k;
+        }
+        if let Some(v) = self.cache_type_v {
+            spec.cache.v = v;
+        }
+    }
 }
 
 /// Arguments of `kvlab report`.
@@ -105,6 +131,9 @@ pub struct SweepArgs {
     /// CPU threads for llama.cpp.
     #[arg(long)]
     pub threads: Option<i32>,
+    /// The KV cache's types (override the experiment's).
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// Arguments of `kvlab bench`.

@@ -26,8 +26,10 @@ pub(super) fn run(args: RunArgs, gpu_layers: Option<u32>) -> Result<()> {
         threads,
         delta_layer,
         session,
+        cache,
     } = args;
-    let spec = read_spec(&spec)?;
+    let mut spec = read_spec(&spec)?;
+    cache.apply(&mut spec);
     let threads = threads_arg(threads)?;
     if let Some(out) = &out {
         check_output(out, "--out")?;
@@ -138,8 +140,10 @@ pub(super) fn sweep(args: SweepArgs, gpu_layers: Option<u32>) -> Result<()> {
         max_extra,
         out,
         threads,
+        cache,
     } = args;
-    let spec = read_spec(&spec)?;
+    let mut spec = read_spec(&spec)?;
+    cache.apply(&mut spec);
     let threads = threads_arg(threads)?;
     if let Some(out) = &out {
         check_output(out, "--out")?;

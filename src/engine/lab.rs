@@ -16,6 +16,7 @@ use llama_cpp_2::token::LlamaToken;
 use std::sync::Arc;
 
 use super::attention::{self, AttentionCapture, CaptureRequest, Hook};
+use super::cache_type::CacheTypes;
 use super::kv_state::{LayoutHints, SeqState};
 use super::{EngineError, LoadedModel, backend, log};
 
@@ -30,6 +31,8 @@ pub struct LabOptions {
     pub threads: i32,
     /// Most tokens evaluated per llama.cpp call.
     pub n_batch: u32,
+    /// The K and V caches' number types.
+    pub cache: CacheTypes,
 }
 
 /// A token to evaluate: which sequence, at which position, and whether its logits are wanted.
@@ -93,8 +96,16 @@ impl<'m> Lab<'m> {
             // A sliding-window cache of full size keeps every prompt cell until the window
             // passes it (a smaller one may reuse cells still needed for surgery).
             .with_swa_full(true)
+            .with_type_k(options.cache.k.to_llama())
+            .with_type_v(options.cache.v.to_llama())
             .with_n_threads(options.threads)
             .with_n_threads_batch(options.threads);
+        // llama.cpp stores a quantized V cache only with flash attention.
+        let params = if options.cache.v.is_quantized() {
+            params.with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED)
+        } else {
+            params
+        };
         let hook = capture.then(|| Arc::new(Hook::default()));
         let params = match &hook {
             Some(h) => attention::capture_params(params, h),

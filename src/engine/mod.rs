@@ -10,6 +10,8 @@
 //! - [`log`]: llama.cpp's log routed into `tracing`, with its recent errors kept for messages.
 
 pub mod attention;
+pub mod cache_type;
+pub mod ggml_types;
 pub mod kv_state;
 pub mod lab;
 pub mod log;
@@ -17,6 +19,7 @@ pub mod model;
 pub mod swa;
 
 pub use attention::{AttentionCapture, CaptureRequest, CapturedRow};
+pub use cache_type::{CacheType, CacheTypes};
 pub use kv_state::{KvPart, KvStateError, SeqState};
 pub use lab::{Lab, LabOptions};
 pub use model::{LoadOptions, LoadedModel, ModelFingerprint, ModelInfo, TokenPiece};

@@ -175,6 +175,9 @@ pub struct RunSettings {
     pub n_seq: u32,
     /// Tokens per llama.cpp call.
     pub n_batch: u32,
+    /// The KV cache's number types (absent in files from before they could be chosen: f16).
+    #[serde(default)]
+    pub cache: crate::engine::CacheTypes,
 }
 
 /// The most tokens per llama.cpp call a run may ask for (llama.cpp allocates a batch this size).

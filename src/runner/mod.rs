@@ -238,6 +238,7 @@ fn settings(lab: LabOptions) -> RunSettings {
         n_ctx_per_seq: lab.n_ctx_per_seq,
         n_seq: lab.n_seq,
         n_batch: lab.n_batch,
+        cache: lab.cache,
     }
 }
 

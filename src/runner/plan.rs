@@ -161,6 +161,7 @@ impl<'s> Plan<'s> {
             n_ctx_per_seq: self.n_ctx_per_seq,
             threads: options.threads,
             n_batch: options.n_batch,
+            cache: self.spec.cache,
         }
     }
 

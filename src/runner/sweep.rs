@@ -169,6 +169,7 @@ fn lab_options(plan: &Plan<'_>, measure: &Measure, n_slots: u32, o: &RunOptions)
         n_ctx_per_seq: (max_prompt.unwrap_or(0) + max_cont.unwrap_or(0) + 8) as u32,
         threads: o.threads,
         n_batch: o.n_batch,
+        cache: plan.spec.cache,
     }
 }
 

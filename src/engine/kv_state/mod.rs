@@ -60,8 +60,8 @@ pub enum KvStateError {
     Malformed(String),
     /// A tensor type whose values kvlab cannot read as numbers.
     #[error(
-        "the KV cache type {0} cannot be read as numbers (F32, F16 and BF16 can); \
-         zero and transplant still work on it"
+        "the KV cache type {0} cannot be read as numbers (f32, f16, bf16, q8_0, q5_0, q5_1, \
+         q4_0, q4_1 and iq4_nl can); zero and transplant still work on it"
     )]
     UnreadableType(String),
     /// A sliding-window layer's cache no longer holds the position (it is older than the

@@ -109,12 +109,12 @@ fn refuses_foreign_and_damaged_states_with_reasons() {
 }
 
 #[test]
-fn quantized_rows_can_be_zeroed_but_not_read() {
+fn quantized_rows_of_types_a_cache_does_not_take_can_be_zeroed_but_not_read() {
     let mut st = SeqState::parse(&synthetic(&[0, 1], 1, 4, false), LayoutHints::default()).unwrap();
-    st.streams[0].as_mut().unwrap().k[0].ggml_type = 8; // q8_0
+    st.streams[0].as_mut().unwrap().k[0].ggml_type = 12; // q4_K
     let r = st.cells_at(0)[0];
     let err = st.k_row_f32(0, r).unwrap_err();
-    assert!(err.to_string().contains("q8_0"), "{err}");
+    assert!(err.to_string().contains("ggml type 12"), "{err}");
     st.zero_cell(0, r, KvPart::K).unwrap();
     assert!(st.k_row_bytes(0, r).unwrap().iter().all(|&b| b == 0));
 }

@@ -171,6 +171,7 @@ fn wave(
             top_k: spec.top_k,
             score_baselines: false,
             dataset: None,
+            cache: spec.cache,
         },
     }
 }

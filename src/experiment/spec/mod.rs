@@ -151,6 +151,10 @@ pub struct ExperimentSpec {
     /// and the conditions come from it and must not be given here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dataset: Option<crate::experiment::dataset::DatasetSpec>,
+    /// The KV cache's number types (f16 unless set; `q8_0`, `q4_0`… shrink the cache). They
+    /// change the numbers a run measures, so they belong to the experiment.
+    #[serde(skip_serializing_if = "crate::engine::CacheTypes::is_default")]
+    pub cache: crate::engine::CacheTypes,
 }
 
 impl Default for ExperimentSpec {
@@ -167,6 +171,7 @@ impl Default for ExperimentSpec {
             top_k: 10,
             score_baselines: true,
             dataset: None,
+            cache: crate::engine::CacheTypes::default(),
         }
     }
 }

@@ -34,7 +34,29 @@ impl ExperimentEditor {
                 .labelled_by(label.id);
             ui.checkbox(&mut spec.generation.stop_at_eog, "stop at end of turn");
         });
+        cache_types(ui, spec);
     }
+}
+
+/// The KV cache's number types: quantized ones shrink the cache (and change the numbers a run
+/// measures a little; every intervention works on them).
+fn cache_types(ui: &mut Ui, spec: &mut ExperimentSpec) {
+    use crate::engine::CacheType;
+    ui.horizontal(|ui| {
+        ui.label("KV cache").on_hover_text(
+            "The number types of the cache's K and V (f16 by default). q8_0 halves the cache, \
+             q4_0 quarters it; a quantized V runs with flash attention.",
+        );
+        for (name, t) in [("keys", &mut spec.cache.k), ("values", &mut spec.cache.v)] {
+            egui::ComboBox::new(("cache-type", name), name)
+                .selected_text(t.name())
+                .show_ui(ui, |ui| {
+                    for c in CacheType::ALL {
+                        ui.selectable_value(t, c, c.name());
+                    }
+                });
+        }
+    });
 }
 
 /// The prompt mode and the turns.
