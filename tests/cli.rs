@@ -286,6 +286,22 @@ fn a_small_dataset_end_to_end() {
         stdout.contains("reproduces its 4 dataset items exactly"),
         "{stdout}"
     );
+    // The HTML report shows the dataset (it used to say the session had no results).
+    let html = dir.path().join("tiny.html");
+    let out = kvlab(&["report", session, "--html", html.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<h2>Dataset</h2>"), "{page}");
+    assert!(page.contains("tiny-cities — 4 of 4 items"), "{page}");
+    assert!(
+        page.contains("Template trip") && page.contains("Needle LA"),
+        "{page}"
+    );
+    assert!(!page.contains("no results yet"), "{page}");
     let out = kvlab(&["run", spec, "--model", m, "--format", "csv"]);
     let csv = String::from_utf8_lossy(&out.stdout);
     assert_eq!(csv.lines().count(), 1 + 4 * 3, "{csv}");

@@ -155,6 +155,73 @@ fn heatmap_svg(rows: &[Vec<f32>], title: &str) -> String {
     out
 }
 
+/// A dataset's aggregates: the flip rate per condition as bars with Wilson 95 % whiskers, then
+/// the tables overall, by prompt template and by needle (the numbers `kvlab run` prints).
+fn dataset_html(out: &mut String, d: &crate::experiment::dataset::DatasetResults) {
+    use crate::experiment::dataset::{self, Aggregate, HEADER};
+    let a = dataset::aggregates(d);
+    let _ = write!(out, "<h2>Dataset</h2><p>{}</p>", esc(&dataset::title(d)));
+    let (w, h, slot) = (640.0, 200.0, 640.0 / a.overall.len().max(1) as f64);
+    let _ = write!(
+        out,
+        "<figure><svg viewBox=\"0 0 {w} {}\" width=\"{w}\" role=\"img\" aria-label=\"flip rate per condition\">",
+        h + 40.0
+    );
+    let y = |v: f64| h - v.clamp(0.0, 1.0) * (h - 10.0);
+    for (i, g) in a.overall.iter().enumerate() {
+        let x = i as f64 * slot;
+        if let Some(rate) = g.flip_rate {
+            let _ = write!(
+                out,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#e15f55\" opacity=\"0.6\"/>",
+                x + slot * 0.2,
+                y(rate),
+                slot * 0.6,
+                h - y(rate)
+            );
+        }
+        if let Some(ci) = g.flip_ci {
+            let _ = write!(
+                out,
+                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"#a02c22\" stroke-width=\"2\"/>",
+                x + slot / 2.0,
+                y(ci.low),
+                y(ci.high)
+            );
+        }
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
+            x + slot / 2.0,
+            h + 16.0,
+            esc(&g.condition)
+        );
+    }
+    out.push_str("</svg><figcaption>Flip rate per condition (bars) with Wilson 95 % intervals.</figcaption></figure>");
+    let table = |out: &mut String, name: &str, rows: &[Aggregate]| {
+        let _ = write!(out, "<h3>{}</h3><table><tr>", esc(name));
+        for h in HEADER {
+            let _ = write!(out, "<th>{}</th>", esc(h));
+        }
+        out.push_str("</tr>");
+        for g in rows {
+            out.push_str("<tr>");
+            for c in dataset::cells(g) {
+                let _ = write!(out, "<td>{}</td>", esc(&c));
+            }
+            out.push_str("</tr>");
+        }
+        out.push_str("</table>");
+    };
+    table(out, "All items", &a.overall);
+    for (name, rows) in &a.by_template {
+        table(out, &format!("Template {name}"), rows);
+    }
+    for (name, rows) in &a.by_needle {
+        table(out, &format!("Needle {name}"), rows);
+    }
+}
+
 /// The self-contained HTML report.
 pub fn html(s: &Session) -> String {
     let mut out = String::new();
@@ -176,8 +243,14 @@ pub fn html(s: &Session) -> String {
             esc(&s.notes).replace('\n', "<br>")
         );
     }
+    if let Some(d) = &s.dataset {
+        dataset_html(&mut out, d);
+    }
     let Some(r) = &s.results else {
-        out.push_str("<p>This session has no results yet.</p></body></html>");
+        if s.dataset.is_none() {
+            out.push_str("<p>This session has no results yet.</p>");
+        }
+        out.push_str("</body></html>");
         return out;
     };
     let _ = write!(
@@ -326,8 +399,13 @@ pub fn markdown(s: &Session) -> String {
     if !s.notes.is_empty() {
         let _ = write!(out, "## Notes\n\n{}\n\n", s.notes);
     }
+    if let Some(d) = &s.dataset {
+        out.push_str(&crate::experiment::dataset::to_markdown(d));
+        out.push('\n');
+    }
     match &s.results {
         Some(r) => out.push_str(&grid::to_markdown(r)),
+        None if s.dataset.is_some() => {}
         None => out.push_str("No results yet.\n"),
     }
     out
