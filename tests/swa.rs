@@ -176,6 +176,16 @@ fn the_seed_grid_runs_with_controls_equal_to_baselines() {
     )
     .unwrap();
     assert!(r.complete);
+    // The results know which layers slide, and say whether the needle stays in their window.
+    assert_eq!(r.model_info.sliding_window, Some(512));
+    assert_eq!(r.model_info.sliding_layers.len(), 15);
+    let said = kvlab::experiment::window::describe(&r).unwrap();
+    assert!(
+        said.contains("15 of 18 layers slide")
+            && said.contains("stays inside their window for all 6"),
+        "{said}"
+    );
+    assert!(kvlab::experiment::grid::to_table(&r, false).contains(&said));
     for c in &r.conditions {
         let base = &r
             .variants

@@ -47,6 +47,12 @@ pub struct ModelInfo {
     pub has_chat_template: bool,
     /// Whether the tokenizer asks for a BOS token at the start.
     pub adds_bos: bool,
+    /// The sliding window in tokens, for a model whose llama.cpp cache has sliding layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<u32>,
+    /// The layers that slide (the others see every token); empty for other models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sliding_layers: Vec<u32>,
 }
 
 /// Identifies a model file cheaply: name, size and a hash of its first and last MiB.
@@ -233,13 +239,20 @@ impl LoadedModel {
             has_chat_template: model.chat_template(None).is_ok(),
             adds_bos: model.vocab().should_add_bos(),
             architecture,
+            sliding_window: None,
+            sliding_layers: Vec::new(),
         };
-        Ok(LoadedModel {
+        let mut loaded = LoadedModel {
             model,
             path: path.to_path_buf(),
             info,
             fingerprint,
-        })
+        };
+        if let Ok(Some(split)) = loaded.sliding_layers() {
+            loaded.info.sliding_window = loaded.sliding_window();
+            loaded.info.sliding_layers = split.swa_layers().into_iter().map(|l| l as u32).collect();
+        }
+        Ok(loaded)
     }
 
     /// The file this model came from.

@@ -191,6 +191,9 @@ pub fn to_table(results: &RunResults, color: bool) -> String {
             let _ = writeln!(out, "  {s}");
         }
     }
+    if let Some(w) = super::window::describe(results) {
+        let _ = writeln!(out, "\n{w}");
+    }
     out
 }
 
@@ -237,6 +240,9 @@ pub fn to_markdown(results: &RunResults) -> String {
     }
     for s in super::samples::noise_summaries(results) {
         let _ = writeln!(out, "\n- {}", md_escape(&s.to_string()));
+    }
+    if let Some(w) = super::window::describe(results) {
+        let _ = writeln!(out, "\n{}", md_escape(&w));
     }
     out
 }

@@ -14,6 +14,7 @@ pub mod samples;
 pub mod spec;
 pub mod stats;
 pub mod sweep;
+pub mod window;
 
 pub use results::RunResults;
 pub use spec::{Condition, ExperimentSpec, LayerSet, Op, PromptMode, Site, Span, Variant};

@@ -260,6 +260,9 @@ pub fn html(s: &Session) -> String {
         prompt_html(r)
     );
     grid_html(&mut out, r);
+    if let Some(w) = crate::experiment::window::describe(r) {
+        let _ = write!(out, "<p>{}</p>", esc(&w));
+    }
     if !r.complete {
         out.push_str("<p class=\"undecided\">The run was stopped early: partial results.</p>");
     }

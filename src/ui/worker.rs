@@ -37,8 +37,8 @@ pub enum WorkerEvent {
     ModelLoaded {
         /// The GGUF file it was loaded from.
         path: PathBuf,
-        /// Its metadata.
-        info: ModelInfo,
+        /// Its metadata (boxed: the largest event by far).
+        info: Box<ModelInfo>,
         /// Its fingerprint.
         fingerprint: ModelFingerprint,
         /// Why its cache cannot be edited (the engine's check), if it cannot.
@@ -153,7 +153,7 @@ fn worker_loop(
                     Ok(m) => {
                         send(WorkerEvent::ModelLoaded {
                             path: path.clone(),
-                            info: m.info().clone(),
+                            info: Box::new(m.info().clone()),
                             fingerprint: m.fingerprint().clone(),
                             unsupported: m
                                 .check_kv_surgery_supported()

@@ -98,7 +98,7 @@ impl KvlabApp {
                 let can_edit = unsupported.is_none();
                 self.model = Some(ModelView {
                     path,
-                    info,
+                    info: *info,
                     fingerprint,
                     gpu_layers: self.prefs.gpu_layers,
                     unsupported,

@@ -23,6 +23,9 @@ impl OutcomeGrid {
         if !live_run && let Some(r) = &doc.results {
             let current = doc.results_are_current();
             stale_banner(ui, doc);
+            if let Some(w) = crate::experiment::window::describe(r) {
+                ui.label(RichText::new(w).color(WARN));
+            }
             ui.add_enabled_ui(current, |ui| results_grid(ui, r));
         } else if live_run || ctx.live.tokens > 0 {
             live_grid(ui, ctx.live, &doc.spec);
