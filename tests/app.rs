@@ -1028,6 +1028,31 @@ fn a_dataset_runs_in_the_app_and_shows_its_aggregates() {
             cells[3]
         );
     }
+    // An item's own grid: pick it from the list; its conditions' verdicts and texts show.
+    let item = &d.items[1];
+    let template = &d.spec.dataset.as_ref().unwrap().templates[item.template].name;
+    // (Below the charts, out of the tab's view: clicked through the accessibility tree, as a
+    // screen reader would.)
+    h.get_by_label("item (or click a dot)").click_accesskit();
+    h.run_steps(2);
+    h.get_by_label(&format!(
+        "item 1: {template}, {} vs {}",
+        item.needle, item.partner
+    ))
+    .click_accesskit();
+    h.run_steps(2);
+    let cells = d.item_conditions(1).expect("item 1 finished");
+    assert_eq!(cells.len(), 3);
+    for c in cells {
+        // As the app previews a text: newlines as pilcrows.
+        let text = kvlab::experiment::grid::preview(&c.generation.text, 160).replace('⏎', "¶ ");
+        assert!(!text.is_empty());
+        assert!(
+            h.query_all_by_label(&text).count() > 0,
+            "{} shows its text {text:?}",
+            c.label
+        );
+    }
     let s = h.state().to_session();
     assert_eq!(
         s.dataset.as_ref(),

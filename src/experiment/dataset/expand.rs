@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{DatasetSpec, PARTNER};
+use super::{DatasetSpec, PARTNER, RANDOM};
 use crate::experiment::spec::{Condition, ExperimentSpec, Op, PromptSpec, SpecError, Variant};
 
 /// One item: a prompt template and an ordered pair of needles.
@@ -62,6 +62,9 @@ fn extra_needles(data: &DatasetSpec) -> BTreeSet<String> {
                 out.extend(data.needles.iter().map(|n| n.name().to_string()))
             }
             Op::Mean { over } => out.extend(over.iter().cloned()),
+            Op::Transplant { from } if from == RANDOM => {
+                out.extend(data.needles.iter().map(|n| n.name().to_string()))
+            }
             Op::Transplant { from } if from != PARTNER => {
                 out.insert(from.clone());
             }
@@ -69,6 +72,22 @@ fn extra_needles(data: &DatasetSpec) -> BTreeSet<String> {
         }
     }
     out
+}
+
+/// The donor `{random}` stands for in `item`: one of the needles that are neither its needle nor
+/// its partner, drawn from a SplitMix64 seeded by the item's index (validation ensures there is
+/// one to draw).
+pub fn random_donor(data: &DatasetSpec, item: &DatasetItem) -> String {
+    let others: Vec<&str> = data
+        .needles
+        .iter()
+        .map(|n| n.name())
+        .filter(|n| *n != item.needle && *n != item.partner)
+        .collect();
+    let draw = crate::experiment::stats::SplitMix64(item.index as u64).next_u64();
+    others
+        .get((draw % others.len().max(1) as u64) as usize)
+        .map_or_else(|| item.partner.clone(), |n| n.to_string())
 }
 
 /// Splits the dataset of `spec` (which must have one) into waves of at most `max_sequences`
@@ -139,6 +158,9 @@ fn wave(
                 let op = match &c.op {
                     Op::Transplant { from } if from == PARTNER => Op::Transplant {
                         from: item.partner.clone(),
+                    },
+                    Op::Transplant { from } if from == RANDOM => Op::Transplant {
+                        from: random_donor(data, item),
                     },
                     op => op.clone(),
                 };

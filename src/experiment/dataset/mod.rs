@@ -29,6 +29,11 @@ pub use results::{DatasetResults, DatasetWave, ItemRow};
 /// The placeholder a transplant's `from` names the item's partner with.
 pub const PARTNER: &str = "{partner}";
 
+/// A transplant's donor drawn per item from the needles that are neither the item's needle nor
+/// its partner (a "resample" ablation: another needle's rows, not the one it is judged against).
+/// The draw is fixed by the item's index, so a dataset always resamples the same way.
+pub const RANDOM: &str = "{random}";
+
 /// One needle and the fields its answers are written from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NeedleRow {
@@ -134,6 +139,7 @@ impl ConditionTemplate {
         }
         let mut s = match &self.op {
             Op::Transplant { from } if from == PARTNER => "transplant from partner".into(),
+            Op::Transplant { from } if from == RANDOM => "transplant from a random needle".into(),
             op => op.short(),
         };
         if self.op != Op::None {
@@ -296,9 +302,16 @@ impl DatasetSpec {
                 reason,
             };
             match &c.op {
-                Op::Transplant { from } if from != PARTNER && !names.contains(from.as_str()) => {
+                Op::Transplant { from } if from == RANDOM && self.needles.len() < 3 => {
                     return Err(err(format!(
-                        "transplant from {from:?}: name a needle, or {PARTNER} for the item's partner"
+                        "transplant from {RANDOM} draws a needle other than the item's two: it needs at least 3 needles"
+                    )));
+                }
+                Op::Transplant { from }
+                    if from != PARTNER && from != RANDOM && !names.contains(from.as_str()) =>
+                {
+                    return Err(err(format!(
+                        "transplant from {from:?}: name a needle, or {PARTNER} for the item's partner, or {RANDOM}"
                     )));
                 }
                 Op::Mean { over } => {

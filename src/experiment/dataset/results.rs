@@ -83,6 +83,19 @@ impl DatasetResults {
         self.waves.iter().map(|w| w.items.len()).sum()
     }
 
+    /// A finished item's grid cells, one per condition template in order (the texts and
+    /// verdicts behind its rows); `None` for an item not finished.
+    pub fn item_conditions(
+        &self,
+        item: usize,
+    ) -> Option<&[crate::experiment::results::ConditionResult]> {
+        let n = self.n_conditions().max(1);
+        self.waves.iter().find_map(|w| {
+            let k = w.items.iter().position(|&i| i == item)?;
+            w.results.conditions.get(k * n..(k + 1) * n)
+        })
+    }
+
     /// One row per finished item × condition template, item by item.
     pub fn rows(&self) -> Vec<ItemRow> {
         let n = self.n_conditions();

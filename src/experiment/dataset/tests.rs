@@ -276,3 +276,55 @@ fn dataset_results_round_trip_and_validate() {
     // (The hand-made wave's grid spec is the v0 fixture's, so its grid does not validate.)
     assert!(r.validate().unwrap_err().starts_with("dataset.waves[0]."));
 }
+
+/// `{random}` resamples: per item, a needle that is neither the item's nor its partner, the
+/// same on every expansion, and not always the same one.
+#[test]
+fn a_random_donor_is_another_needle_fixed_per_item() {
+    let mut v = spec_json();
+    v["dataset"]["needles"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"needle": "LA", "city": "Los Angeles"}));
+    v["dataset"]["conditions"] = serde_json::json!([
+        {"op": {"kind": "none"}},
+        {"op": {"kind": "transplant", "from": "{random}"}}
+    ]);
+    let s = ExperimentSpec::from_json(&v.to_string()).unwrap();
+    s.validate().unwrap();
+    let data = s.dataset.as_ref().unwrap();
+    let mut donors = std::collections::BTreeSet::new();
+    for item in items(data) {
+        let d = expand::random_donor(data, &item);
+        assert!(d != item.needle && d != item.partner, "{item:?} → {d}");
+        assert_eq!(d, expand::random_donor(data, &item), "fixed per item");
+        donors.insert(d);
+    }
+    assert!(donors.len() > 1, "the draw varies over items: {donors:?}");
+    let waves = expand(&s, 256).unwrap();
+    let labels: Vec<String> = waves[0]
+        .spec
+        .conditions
+        .iter()
+        .map(|c| c.row_label())
+        .collect();
+    assert!(
+        labels
+            .iter()
+            .any(|l| l == "transplant from a random needle"),
+        "{labels:?}"
+    );
+    // With two needles there is no third to draw.
+    let mut two = spec_json();
+    two["dataset"]["needles"]
+        .as_array_mut()
+        .unwrap()
+        .truncate(2);
+    two["dataset"]["conditions"] =
+        serde_json::json!([{"op": {"kind": "transplant", "from": "{random}"}}]);
+    let e = ExperimentSpec::from_json(&two.to_string())
+        .and_then(|s| s.validate())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least 3 needles"), "{e}");
+}

@@ -18,6 +18,8 @@ pub const NO_DATASET_TEXT: &str = "No dataset results. A dataset experiment (a n
 #[derive(Debug, Default)]
 pub struct DatasetTab {
     cache: Option<(u64, Aggregates, Vec<ItemRow>)>,
+    /// The item whose grid is shown (picked from the list or by clicking its dot).
+    selected: Option<usize>,
 }
 
 impl DatasetTab {
@@ -41,8 +43,12 @@ impl DatasetTab {
             return;
         };
         ui.label(RichText::new(dataset::title(d)).strong());
+        let selected = &mut self.selected;
         ui.add_enabled_ui(doc.dataset_is_current(), |ui| {
-            charts(ui, a, rows);
+            if let Some(item) = charts(ui, a, rows) {
+                *selected = Some(item);
+            }
+            item_detail(ui, d, selected);
             table(ui, "overall", &a.overall);
             for (title, groups) in [
                 ("By prompt template", &a.by_template),
@@ -71,8 +77,9 @@ fn reading(d: &DatasetResults) -> String {
     )
 }
 
-/// Flip rate and Δpref per condition: bars, their intervals as whiskers, a dot per item.
-fn charts(ui: &mut Ui, a: &Aggregates, rows: &[ItemRow]) {
+/// Flip rate and Δpref per condition: bars, their intervals as whiskers, a dot per item; returns
+/// the item whose dot was clicked.
+fn charts(ui: &mut Ui, a: &Aggregates, rows: &[ItemRow]) -> Option<usize> {
     let labels: Vec<String> = a.overall.iter().map(|g| g.condition.clone()).collect();
     let x_label = move |x: f64| -> String {
         let i = x.round();
@@ -83,6 +90,7 @@ fn charts(ui: &mut Ui, a: &Aggregates, rows: &[ItemRow]) {
         }
     };
     let height = 220.0;
+    let mut clicked = None;
     ui.columns(2, |cols| {
         let flips: Vec<Estimate> = a
             .overall
@@ -112,7 +120,7 @@ fn charts(ui: &mut Ui, a: &Aggregates, rows: &[ItemRow]) {
             .iter()
             .map(|g| (g.mean_delta, g.delta_ci.map(|c| (c.low, c.high))))
             .collect();
-        Plot::new("dataset-deltas")
+        let shown = Plot::new("dataset-deltas")
             .height(height)
             .legend(Legend::default())
             .x_axis_formatter(move |m, _| x_label(m.value))
@@ -129,8 +137,75 @@ fn charts(ui: &mut Ui, a: &Aggregates, rows: &[ItemRow]) {
                     .filter_map(|r| Some([r.condition as f64 + jitter(r.item), r.delta?]))
                     .collect();
                 p.points(Points::new("items", PlotPoints::from(dots)).radius(1.5));
+                p.pointer_coordinate()
             });
+        // A click picks the nearest item's dot (within a few points on screen).
+        if shown.response.clicked()
+            && let Some(at) = shown.inner
+        {
+            let to_screen = shown.transform;
+            let click = to_screen.position_from_point(&at);
+            clicked = rows
+                .iter()
+                .filter_map(|r| {
+                    let dot =
+                        egui_plot::PlotPoint::new(r.condition as f64 + jitter(r.item), r.delta?);
+                    let d = to_screen.position_from_point(&dot).distance(click);
+                    (d < 8.0).then_some((d, r.item))
+                })
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, item)| item);
+        }
     });
+    clicked
+}
+
+/// The item list and the chosen item's grid: each condition's verdict, preference and text.
+fn item_detail(ui: &mut Ui, d: &DatasetResults, selected: &mut Option<usize>) {
+    let name = |i: usize| -> String {
+        let Some(item) = d.items.get(i) else {
+            return String::new();
+        };
+        let template = d
+            .spec
+            .dataset
+            .as_ref()
+            .and_then(|s| s.templates.get(item.template))
+            .map_or(String::new(), |t| t.name.clone());
+        format!("item {i}: {template}, {} vs {}", item.needle, item.partner)
+    };
+    ui.horizontal(|ui| {
+        egui::ComboBox::new("dataset-item", "item (or click a dot)")
+            .selected_text(selected.map_or("none shown".to_string(), name))
+            .show_ui(ui, |ui| {
+                for item in &d.items {
+                    if d.item_conditions(item.index).is_some() {
+                        ui.selectable_value(selected, Some(item.index), name(item.index));
+                    }
+                }
+            });
+        if selected.is_some() && ui.button("Hide").clicked() {
+            *selected = None;
+        }
+    });
+    let Some(cells) = selected.and_then(|i| d.item_conditions(i)) else {
+        return;
+    };
+    egui::Grid::new("dataset-item-grid")
+        .striped(true)
+        .show(ui, |ui| {
+            for c in cells {
+                ui.label(RichText::new(&c.label).strong());
+                match &c.verdict {
+                    Some(v) => {
+                        ui.label(RichText::new(v.to_string()).color(super::verdict_color(v)))
+                    }
+                    None => ui.label("not scored"),
+                };
+                ui.label(RichText::new(super::ui_preview(&c.generation.text)).monospace());
+                ui.end_row();
+            }
+        });
 }
 
 /// A condition's value and its 95 % interval, when there are items to compute them.
