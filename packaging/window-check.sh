@@ -13,7 +13,7 @@ for tool in Xvfb import convert; do
 done
 
 display=":$((90 + RANDOM % 9))"
-Xvfb "$display" -screen 0 1400x900x24 -nolisten tcp >/dev/null 2>&1 &
+Xvfb "$display" -screen 0 2800x900x24 -nolisten tcp >/dev/null 2>&1 &
 xvfb=$!
 home="$(mktemp -d)"   # fresh settings: the seed experiment, no remembered model
 log="$home/kvlab.log"
@@ -35,6 +35,10 @@ grep -q "Run finished" "$log" || { echo "the run did not finish in the window" >
 sleep 2
 mkdir -p "$(dirname "$out")"
 DISPLAY="$display" import -window root "$out"
+# The screen is twice the window's width so that Xvfb's pointer, which rests in the middle of the
+# screen, is not over the window (over a grid cell its top-10 tooltip would cover the grid): keep
+# the window's part.
+convert "$out" -crop 1400x900+0+0 +repage "$out"
 
 # A blank or single-colour screen has (almost) no variation and few colours.
 colors=$(convert "$out" -format '%k' info:)
