@@ -33,17 +33,7 @@ fn seed_tokens(variant: usize) -> Vec<i32> {
 
 /// Evaluates `tokens[..n-1]` into `seq`.
 fn eval_prompt(lab: &mut Lab<'_>, seq: i32, tokens: &[i32]) {
-    let items: Vec<BatchItem> = tokens[..tokens.len() - 1]
-        .iter()
-        .enumerate()
-        .map(|(pos, &token)| BatchItem {
-            seq,
-            token,
-            pos: pos as i32,
-            logits: false,
-        })
-        .collect();
-    lab.eval(&items, |_, _| {}).unwrap();
+    common::eval_tokens(lab, seq, &tokens[..tokens.len() - 1]);
 }
 
 #[test]

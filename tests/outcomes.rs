@@ -56,17 +56,7 @@ fn expected_answer_scores_equal_token_by_token_feeding() {
         },
     )
     .unwrap();
-    let items: Vec<BatchItem> = prompt[..prompt.len() - 1]
-        .iter()
-        .enumerate()
-        .map(|(pos, &token)| BatchItem {
-            seq: 0,
-            token,
-            pos: pos as i32,
-            logits: false,
-        })
-        .collect();
-    lab.eval(&items, |_, _| {}).unwrap();
+    common::eval_tokens(&mut lab, 0, &prompt[..prompt.len() - 1]);
     let mut state = lab.state(0).unwrap();
     let cell = state.cells_at(6)[0];
     for layer in 0..state.n_layer() {

@@ -8,7 +8,6 @@ mod common;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use kvlab::engine::lab::BatchItem;
 use kvlab::engine::{KvPart, KvStateError, Lab, LabOptions, LoadOptions, LoadedModel};
 use kvlab::experiment::ExperimentSpec;
 use kvlab::runner::{RunOptions, run};
@@ -51,21 +50,6 @@ fn lab(model: &LoadedModel, n_ctx_per_seq: u32) -> Lab<'_> {
     .expect("context")
 }
 
-/// Evaluates `tokens` in sequence 0 (no logits).
-fn eval(lab: &mut Lab<'_>, tokens: &[i32]) {
-    let items: Vec<BatchItem> = tokens
-        .iter()
-        .enumerate()
-        .map(|(pos, &token)| BatchItem {
-            seq: 0,
-            token,
-            pos: pos as i32,
-            logits: false,
-        })
-        .collect();
-    lab.eval(&items, |_, _| {}).unwrap();
-}
-
 #[test]
 fn the_model_says_which_layers_slide() {
     let Some(m) = gemma() else { return };
@@ -96,7 +80,7 @@ fn zero_changes_exactly_the_cell_in_both_caches() {
         .map(|t| t.id)
         .collect();
     let mut lab = lab(m, 256);
-    eval(&mut lab, &ids);
+    common::eval_tokens(&mut lab, 0, &ids);
     let before = lab.state(0).unwrap();
     let swa = before.swa.as_ref().expect("an iSWA state");
     assert_eq!(before.n_layer(), 18);
@@ -142,7 +126,7 @@ fn past_the_window_only_full_attention_layers_keep_the_first_token() {
         .collect();
     assert!(ids.len() > 600, "{} tokens", ids.len());
     let mut lab = lab(m, 1024);
-    eval(&mut lab, &ids);
+    common::eval_tokens(&mut lab, 0, &ids);
     let st = lab.state(0).unwrap();
     let first = st.cells_at(0)[0];
     let readable: Vec<usize> = (0..18)

@@ -34,15 +34,7 @@ fn sweep_items_equal_the_same_conditions_in_a_grid() {
     );
 
     spec.conditions = (5..8)
-        .map(|p| {
-            Condition::new("SF", Op::Zero).at(Site {
-                span: Some(Span {
-                    start: p,
-                    end: p + 1,
-                }),
-                ..Site::default()
-            })
-        })
+        .map(|p| Condition::new("SF", Op::Zero).at(Site::position(p)))
         .chain(std::iter::once(Condition::new("SF", Op::None)))
         .collect();
     let grid = runner::run(model(), &spec, &RunOptions::default(), |_| {}).unwrap();

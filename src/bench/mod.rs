@@ -376,15 +376,7 @@ fn sweep_vs_grid(
     let sweep_s = t0.elapsed().as_secs_f64();
     let mut grid_spec = ExperimentSpec::seed();
     grid_spec.conditions = (1..1 + n_pos)
-        .map(|p| {
-            Condition::new("SF", Op::Zero).at(Site {
-                span: Some(Span {
-                    start: p,
-                    end: p + 1,
-                }),
-                ..Site::default()
-            })
-        })
+        .map(|p| Condition::new("SF", Op::Zero).at(Site::position(p)))
         .collect();
     let t0 = Instant::now();
     runner::run(model, &grid_spec, options, |_| {})?;

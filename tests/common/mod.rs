@@ -119,3 +119,18 @@ pub fn tiny_dataset_json() -> serde_json::Value {
     ]);
     v
 }
+
+/// Evaluates `tokens` at positions 0.. in sequence `seq` (no logits): a prompt's cache.
+pub fn eval_tokens(lab: &mut kvlab::engine::Lab<'_>, seq: i32, tokens: &[i32]) {
+    let items: Vec<kvlab::engine::lab::BatchItem> = tokens
+        .iter()
+        .enumerate()
+        .map(|(pos, &token)| kvlab::engine::lab::BatchItem {
+            seq,
+            token,
+            pos: pos as i32,
+            logits: false,
+        })
+        .collect();
+    lab.eval(&items, |_, _| {}).unwrap();
+}

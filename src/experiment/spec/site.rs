@@ -211,6 +211,18 @@ impl Site {
         }
     }
 
+    /// One prompt position (instead of the needle), in every layer, K and V: what a position
+    /// sweep item edits, as a grid condition.
+    pub fn position(pos: usize) -> Site {
+        Site {
+            span: Some(Span {
+                start: pos,
+                end: pos + 1,
+            }),
+            ..Site::default()
+        }
+    }
+
     /// What a row label adds to the op's name: " [layers 0-4] [K] @6..9"; empty by default.
     pub fn suffix(&self) -> String {
         let mut s = String::new();
