@@ -257,6 +257,15 @@ fn a_sweep_runs_from_its_tab_and_shows_its_effects() {
     open_tab(&mut h, "Sweeps");
     h.get_by_label("Needle + next k").click();
     h.step();
+    // Any intervention: transplant takes the other city's rows.
+    h.get_by_label("Sweep intervention").click();
+    h.run_steps(2);
+    h.get_by_label("transplant").click();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().prefs.sweep_op,
+        kvlab::experiment::sweep::SweepOp::Transplant
+    );
     h.get_by_label("Run sweep").click();
     h.step();
     wait_for(&mut h, "the sweep", |a| {
@@ -265,7 +274,11 @@ fn a_sweep_runs_from_its_tab_and_shows_its_effects() {
     let r = h.state().doc.sweep.clone().unwrap();
     assert!(r.complete);
     assert_eq!(r.points.len(), 17, "the needle plus 0..=16 more tokens");
-    h.get_by_label_contains("Span sweep of zero on SF");
+    assert_eq!(
+        r.sweep.op,
+        kvlab::experiment::Op::Transplant { from: "NY".into() }
+    );
+    h.get_by_label_contains("Span sweep of transplant from NY on SF");
     // Sweeps are saved with the session.
     assert!(h.state().to_session().sweep.is_some());
 }

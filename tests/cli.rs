@@ -313,3 +313,64 @@ fn a_small_dataset_end_to_end() {
         "{csv}"
     );
 }
+
+/// `kvlab sweep --op`: a transplant sweep takes the other city's rows by default, says what it
+/// swept, and a donor given to another intervention is refused before any work.
+#[test]
+fn sweeps_apply_the_chosen_intervention() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("sweep.json");
+    let model = model_path();
+    let (seed, m, o) = (
+        seed_path(),
+        model.to_str().unwrap().to_string(),
+        out_path.to_str().unwrap().to_string(),
+    );
+    let out = kvlab(&[
+        "sweep",
+        &seed,
+        "--model",
+        &m,
+        "--over",
+        "span",
+        "--max-extra",
+        "1",
+        "--op",
+        "transplant",
+        "--out",
+        &o,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("span sweep of transplant from NY on SF"),
+        "{stdout}"
+    );
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    assert_eq!(saved["sweep"]["op"]["kind"], "transplant");
+    assert_eq!(saved["sweep"]["op"]["from"], "NY");
+    assert_eq!(saved["points"].as_array().unwrap().len(), 2);
+
+    let e = fails(&[
+        "sweep", &seed, "--model", &m, "--op", "mean", "--from", "NY",
+    ]);
+    assert!(
+        e.contains("--from names the donor of a transplant sweep"),
+        "{e}"
+    );
+    let e = fails(&[
+        "sweep",
+        &seed,
+        "--model",
+        &m,
+        "--op",
+        "transplant",
+        "--from",
+        "LA",
+    ]);
+    assert!(e.contains("LA"), "{e}");
+}

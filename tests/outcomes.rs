@@ -266,4 +266,12 @@ fn ablations_reduce_to_the_control_and_to_zero_where_they_should() {
     // Draws of one noise are summarized under the grid.
     let table = kvlab::experiment::grid::to_table(&r, false);
     assert!(table.contains("SF, noise 3σ over 2 seeds"), "{table}");
+    // And in the HTML report.
+    let mut session = kvlab::session::Session::new(spec.clone());
+    session.results = Some(r.clone());
+    let html = kvlab::session::report::html(&session);
+    assert!(
+        html.contains("<h3>Noise draws</h3>") && html.contains("SF, noise 3σ over 2 seeds"),
+        "the report summarizes the draws"
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use common::{assert_same_score, asset_spec, model};
 use kvlab::experiment::spec::KvPart;
-use kvlab::experiment::sweep::{SweepKind, SweepSpec};
+use kvlab::experiment::sweep::{SweepKind, SweepOp, SweepSpec};
 use kvlab::experiment::{Condition, LayerSet, Op, Site, Span};
 use kvlab::runner::{self, RunEvent, RunOptions};
 
@@ -52,6 +52,55 @@ fn sweep_items_equal_the_same_conditions_in_a_grid() {
         effects[1].abs() > effects[0].abs() && effects[1].abs() > effects[2].abs(),
         "{effects:?}"
     );
+}
+
+/// Mean, noise and transplant sweeps (the app's and `kvlab sweep --op`'s choices) mean what the
+/// same conditions mean in a grid, and each edits something.
+#[test]
+fn every_sweep_intervention_equals_its_grid_condition() {
+    let mut spec = asset_spec("seed-short");
+    spec.generation.max_tokens = 2;
+    let range = Span { start: 6, end: 8 };
+    let mut grid_conditions = vec![Condition::new("SF", Op::None)];
+    let mut sweeps = Vec::new();
+    for kind in [SweepOp::Mean, SweepOp::Noise, SweepOp::Transplant] {
+        let op = kind.op(&spec, "SF", None).unwrap();
+        let r = runner::run_sweep(
+            model(),
+            &spec,
+            &position_sweep(range, op.clone()),
+            &RunOptions::default(),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(r.points.len(), 2, "{kind:?}");
+        grid_conditions
+            .extend((6..8).map(|p| Condition::new("SF", op.clone()).at(Site::position(p))));
+        sweeps.push((kind, r));
+    }
+    spec.conditions = grid_conditions;
+    let grid = runner::run(model(), &spec, &RunOptions::default(), |_| {}).unwrap();
+    for (k, (kind, r)) in sweeps.iter().enumerate() {
+        assert_same_score(
+            r.reference.preference,
+            grid.conditions[0].preference,
+            "the reference",
+        );
+        for (i, point) in r.points.iter().enumerate() {
+            let cond = &grid.conditions[1 + 2 * k + i];
+            assert_same_score(
+                point.preference,
+                cond.preference,
+                &format!("{kind:?} {}", point.label),
+            );
+        }
+        assert!(
+            r.points
+                .iter()
+                .any(|p| p.preference != r.reference.preference),
+            "{kind:?} edits something"
+        );
+    }
 }
 
 #[test]

@@ -116,9 +116,16 @@ pub struct SweepArgs {
     /// The variant whose prompt is edited (default: the first).
     #[arg(long)]
     pub variant: Option<String>,
-    /// Remove the cells instead of zeroing them.
-    #[arg(long)]
+    /// What each item does to its cells: zero, remove (all layers only), mean (over every
+    /// variant), noise (3σ, seed 0) or transplant (from --from, default the next variant).
+    #[arg(long, value_enum, default_value_t = SweepOpArg::Zero)]
+    pub op: SweepOpArg,
+    /// Same as --op remove.
+    #[arg(long, conflicts_with = "op")]
     pub remove: bool,
+    /// Transplant sweeps: the variant whose rows are copied in.
+    #[arg(long)]
+    pub from: Option<String>,
     /// Layers touched by position and span sweeps ("all", "0-15", …).
     #[arg(long, default_value = "all")]
     pub layers: String,
@@ -177,6 +184,34 @@ pub enum SweepOver {
     Layer,
     /// Every position × every layer.
     PositionLayer,
+}
+
+/// What a sweep's items do (see [`crate::experiment::sweep::SweepOp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SweepOpArg {
+    /// Rows set to zero.
+    Zero,
+    /// Cells taken out (all layers only).
+    Remove,
+    /// Rows replaced by their mean over every variant.
+    Mean,
+    /// Gaussian noise, 3σ of each layer's values.
+    Noise,
+    /// Rows copied from another variant.
+    Transplant,
+}
+
+impl From<SweepOpArg> for crate::experiment::sweep::SweepOp {
+    fn from(a: SweepOpArg) -> Self {
+        use crate::experiment::sweep::SweepOp;
+        match a {
+            SweepOpArg::Zero => SweepOp::Zero,
+            SweepOpArg::Remove => SweepOp::Remove,
+            SweepOpArg::Mean => SweepOp::Mean,
+            SweepOpArg::Noise => SweepOp::Noise,
+            SweepOpArg::Transplant => SweepOp::Transplant,
+        }
+    }
 }
 
 /// Grid output formats.

@@ -11,8 +11,8 @@ use super::checks::{check_fits, check_output, load, read_spec, threads_arg};
 use crate::engine::LoadedModel;
 use crate::experiment::results::check_threads;
 use crate::experiment::spec::KvPart;
-use crate::experiment::sweep::{SweepKind, SweepSpec};
-use crate::experiment::{ExperimentSpec, LayerSet, Op, RunResults, grid};
+use crate::experiment::sweep::{SweepKind, SweepOp, SweepSpec};
+use crate::experiment::{ExperimentSpec, LayerSet, RunResults, grid};
 use crate::runner::{self, RunEvent, RunOptions};
 use crate::session::{Fault, ModelRef, Session, write_atomic};
 
@@ -135,7 +135,9 @@ pub(super) fn sweep(args: SweepArgs, gpu_layers: Option<u32>) -> Result<()> {
         model,
         over,
         variant,
+        op,
         remove,
+        from,
         layers,
         max_extra,
         out,
@@ -154,6 +156,14 @@ pub(super) fn sweep(args: SweepArgs, gpu_layers: Option<u32>) -> Result<()> {
     {
         bail!("--variant {v:?}: the experiment has no variant of that name");
     }
+    let variant = variant.unwrap_or_else(|| spec.variants[0].name.clone());
+    let kind: SweepOp = if remove { SweepOp::Remove } else { op.into() };
+    if from.is_some() && kind != SweepOp::Transplant {
+        bail!("--from names the donor of a transplant sweep (--op transplant)");
+    }
+    let op = kind
+        .op(&spec, &variant, from.as_deref())
+        .map_err(|e| anyhow::anyhow!("--op {}: {e}", kind.label()))?;
     let model = load(&model, gpu_layers)?;
     check_fits(&spec, &model)?;
     let sweep = SweepSpec {
@@ -163,8 +173,8 @@ pub(super) fn sweep(args: SweepArgs, gpu_layers: Option<u32>) -> Result<()> {
             SweepOver::Layer => SweepKind::Layer,
             SweepOver::PositionLayer => SweepKind::PositionLayer { range: None },
         },
-        variant: variant.unwrap_or_else(|| spec.variants[0].name.clone()),
-        op: if remove { Op::Remove } else { Op::Zero },
+        variant,
+        op,
         layers,
         part: KvPart::Both,
     };

@@ -51,7 +51,8 @@ pub struct SweepSpec {
     pub kind: SweepKind,
     /// The variant whose prompt is edited.
     pub variant: String,
-    /// `zero` or `remove` (remove only with all layers).
+    /// What each item does to its cells: any intervention but `none` (remove only with all
+    /// layers); [`SweepOp`] makes the usual ones.
     pub op: Op,
     /// Layers touched, for position and span sweeps.
     #[serde(default)]
@@ -63,6 +64,93 @@ pub struct SweepSpec {
 
 fn both() -> KvPart {
     KvPart::Both
+}
+
+/// The interventions the app and `kvlab sweep --op` offer, each made into an [`Op`] for the
+/// swept variant by [`SweepOp::op`]. Zero and remove ask "is this cell needed?"; mean, noise and
+/// transplant ask the same with in-distribution replacements, which the literature prefers to
+/// zero (a zero key still gets attention logit 0, not -inf).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SweepOp {
+    /// Rows set to zero.
+    #[default]
+    Zero,
+    /// Cells taken out of the sequence (all layers only).
+    Remove,
+    /// Rows replaced by their mean over every variant at the same positions.
+    Mean,
+    /// Gaussian noise of causal tracing's 3 σ, the same draw (seed 0) for every item.
+    Noise,
+    /// Rows copied from the next variant (the other one of a pair) at the same positions.
+    Transplant,
+}
+
+impl SweepOp {
+    /// Every choice, in the order the app lists them.
+    pub const ALL: [SweepOp; 5] = [
+        SweepOp::Zero,
+        SweepOp::Remove,
+        SweepOp::Mean,
+        SweepOp::Noise,
+        SweepOp::Transplant,
+    ];
+
+    /// The name shown and typed (`--op`).
+    pub fn label(self) -> &'static str {
+        match self {
+            SweepOp::Zero => "zero",
+            SweepOp::Remove => "remove",
+            SweepOp::Mean => "mean",
+            SweepOp::Noise => "noise",
+            SweepOp::Transplant => "transplant",
+        }
+    }
+
+    /// The intervention for a sweep over `variant`'s prompt in `spec`. Transplant takes the
+    /// variant after it (wrapping round), so in a pair each variant gets the other's rows; it
+    /// needs a second variant. `from` names another donor instead.
+    pub fn op(
+        self,
+        spec: &ExperimentSpec,
+        variant: &str,
+        from: Option<&str>,
+    ) -> Result<Op, String> {
+        Ok(match self {
+            SweepOp::Zero => Op::Zero,
+            SweepOp::Remove => Op::Remove,
+            SweepOp::Mean => Op::Mean { over: Vec::new() },
+            SweepOp::Noise => Op::Noise {
+                scale: super::spec::DEFAULT_NOISE_SCALE,
+                seed: 0,
+            },
+            SweepOp::Transplant => {
+                let from = match from {
+                    Some(f) => f.to_string(),
+                    None => {
+                        let names: Vec<&str> =
+                            spec.variants.iter().map(|v| v.name.as_str()).collect();
+                        let i = names.iter().position(|n| *n == variant).ok_or_else(|| {
+                            format!("the experiment has no variant named {variant:?}")
+                        })?;
+                        if names.len() < 2 {
+                            return Err(
+                                "a transplant sweep needs a second variant to take rows from"
+                                    .into(),
+                            );
+                        }
+                        names[(i + 1) % names.len()].to_string()
+                    }
+                };
+                if from == variant {
+                    return Err(format!(
+                        "a transplant into {variant:?} needs another variant's rows"
+                    ));
+                }
+                Op::Transplant { from }
+            }
+        })
+    }
 }
 
 /// One item of a sweep: what it is, and the condition that realizes it.
@@ -349,5 +437,40 @@ mod tests {
         assert_eq!(items[5].condition.site.layers.to_string(), "0-1");
         assert_eq!(items[8].condition.site.layers.to_string(), "3");
         assert_eq!(items[11].condition.site.layers.to_string(), "0-3");
+    }
+
+    #[test]
+    fn sweep_ops_become_the_interventions_they_name() {
+        let spec = ExperimentSpec::seed();
+        let names: Vec<String> = spec.variants.iter().map(|v| v.name.clone()).collect();
+        let (a, b) = (names[0].as_str(), names[1].as_str());
+        assert_eq!(SweepOp::Zero.op(&spec, a, None), Ok(Op::Zero));
+        assert_eq!(SweepOp::Remove.op(&spec, a, None), Ok(Op::Remove));
+        assert_eq!(
+            SweepOp::Mean.op(&spec, a, None),
+            Ok(Op::Mean { over: Vec::new() })
+        );
+        assert_eq!(
+            SweepOp::Noise.op(&spec, a, None),
+            Ok(Op::Noise {
+                scale: 3.0,
+                seed: 0
+            })
+        );
+        // In a pair each variant takes the other's rows; a named donor wins.
+        let from = |v: &str, f: Option<&str>| SweepOp::Transplant.op(&spec, v, f);
+        assert_eq!(from(a, None), Ok(Op::Transplant { from: b.into() }));
+        assert_eq!(from(b, None), Ok(Op::Transplant { from: a.into() }));
+        assert!(from(a, Some(a)).unwrap_err().contains("another variant"));
+        let mut one = spec.clone();
+        one.variants.truncate(1);
+        assert!(
+            SweepOp::Transplant
+                .op(&one, a, None)
+                .unwrap_err()
+                .contains("second variant")
+        );
+        let labels: Vec<_> = SweepOp::ALL.iter().map(|o| o.label()).collect();
+        assert_eq!(labels, ["zero", "remove", "mean", "noise", "transplant"]);
     }
 }

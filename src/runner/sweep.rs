@@ -37,8 +37,11 @@ pub fn run_sweep(
     options: &RunOptions,
     mut on_event: impl FnMut(RunEvent),
 ) -> Result<SweepResults, RunError> {
-    if !matches!(sweep.op, Op::Zero | Op::Remove) {
-        return Err(SpecError::Generation("a sweep applies zero or remove".into()).into());
+    if sweep.op == Op::None {
+        return Err(SpecError::Generation(
+            "a sweep applies an intervention to each item; none is the reference it is compared with".into(),
+        )
+        .into());
     }
     let Prepared {
         prompts,

@@ -371,6 +371,17 @@ fn scores_html(out: &mut String, r: &RunResults) {
          under the edited cache, per token: they are not the answers.</p>",
         esc(grid::PREFERENCE_HELP)
     );
+    let noise = crate::experiment::samples::noise_summaries(r);
+    if !noise.is_empty() {
+        out.push_str("<h3>Noise draws</h3><ul id=\"noise\">");
+        for n in noise {
+            let _ = write!(out, "<li>{}</li>", esc(&n.to_string()));
+        }
+        out.push_str(
+            "</ul><p class=\"small\">Noise conditions that differ only in their seed, taken \
+             together: one draw is an anecdote.</p>",
+        );
+    }
 }
 
 /// The model, the settings and the versions the results came from.

@@ -88,8 +88,8 @@ pub struct Prefs {
     pub recent_sessions: Vec<PathBuf>,
     /// The sweep tab's choice.
     pub sweep_choice: SweepChoice,
-    /// Sweeps remove cells instead of zeroing them.
-    pub sweep_remove: bool,
+    /// What a sweep's items do to their cells.
+    pub sweep_op: crate::experiment::sweep::SweepOp,
     /// Which variant's prompt sweeps edit (index).
     pub sweep_variant: usize,
     /// The first-start explanation of the demo experiment was dismissed.
@@ -110,7 +110,7 @@ impl Default for Prefs {
             last_session_path: None,
             recent_sessions: Vec::new(),
             sweep_choice: SweepChoice::default(),
-            sweep_remove: false,
+            sweep_op: Default::default(),
             sweep_variant: 0,
             welcome_dismissed: false,
         }
@@ -140,7 +140,7 @@ pub enum PrefEdit {
     /// What the sweep tab runs.
     SweepChoice(SweepChoice),
     /// Sweeps remove cells (true) or zero them.
-    SweepRemove(bool),
+    SweepOp(crate::experiment::sweep::SweepOp),
     /// Which variant's prompt sweeps edit.
     SweepVariant(usize),
     /// The first-start explanation was dismissed.
@@ -159,7 +159,7 @@ impl Prefs {
             PrefEdit::ProbeIndex(i) => self.probe_index = i,
             PrefEdit::DeltaLayer(l) => self.delta_layer = l,
             PrefEdit::SweepChoice(c) => self.sweep_choice = c,
-            PrefEdit::SweepRemove(r) => self.sweep_remove = r,
+            PrefEdit::SweepOp(o) => self.sweep_op = o,
             PrefEdit::SweepVariant(v) => self.sweep_variant = v,
             PrefEdit::WelcomeDismissed => self.welcome_dismissed = true,
         }

@@ -205,6 +205,13 @@ impl KvlabApp {
         else {
             return;
         };
+        let op = match st.sweep_op.op(spec, &variant.name, None) {
+            Ok(op) => op,
+            Err(why) => {
+                self.error = Some(why);
+                return;
+            }
+        };
         let sweep = SweepSpec {
             kind: match st.sweep_choice {
                 crate::ui::prefs::SweepChoice::Position => SweepKind::Position { range: None },
@@ -215,11 +222,7 @@ impl KvlabApp {
                 }
             },
             variant: variant.name.clone(),
-            op: if st.sweep_remove {
-                crate::experiment::Op::Remove
-            } else {
-                crate::experiment::Op::Zero
-            },
+            op,
             layers: crate::experiment::LayerSet::All,
             part: crate::experiment::spec::KvPart::Both,
         };

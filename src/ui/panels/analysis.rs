@@ -151,6 +151,18 @@ pub fn score_table(ui: &mut Ui, doc: &Document) {
                 score_row(ui, r, c);
             }
         });
+        let noise = crate::experiment::samples::noise_summaries(r);
+        if !noise.is_empty() {
+            ui.add_space(8.0);
+            ui.label(RichText::new("Noise draws").strong())
+                .on_hover_text(
+                    "Noise conditions that differ only in their seed, taken together: one draw is \
+                 an anecdote.",
+                );
+            for n in noise {
+                ui.label(n.to_string());
+            }
+        }
     });
 }
 

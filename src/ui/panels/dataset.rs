@@ -145,16 +145,7 @@ fn charts(ui: &mut Ui, a: &Aggregates, rows: &[ItemRow]) -> Option<usize> {
         {
             let to_screen = shown.transform;
             let click = to_screen.position_from_point(&at);
-            clicked = rows
-                .iter()
-                .filter_map(|r| {
-                    let dot =
-                        egui_plot::PlotPoint::new(r.condition as f64 + jitter(r.item), r.delta?);
-                    let d = to_screen.position_from_point(&dot).distance(click);
-                    (d < 8.0).then_some((d, r.item))
-                })
-                .min_by(|a, b| a.0.total_cmp(&b.0))
-                .map(|(_, item)| item);
+            clicked = nearest_dot(rows, |p| to_screen.position_from_point(&p), click);
         }
     });
     clicked
@@ -211,6 +202,26 @@ fn item_detail(ui: &mut Ui, d: &DatasetResults, selected: &mut Option<usize>) {
 /// A condition's value and its 95 % interval, when there are items to compute them.
 type Estimate = (Option<f64>, Option<(f64, f64)>);
 
+/// The item whose dot is nearest to a click at screen position `click`, if one lies within a
+/// few points of it; `to_screen` maps plot coordinates to the screen.
+fn nearest_dot(
+    rows: &[ItemRow],
+    to_screen: impl Fn(egui_plot::PlotPoint) -> egui::Pos2,
+    click: egui::Pos2,
+) -> Option<usize> {
+    rows.iter()
+        .filter_map(|r| {
+            let dot = egui_plot::PlotPoint::new(r.condition as f64 + jitter(r.item), r.delta?);
+            let d = to_screen(dot).distance(click);
+            (d < DOT_REACH).then_some((d, r.item))
+        })
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, item)| item)
+}
+
+/// How far from a dot (in points) a click still picks it.
+const DOT_REACH: f32 = 8.0;
+
 /// A small, fixed horizontal offset per item so that its dots do not hide each other.
 fn jitter(item: usize) -> f64 {
     ((item * 37) % 21) as f64 / 21.0 * 0.5 - 0.25
@@ -253,4 +264,61 @@ fn table(ui: &mut Ui, name: &str, aggs: &[Aggregate]) {
                 ui.end_row();
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(item: usize, condition: usize, delta: Option<f64>) -> ItemRow {
+        ItemRow {
+            item,
+            template: 0,
+            needle: "SF".into(),
+            partner: "NY".into(),
+            condition,
+            label: String::new(),
+            preference: None,
+            verdict: None,
+            delta,
+        }
+    }
+
+    /// A click picks the dot under it: the nearest within reach, never an unscored item, and
+    /// nothing when it lands between dots.
+    #[test]
+    fn a_click_picks_the_nearest_dot_within_reach() {
+        // 100 screen points per plot unit, y pointing down as on screen.
+        let to_screen =
+            |p: egui_plot::PlotPoint| egui::pos2(100.0 * p.x as f32, -100.0 * p.y as f32);
+        let rows = [
+            row(0, 0, Some(-1.0)),
+            row(1, 0, Some(-1.03)),
+            row(2, 1, Some(2.0)),
+            row(3, 1, None),
+        ];
+        let at = |r: &ItemRow| {
+            to_screen(egui_plot::PlotPoint::new(
+                r.condition as f64 + jitter(r.item),
+                r.delta.unwrap_or(0.0),
+            ))
+        };
+        // On a dot: that item, even with a neighbour 3 points away.
+        assert_eq!(nearest_dot(&rows, to_screen, at(&rows[0])), Some(0));
+        assert_eq!(nearest_dot(&rows, to_screen, at(&rows[1])), Some(1));
+        assert_eq!(
+            nearest_dot(&rows, to_screen, at(&rows[2]) + egui::vec2(5.0, 0.0)),
+            Some(2)
+        );
+        // Where the unscored item would be, and far from everything: nothing.
+        assert_eq!(nearest_dot(&rows, to_screen, at(&rows[3])), None);
+        assert_eq!(
+            nearest_dot(
+                &rows,
+                to_screen,
+                at(&rows[2]) + egui::vec2(0.0, DOT_REACH + 1.0)
+            ),
+            None
+        );
+    }
 }

@@ -8,7 +8,7 @@ use egui_plot::Plot;
 use super::analysis::{HeatAxes, heatmap};
 use super::{BAD, GOOD, ViewCtx, WARN, hint, set_pref_if, text_on};
 use crate::experiment::Span;
-use crate::experiment::sweep::{SweepKind, SweepResults};
+use crate::experiment::sweep::{SweepKind, SweepOp, SweepResults};
 use crate::ui::commands::{Command, Commands};
 use crate::ui::document::Document;
 use crate::ui::prefs::{PrefEdit, SweepChoice};
@@ -94,25 +94,33 @@ fn draw(ui: &mut Ui, r: &SweepResults, effects: &[f64], needle: Option<Span>) {
     }
 }
 
-/// What to sweep, zero or remove, on which variant's prompt, and the Run sweep button.
+/// What to sweep, with which intervention, on which variant's prompt, and the Run sweep button.
 fn controls(ui: &mut Ui, ctx: &ViewCtx, doc: &Document, cmds: &mut Commands) {
     let prefs = ctx.prefs;
-    let (mut choice, mut remove, mut variant) =
-        (prefs.sweep_choice, prefs.sweep_remove, prefs.sweep_variant);
+    let (mut choice, mut op, mut variant) =
+        (prefs.sweep_choice, prefs.sweep_op, prefs.sweep_variant);
     ui.horizontal_wrapped(|ui| {
         ui.selectable_value(&mut choice, SweepChoice::Position, "Every position");
         ui.selectable_value(&mut choice, SweepChoice::Span, "Needle + next k");
         ui.selectable_value(&mut choice, SweepChoice::Layer, "Layers");
         ui.selectable_value(&mut choice, SweepChoice::PositionLayer, "Position × layer");
         ui.separator();
-        ui.selectable_value(&mut remove, false, "zero");
-        ui.selectable_value(&mut remove, true, "remove");
+        egui::ComboBox::new("sweep-op", "Sweep intervention")
+            .selected_text(op.label())
+            .show_ui(ui, |ui| {
+                for o in SweepOp::ALL {
+                    ui.selectable_value(&mut op, o, o.label())
+                        .on_hover_text(sweep_op_help(o));
+                }
+            })
+            .response
+            .on_hover_text(sweep_op_help(op));
         ui.separator();
         for (i, v) in doc.spec.variants.iter().enumerate() {
             ui.selectable_value(&mut variant, i, format!("{} prompt", v.name));
         }
         set_pref_if(cmds, prefs.sweep_choice, choice, PrefEdit::SweepChoice);
-        set_pref_if(cmds, prefs.sweep_remove, remove, PrefEdit::SweepRemove);
+        set_pref_if(cmds, prefs.sweep_op, op, PrefEdit::SweepOp);
         set_pref_if(cmds, prefs.sweep_variant, variant, PrefEdit::SweepVariant);
         if ui
             .add_enabled(ctx.can_run(), egui::Button::new("Run sweep"))
@@ -122,6 +130,21 @@ fn controls(ui: &mut Ui, ctx: &ViewCtx, doc: &Document, cmds: &mut Commands) {
             cmds.push(Command::RunSweep);
         }
     });
+}
+
+/// What a sweep intervention does, for its tooltip.
+fn sweep_op_help(op: SweepOp) -> &'static str {
+    match op {
+        SweepOp::Zero => "Each item's rows set to zero",
+        SweepOp::Remove => "Each item's cells taken out of the sequence (all layers)",
+        SweepOp::Mean => "Each item's rows replaced by their mean over every variant",
+        SweepOp::Noise => {
+            "Gaussian noise of 3σ (each layer's spread over the prompt) added to each item's rows, the same draw for every item"
+        }
+        SweepOp::Transplant => {
+            "Each item's rows copied from the next variant (the other one of a pair) at the same positions"
+        }
+    }
 }
 
 /// A position sweep: the tokens of the prompt it was measured on, each coloured by its effect
