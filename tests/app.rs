@@ -349,6 +349,8 @@ fn a_sweep() -> kvlab::experiment::sweep::SweepResults {
         complete: true,
         spec: Some(kvlab::experiment::ExperimentSpec::seed()),
         tokens: Vec::new(),
+        sliding_layers: Vec::new(),
+        sliding_window: None,
     }
 }
 
@@ -788,6 +790,16 @@ fn sweep_maps_have_axes_and_a_scale_and_the_strip_marks_the_needle() {
     let hi = abs.iter().copied().fold(0.0, f64::max);
     h.get_by_label(&format!("{lo:.4}"));
     h.get_by_label(&format!("{hi:.4}"));
+    assert!(h.query_by_label_contains("rows marked").is_none());
+
+    // A model with sliding-window layers: they are marked and said to slide (issue #17).
+    let mut sliding = sweep.clone();
+    sliding.sliding_layers = vec![0, 2];
+    sliding.sliding_window = Some(512);
+    h.state_mut().doc.sweep = Some(sliding);
+    h.step();
+    h.get_by_label_contains("2 rows marked: sliding-window layer");
+    h.get_by_label_contains("they attend to the last 512 tokens only");
 
     // A position sweep over the same prompt: the needle's chip says so.
     let mut strip = a_sweep();

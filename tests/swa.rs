@@ -170,6 +170,18 @@ fn the_seed_grid_runs_with_controls_equal_to_baselines() {
         "{said}"
     );
     assert!(kvlab::experiment::grid::to_table(&r, false).contains(&said));
+    // The report's K/V difference marks the 15 sliding layers in both maps.
+    let mut session = kvlab::session::Session::new(spec.clone());
+    session.results = Some(r.clone());
+    let html = kvlab::session::report::html(&session);
+    assert!(r.kv_delta.is_some());
+    assert_eq!(
+        html.matches("class=\"sliding\"").count(),
+        30,
+        "15 rows in K and V"
+    );
+    assert!(html.contains("<title>layer 4: sliding window</title>"));
+    assert!(!html.contains("<title>layer 5: sliding window</title>"));
     for c in &r.conditions {
         let base = &r
             .variants
@@ -187,4 +199,141 @@ fn the_seed_grid_runs_with_controls_equal_to_baselines() {
         assert!(c.verdict.is_some(), "{} is scored", c.label);
     }
     let _ = common::layers_on_gpu();
+}
+
+/// Every intervention, made by the runner exactly as a run makes it and read back from
+/// llama.cpp, changes exactly the needle's rows in exactly its layers, in both caches: zero,
+/// transplant (the donor's rows), mean, noise, remove (the cells gone from both caches), and a
+/// zero limited to one full-attention or one sliding layer.
+#[test]
+fn every_intervention_changes_exactly_its_rows_in_both_caches() {
+    use kvlab::experiment::{Condition, LayerSet, Op, Site};
+    let Some(m) = gemma() else { return };
+    let mut spec = ExperimentSpec::seed();
+    let (sf, ny) = (spec.variants[0].name.clone(), spec.variants[1].name.clone());
+    let in_layer = |l: &str| Site {
+        layers: LayerSet::parse(l).unwrap(),
+        ..Site::default()
+    };
+    spec.conditions = vec![
+        Condition::new(&sf, Op::None),
+        Condition::new(&sf, Op::Zero),
+        Condition::new(&sf, Op::Transplant { from: ny.clone() }),
+        Condition::new(&sf, Op::Mean { over: Vec::new() }),
+        Condition::new(
+            &sf,
+            Op::Noise {
+                scale: 3.0,
+                seed: 7,
+            },
+        ),
+        Condition::new(&sf, Op::Remove),
+        Condition::new(&sf, Op::Zero).at(in_layer("5")),
+        Condition::new(&sf, Op::Zero).at(in_layer("3")),
+    ];
+    let caches = kvlab::runner::starting_caches(m, &spec, &RunOptions::default()).unwrap();
+    let (before, donor) = (&caches.prompts[0], &caches.prompts[1]);
+    assert!(before.swa.is_some(), "an iSWA state");
+    let needle = caches.needle;
+    let all: Vec<usize> = (0..18).collect();
+    let edited_layers = [
+        vec![],
+        all.clone(),
+        all.clone(),
+        all.clone(),
+        all.clone(),
+        all.clone(),
+        vec![5],
+        vec![3],
+    ];
+    for (ci, (after, layers)) in caches.conditions.iter().zip(&edited_layers).enumerate() {
+        let label = spec.conditions[ci].op.short();
+        let removed = ci == 5;
+        for layer in 0..18 {
+            for (r, meta) in before.cells() {
+                let in_needle = needle.positions().any(|p| p as i32 == meta.pos);
+                let found = after.cells_at(meta.pos);
+                if removed && in_needle {
+                    assert!(found.is_empty(), "{label}: position {} is gone", meta.pos);
+                    let sliding = &after.swa.as_ref().unwrap().streams;
+                    assert!(
+                        !sliding
+                            .iter()
+                            .flatten()
+                            .any(|s| s.cells.iter().any(|c| c.pos == meta.pos)),
+                        "{label}: position {} is gone from the sliding cache too",
+                        meta.pos
+                    );
+                    continue;
+                }
+                let a = found
+                    .first()
+                    .unwrap_or_else(|| panic!("{label}: position {} kept", meta.pos));
+                let (k0, v0) = (
+                    before.k_row_bytes(layer, r).unwrap(),
+                    before.v_row_bytes(layer, r).unwrap(),
+                );
+                let (k1, v1) = (
+                    after.k_row_bytes(layer, *a).unwrap(),
+                    after.v_row_bytes(layer, *a).unwrap(),
+                );
+                let changed = k0 != k1 || v0 != v1;
+                let meant = in_needle && !removed && layers.contains(&layer);
+                assert_eq!(
+                    changed, meant,
+                    "{label}: layer {layer}, position {}",
+                    meta.pos
+                );
+                if meant && ci == 2 {
+                    let d = donor.cells_at(meta.pos)[0];
+                    assert_eq!(k1, donor.k_row_bytes(layer, d).unwrap(), "the donor's K");
+                    assert_eq!(v1, donor.v_row_bytes(layer, d).unwrap(), "the donor's V");
+                }
+            }
+        }
+    }
+}
+
+/// The layer sweep covers all 18 layers in the model's numbering, and says which slide.
+#[test]
+fn the_layer_sweep_covers_every_layer_and_marks_the_sliding_ones() {
+    use kvlab::experiment::sweep::{SweepKind, SweepSpec, to_table};
+    use kvlab::experiment::{LayerSet, Op};
+    let Some(m) = gemma() else { return };
+    let mut spec = ExperimentSpec::seed();
+    spec.generation.max_tokens = 2;
+    let sweep = SweepSpec {
+        kind: SweepKind::Layer,
+        variant: spec.variants[0].name.clone(),
+        op: Op::Zero,
+        layers: LayerSet::All,
+        part: KvPart::Both,
+    };
+    let r = kvlab::runner::run_sweep(m, &spec, &sweep, &RunOptions::default(), |_| {}).unwrap();
+    assert!(r.complete);
+    let singles: Vec<u32> = r.points.iter().filter_map(|p| p.layer).collect();
+    assert_eq!(singles, (0..18).collect::<Vec<_>>());
+    assert_eq!(
+        r.points.len(),
+        3 * 18,
+        "single, from the bottom, from the top"
+    );
+    let sliding: Vec<u32> = r
+        .points
+        .iter()
+        .filter(|p| r.slides(p))
+        .filter_map(|p| p.layer)
+        .collect();
+    assert_eq!(
+        sliding,
+        (0..18)
+            .filter(|l| ![5, 11, 17].contains(l))
+            .collect::<Vec<_>>()
+    );
+    let t = to_table(&r, 0);
+    assert!(
+        t.contains("layer 4 (sliding)") && !t.contains("layer 5 (sliding)"),
+        "{t}"
+    );
+    assert!(t.contains("attends to the last 512 tokens only"), "{t}");
 }

@@ -317,9 +317,22 @@ pub struct SweepResults {
     /// they were measured on (empty in older files).
     #[serde(default)]
     pub tokens: Vec<TokenPiece>,
+    /// The model's sliding-window layers (empty: none, or a file from before they were
+    /// recorded), so that single-layer items can say they only see the last
+    /// [`Self::sliding_window`] tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sliding_layers: Vec<u32>,
+    /// The sliding window in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<u32>,
 }
 
 impl SweepResults {
+    /// Whether `p` edits one layer only, and that layer slides.
+    pub fn slides(&self, p: &SweepPoint) -> bool {
+        p.layer.is_some_and(|l| self.sliding_layers.contains(&l))
+    }
+
     /// The effect of each point: its preference (or own-variant score) minus the reference's.
     pub fn effects(&self, own_variant_index: usize) -> Vec<f64> {
         let value = |p: &SweepPoint| {
@@ -364,7 +377,20 @@ pub fn to_table(r: &SweepResults, own_variant_index: usize) -> String {
         } else {
             "░".repeat(n)
         };
-        let _ = writeln!(out, "{:>14}  {:>+9.3}  {bar}", p.label, e);
+        let label = if r.slides(p) {
+            format!("{} (sliding)", p.label)
+        } else {
+            p.label.clone()
+        };
+        let _ = writeln!(out, "{label:>24}  {e:>+9.3}  {bar}");
+    }
+    if let Some(w) = r.sliding_window
+        && r.points.iter().any(|p| r.slides(p))
+    {
+        let _ = writeln!(
+            out,
+            "(sliding): a sliding-window layer, which attends to the last {w} tokens only"
+        );
     }
     out
 }
@@ -472,5 +498,42 @@ mod tests {
         );
         let labels: Vec<_> = SweepOp::ALL.iter().map(|o| o.label()).collect();
         assert_eq!(labels, ["zero", "remove", "mean", "noise", "transplant"]);
+    }
+
+    /// The table marks single sliding layers (and only those) and says what that means.
+    #[test]
+    fn the_table_marks_sliding_layers() {
+        let point = |label: &str, layer: Option<u32>, p: f64| SweepPoint {
+            label: label.into(),
+            index: 0,
+            layer,
+            preference: Some(p),
+            scores: vec![],
+            first_step_probes: vec![],
+        };
+        let mut r = SweepResults {
+            sweep: sweep(SweepKind::Layer),
+            measure: "expected answers".into(),
+            reference: point("no intervention", None, 1.0),
+            points: vec![
+                point("layer 0", Some(0), 0.5),
+                point("layer 1", Some(1), -1.0),
+                point("layers 0-1", None, -2.0),
+            ],
+            complete: true,
+            spec: None,
+            tokens: Vec::new(),
+            sliding_layers: vec![0],
+            sliding_window: Some(512),
+        };
+        let t = to_table(&r, 0);
+        assert!(t.contains("layer 0 (sliding)"), "{t}");
+        assert!(
+            !t.contains("layer 1 (sliding)") && !t.contains("0-1 (sliding)"),
+            "{t}"
+        );
+        assert!(t.contains("attends to the last 512 tokens only"), "{t}");
+        r.sliding_layers.clear();
+        assert!(!to_table(&r, 0).contains("sliding"));
     }
 }

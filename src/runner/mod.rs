@@ -203,6 +203,40 @@ pub fn run(
     })
 }
 
+/// The caches a run starts from, as llama.cpp holds them after the edits: what an audit of an
+/// intervention compares (which bytes of which cells in which caches changed), without
+/// generating anything.
+#[derive(Debug, Clone)]
+pub struct StartingCaches {
+    /// Per variant, its evaluated prompt (every token but the last).
+    pub prompts: Vec<SeqState>,
+    /// Per condition, in the spec's order, its edited copy as read back from llama.cpp.
+    pub conditions: Vec<SeqState>,
+    /// The needle's token span.
+    pub needle: crate::experiment::Span,
+}
+
+/// Evaluates the prompts and makes every condition's starting cache exactly as [`run`] does,
+/// then reads each back from llama.cpp.
+pub fn starting_caches(
+    model: &LoadedModel,
+    spec: &ExperimentSpec,
+    options: &RunOptions,
+) -> Result<StartingCaches, RunError> {
+    let plan = Plan::new(model, spec)?;
+    let mut lab = Lab::new(model, plan.lab_options(options))?;
+    let prompts = eval_prompts(&mut lab, &plan.prompts, options, &mut |_| {})?;
+    surgery::load_all(&mut lab, &plan, &prompts)?;
+    let conditions = (plan.conditions.iter())
+        .map(|c| lab.state(c.seq))
+        .collect::<Result<_, _>>()?;
+    Ok(StartingCaches {
+        prompts,
+        conditions,
+        needle: plan.needle,
+    })
+}
+
 /// Scores every condition's continuations (the baselines' and the expected answers), reporting
 /// progress as the second half of the run's work; `None` when stopped.
 fn score_stage(

@@ -109,6 +109,8 @@ pub fn run_sweep(
         complete,
         tokens: plan.prompts[vi].tokens.clone(),
         spec: Some(spec.clone()),
+        sliding_layers: model.info().sliding_layers.clone(),
+        sliding_window: model.info().sliding_window,
     })
 }
 

@@ -121,8 +121,11 @@ fn probe_svg(r: &RunResults, probe: usize) -> String {
 }
 
 /// A layer × position heatmap as SVG.
-fn heatmap_svg(rows: &[Vec<f32>], title: &str) -> String {
+/// A layer × position heatmap; rows in `sliding` (sliding-window layers) get an orange mark on
+/// the left.
+fn heatmap_svg(rows: &[Vec<f32>], title: &str, sliding: &[u32]) -> String {
     let (cw, ch) = (4.0, 6.0);
+    let left = if sliding.is_empty() { 0.0 } else { 5.0 };
     let n_cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let max = rows
         .iter()
@@ -133,9 +136,16 @@ fn heatmap_svg(rows: &[Vec<f32>], title: &str) -> String {
     let mut out = format!(
         "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\">",
         esc(title),
-        n_cols as f64 * cw,
+        left + n_cols as f64 * cw,
         rows.len() as f64 * ch
     );
+    for &ri in sliding.iter().filter(|&&r| (r as usize) < rows.len()) {
+        let _ = write!(
+            out,
+            "<rect class=\"sliding\" x=\"0\" y=\"{}\" width=\"3\" height=\"{ch}\" fill=\"rgb(235,170,60)\"><title>layer {ri}: sliding window</title></rect>",
+            ri as f64 * ch
+        );
+    }
     for (ri, row) in rows.iter().enumerate() {
         for (ci, &v) in row.iter().enumerate() {
             let t = (v / max).clamp(0.0, 1.0);
@@ -143,7 +153,7 @@ fn heatmap_svg(rows: &[Vec<f32>], title: &str) -> String {
             let _ = write!(
                 out,
                 "<rect x=\"{}\" y=\"{}\" width=\"{cw}\" height=\"{ch}\" fill=\"rgb({},{},{})\"/>",
-                ci as f64 * cw,
+                left + ci as f64 * cw,
                 ri as f64 * ch,
                 c(20.0, 255.0),
                 c(24.0, 200.0),
@@ -281,9 +291,15 @@ pub fn html(s: &Session) -> String {
             "<h2>K/V difference, {} vs {}</h2><p class=\"small\">L2 norm per layer (rows) and position (columns)</p><table class=\"kv\"><tr><td>{}</td><td>{}</td></tr></table>",
             esc(&d.variant_a),
             esc(&d.variant_b),
-            heatmap_svg(&d.k_l2, "K"),
-            heatmap_svg(&d.v_l2, "V")
+            heatmap_svg(&d.k_l2, "K", &r.model_info.sliding_layers),
+            heatmap_svg(&d.v_l2, "V", &r.model_info.sliding_layers)
         );
+        if let Some(w) = r.model_info.sliding_window {
+            let _ = write!(
+                out,
+                "<p class=\"small\">Rows marked orange are sliding-window layers: they attend to the last {w} tokens only.</p>"
+            );
+        }
     }
     model_html(&mut out, s, r);
     out.push_str("</body></html>");

@@ -180,6 +180,8 @@ mod tests {
             complete: true,
             spec: None,
             tokens: Vec::new(),
+            sliding_layers: Vec::new(),
+            sliding_window: None,
         }
     }
 

@@ -91,8 +91,24 @@ impl AnalysisPanel {
             "|{} − {}| per layer (rows) and position (columns)",
             d.variant_a, d.variant_b
         ));
+        let sliding = doc
+            .results
+            .as_ref()
+            .map_or(&[][..], |r| &r.model_info.sliding_layers[..]);
+        if let Some(w) = doc
+            .results
+            .as_ref()
+            .and_then(|r| r.model_info.sliding_window)
+        {
+            ui.label(
+                RichText::new(format!(
+                    "Layers marked on the left slide: they attend to the last {w} tokens only."
+                ))
+                .color(SLIDING_MARK),
+            );
+        }
         ui.horizontal(|ui| {
-            let axes = HeatAxes::new("layer", "position");
+            let axes = HeatAxes::new("layer", "position").sliding(sliding);
             ui.vertical(|ui| heatmap(ui, "K", &d.k_l2, Vec2::new(4.0, 6.0), &axes));
             ui.add_space(12.0);
             ui.vertical(|ui| heatmap(ui, "V", &d.v_l2, Vec2::new(4.0, 6.0), &axes));
@@ -240,6 +256,12 @@ pub(super) fn ticks(n: usize, cell: f32, gap: f32) -> Vec<usize> {
     (0..n).step_by(step).collect()
 }
 
+/// What a marked heatmap row is.
+pub(super) const SLIDING_ROW: &str = "sliding-window layer";
+
+/// The colour that marks sliding-window layers (rows, bars).
+pub(super) const SLIDING_MARK: Color32 = Color32::from_rgb(235, 170, 60);
+
 /// What a heatmap's axes say besides the values.
 pub(super) struct HeatAxes<'a> {
     /// What a row is ("layer").
@@ -252,6 +274,8 @@ pub(super) struct HeatAxes<'a> {
     pub col_text: Option<&'a dyn Fn(usize) -> Option<String>>,
     /// Columns to frame and call so on hover (the needle).
     pub marked: Option<(std::ops::Range<usize>, &'a str)>,
+    /// Rows to mark with a bar on the left and call so on hover (sliding-window layers).
+    pub marked_rows: Option<(&'a [u32], &'a str)>,
 }
 
 impl<'a> HeatAxes<'a> {
@@ -263,6 +287,15 @@ impl<'a> HeatAxes<'a> {
             first_col: 0,
             col_text: None,
             marked: None,
+            marked_rows: None,
+        }
+    }
+
+    /// The same axes with the model's sliding-window layers marked, when rows are layers.
+    pub fn sliding(self, layers: &'a [u32]) -> Self {
+        HeatAxes {
+            marked_rows: (!layers.is_empty()).then_some((layers, SLIDING_ROW)),
+            ..self
         }
     }
 }
@@ -282,7 +315,9 @@ pub(super) fn heatmap(ui: &mut Ui, title: &str, rows: &[Vec<f32>], cell: Vec2, a
     let last_row = rows.len().saturating_sub(1);
     let last_col = axes.first_col + n_cols.saturating_sub(1);
     let digits = |n: usize| n.to_string().len() as f32;
-    let left = 6.0 * digits(last_row) + 4.0;
+    // Room for the row numbers, and for the marks of marked rows.
+    let mark = if axes.marked_rows.is_some() { 5.0 } else { 0.0 };
+    let left = 6.0 * digits(last_row) + 4.0 + mark;
     // Room above for the first row's number, which is taller than a row.
     let (above, below) = (4.0, 12.0);
     let map = Vec2::new(n_cols as f32 * cell.x, rows.len() as f32 * cell.y);
@@ -295,10 +330,20 @@ pub(super) fn heatmap(ui: &mut Ui, title: &str, rows: &[Vec<f32>], cell: Vec2, a
             painter.rect_filled(egui::Rect::from_min_size(min, cell), 0.0, heat(v, lo, hi));
         }
     }
+    if let Some((marked, _)) = axes.marked_rows {
+        for &ri in marked.iter().filter(|&&r| (r as usize) < rows.len()) {
+            let y = origin.y + ri as f32 * cell.y;
+            let r = egui::Rect::from_min_size(
+                egui::pos2(origin.x - mark, y),
+                Vec2::new(mark - 2.0, cell.y),
+            );
+            painter.rect_filled(r, 0.0, SLIDING_MARK);
+        }
+    }
     for ri in ticks(rows.len(), cell.y, 11.0) {
         let y = origin.y + (ri as f32 + 0.5) * cell.y;
         painter.text(
-            egui::pos2(origin.x - 3.0, y),
+            egui::pos2(origin.x - 3.0 - mark, y),
             egui::Align2::RIGHT_CENTER,
             ri.to_string(),
             font.clone(),
@@ -340,6 +385,10 @@ pub(super) fn heatmap(ui: &mut Ui, title: &str, rows: &[Vec<f32>], cell: Vec2, a
         "{title}: {} 0–{last_row} (rows), {} {}–{last_col} (columns), from {lo:.4} to {hi:.4}",
         axes.row_name, axes.col_name, axes.first_col
     );
+    let name = match axes.marked_rows {
+        Some((marked, what)) => format!("{name}; {} rows marked: {what}", marked.len()),
+        None => name,
+    };
     let resp = super::named(resp, name);
     if let Some(p) = resp.hover_pos() {
         let rel = p - origin;
@@ -353,6 +402,11 @@ pub(super) fn heatmap(ui: &mut Ui, title: &str, rows: &[Vec<f32>], cell: Vec2, a
                 }
                 if let Some((cols, what)) = &axes.marked
                     && cols.contains(&ci)
+                {
+                    text += &format!(", {what}");
+                }
+                if let Some((marked, what)) = axes.marked_rows
+                    && marked.contains(&(ri as u32))
                 {
                     text += &format!(", {what}");
                 }

@@ -5,7 +5,7 @@
 use egui::{Color32, RichText, Ui, Vec2};
 use egui_plot::Plot;
 
-use super::analysis::{HeatAxes, heatmap};
+use super::analysis::{HeatAxes, SLIDING_MARK, SLIDING_ROW, heatmap};
 use super::{BAD, GOOD, ViewCtx, WARN, hint, set_pref_if, text_on};
 use crate::experiment::Span;
 use crate::experiment::sweep::{SweepKind, SweepOp, SweepResults};
@@ -79,16 +79,30 @@ fn draw(ui: &mut Ui, r: &SweepResults, effects: &[f64], needle: Option<Span>) {
         SweepKind::Position { .. } => position_strip(ui, r, effects, needle),
         SweepKind::PositionLayer { .. } => position_layer_map(ui, r, effects, needle),
         _ => {
-            let bars: Vec<egui_plot::Bar> = effects
+            // Single sliding layers get their own colour and legend entry.
+            let (sliding, other): (Vec<_>, Vec<_>) = effects
                 .iter()
                 .enumerate()
-                .map(|(i, e)| egui_plot::Bar::new(i as f64, *e).name(r.points[i].label.clone()))
-                .collect();
+                .map(|(i, e)| {
+                    let bar = egui_plot::Bar::new(i as f64, *e).name(r.points[i].label.clone());
+                    (r.slides(&r.points[i]), bar)
+                })
+                .partition(|(s, _)| *s);
+            sliding_note(ui, r);
             Plot::new("sweep-bars")
                 .height(220.0)
                 .y_axis_label("effect")
+                .legend(egui_plot::Legend::default())
                 .show(ui, |plot| {
-                    plot.bar_chart(egui_plot::BarChart::new("effect", bars))
+                    let bars =
+                        |v: Vec<(bool, egui_plot::Bar)>| v.into_iter().map(|b| b.1).collect();
+                    plot.bar_chart(egui_plot::BarChart::new("effect", bars(other)));
+                    if !sliding.is_empty() {
+                        plot.bar_chart(
+                            egui_plot::BarChart::new(SLIDING_ROW, bars(sliding))
+                                .color(SLIDING_MARK),
+                        );
+                    }
                 });
         }
     }
@@ -235,9 +249,26 @@ fn position_layer_map(ui: &mut Ui, r: &SweepResults, effects: &[f64], needle: Op
         first_col: first,
         col_text: Some(&token),
         marked,
-        ..HeatAxes::new("layer", "position")
+        ..HeatAxes::new("layer", "position").sliding(&r.sliding_layers)
     };
-    heatmap(ui, "zero one cell", &rows, Vec2::new(6.0, 6.0), &axes);
+    sliding_note(ui, r);
+    let title = format!("{} one cell", r.sweep.op.short());
+    heatmap(ui, &title, &rows, Vec2::new(6.0, 6.0), &axes);
+}
+
+/// Says which layers slide, when the sweep's model has sliding-window layers.
+fn sliding_note(ui: &mut Ui, r: &SweepResults) {
+    if let Some(w) = r.sliding_window
+        && !r.sliding_layers.is_empty()
+    {
+        ui.label(
+            RichText::new(format!(
+                "{} of the model's layers slide (marked): they attend to the last {w} tokens only.",
+                r.sliding_layers.len()
+            ))
+            .color(SLIDING_MARK),
+        );
+    }
 }
 
 #[cfg(test)]
