@@ -602,36 +602,11 @@ fn a_chosen_needle_follows_its_text_when_the_prompt_is_tokenized_anew() {
     h.get_by_label_contains("needle: 6 (found where the variants differ)");
 }
 
-/// The demo model with one more metadata key/value pair at the front of the list (the tensor
-/// data shifts by a multiple of 32 bytes, the alignment, so the file still loads).
-fn demo_model_with_sliding_window(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut b = std::fs::read(model_path()).unwrap();
-    let kv = |key: &str, ty: u32, value: &[u8]| {
-        let mut kv = (key.len() as u64).to_le_bytes().to_vec();
-        kv.extend(key.as_bytes());
-        kv.extend(ty.to_le_bytes());
-        kv.extend(value);
-        kv
-    };
-    let mut add = kv("llama.attention.sliding_window", 4, &4096u32.to_le_bytes());
-    // A string key that pads the insertion to a multiple of 32 bytes.
-    let pad = (32 - (add.len() + 8 + 9 + 4 + 8) % 32) % 32;
-    let mut text = (pad as u64).to_le_bytes().to_vec();
-    text.extend(std::iter::repeat_n(b'x', pad));
-    add.extend(kv("kvlab.pad", 8, &text));
-    assert_eq!(add.len() % 32, 0);
-    b.splice(24..24, add);
-    let n = u64::from_le_bytes(b[16..24].try_into().unwrap()) + 2;
-    b[16..24].copy_from_slice(&n.to_le_bytes());
-    let path = dir.join("sliding-window.gguf");
-    std::fs::write(&path, b).unwrap();
-    path
-}
-
 #[test]
 fn a_model_kvlab_cannot_edit_says_so_at_load_and_cannot_run() {
     let dir = tempfile::tempdir().unwrap();
-    let forged = demo_model_with_sliding_window(dir.path());
+    let forged = dir.path().join("mamba.gguf");
+    common::gguf_writer::tiny_mamba(&model_path(), &forged);
     let mut h = harness(4);
     // Known from the header, before loading.
     h.get_by_label("Model path").focus();
@@ -653,7 +628,7 @@ fn a_model_kvlab_cannot_edit_says_so_at_load_and_cannot_run() {
     assert!(
         said.accesskit_node()
             .value()
-            .is_some_and(|l| l.contains("sliding-window attention")),
+            .is_some_and(|l| l.contains("mamba keeps a recurrent state")),
         "{said:?}"
     );
     h.get_by_label_contains("Loaded for inspection only");

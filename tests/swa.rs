@@ -337,3 +337,76 @@ fn the_layer_sweep_covers_every_layer_and_marks_the_sliding_ones() {
     );
     assert!(t.contains("attends to the last 512 tokens only"), "{t}");
 }
+
+/// A sliding-window key alone is no reason to refuse: llama.cpp keeps one cache for a llama
+/// model with the key (and ignores the window), so the state parses as one cache, the model
+/// runs, and it generates what the same model without the key generates.
+#[test]
+fn a_sliding_window_key_with_one_cache_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let forged = common::gguf_writer::with_sliding_window(&common::model_path(), dir.path());
+    let m = LoadedModel::load(&forged, &LoadOptions::default(), None, |_| {}).unwrap();
+    m.check_kv_surgery_supported()
+        .expect("one cache: KV surgery works");
+    assert!(m.info().sliding_layers.is_empty());
+    let mut spec = common::asset_spec("seed-short");
+    spec.generation.max_tokens = 4;
+    let r = run(&m, &spec, &RunOptions::default(), |_| {}).unwrap();
+    let plain = run(common::model(), &spec, &RunOptions::default(), |_| {}).unwrap();
+    for (a, b) in r.conditions.iter().zip(&plain.conditions) {
+        assert_eq!(a.generation.tokens, b.generation.tokens, "{}", a.label);
+    }
+}
+
+/// A recurrent model (Mamba: a state per sequence, no KV cache) is refused with the reason,
+/// by the header before loading and by llama.cpp's own flag once loaded.
+#[test]
+fn a_recurrent_model_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mamba.gguf");
+    common::gguf_writer::tiny_mamba(&common::model_path(), &path);
+    let header = kvlab::gguf::read_summary(&path).unwrap();
+    let before = header.kv_surgery_support().unwrap_err();
+    let m = LoadedModel::load(&path, &LoadOptions::default(), None, |_| {}).unwrap();
+    let after = m.check_kv_surgery_supported().unwrap_err().to_string();
+    for why in [&before, &after] {
+        assert!(why.contains("mamba keeps a recurrent state"), "{why}");
+    }
+    assert!(
+        Lab::new(
+            &m,
+            LabOptions {
+                n_seq: 1,
+                n_ctx_per_seq: 64,
+                threads: 1,
+                n_batch: 8,
+                cache: Default::default(),
+            }
+        )
+        .is_err()
+    );
+}
+
+/// A sliding-window model whose second cache kvlab cannot map (OLMo 2 with a window: llama.cpp
+/// keeps two caches) is refused at load with the reason, read from the state llama.cpp writes;
+/// the header alone could not tell.
+#[test]
+fn two_caches_kvlab_cannot_map_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("olmo2.gguf");
+    common::gguf_writer::tiny_olmo2_sliding(&common::model_path(), &path);
+    assert!(
+        kvlab::gguf::read_summary(&path)
+            .unwrap()
+            .kv_surgery_support()
+            .is_ok()
+    );
+    let m = LoadedModel::load(&path, &LoadOptions::default(), None, |_| {}).unwrap();
+    let why = m.check_kv_surgery_supported().unwrap_err().to_string();
+    assert!(
+        why.contains("olmo2 uses sliding-window attention")
+            && why.contains("cannot map to layers")
+            && why.contains("unexplained trailing bytes"),
+        "{why}"
+    );
+}

@@ -80,6 +80,36 @@ impl<'m> Lab<'m> {
         capture: bool,
     ) -> Result<Lab<'m>, EngineError> {
         model.check_kv_surgery_supported()?;
+        Self::open_unchecked(model, options, capture)
+    }
+
+    /// Evaluates one token in a small context of `model` and reads the state llama.cpp writes
+    /// for it: an error when it does not parse as the cache layout kvlab expects for the model
+    /// (see `LoadedModel::judge_kv_surgery`).
+    pub(crate) fn probe_layout(model: &LoadedModel) -> Result<(), EngineError> {
+        let options = LabOptions {
+            n_seq: 1,
+            n_ctx_per_seq: 256,
+            threads: 1,
+            n_batch: 8,
+            cache: Default::default(),
+        };
+        let mut lab = Lab::open_unchecked(model, options, false)?;
+        let item = BatchItem {
+            seq: 0,
+            token: 0,
+            pos: 0,
+            logits: false,
+        };
+        lab.eval(&[item], |_, _| {})?;
+        lab.state(0).map(|_| ())
+    }
+
+    fn open_unchecked(
+        model: &'m LoadedModel,
+        options: LabOptions,
+        capture: bool,
+    ) -> Result<Lab<'m>, EngineError> {
         let n_ctx_per_seq = options.n_ctx_per_seq.div_ceil(256) * 256;
         let n_ctx =
             n_ctx_per_seq

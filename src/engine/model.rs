@@ -81,6 +81,8 @@ pub struct LoadedModel {
     path: PathBuf,
     info: ModelInfo,
     fingerprint: ModelFingerprint,
+    /// Whether kvlab can edit this model's cache, and if not why: judged once at load.
+    surgery: Result<(), String>,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -150,27 +152,24 @@ pub fn fingerprint(path: &Path) -> Result<ModelFingerprint, EngineError> {
 }
 
 /// Whether kvlab can edit the cache of a model of `architecture` that keeps a recurrent state
-/// (`recurrent`) or has a sliding-window attention key (`sliding_window`). The one rule for both
-/// the loaded model (asked of llama.cpp) and a GGUF header read before loading.
-///
-/// Sliding-window models are supported where kvlab maps llama.cpp's two caches to model layers
-/// ([`super::swa`]); for other architectures with the key, the cache's layout is not known.
-pub fn kv_surgery_support(
-    architecture: &str,
-    recurrent: bool,
-    sliding_window: bool,
-) -> Result<(), String> {
+/// (`recurrent`: Mamba, RWKV and the hybrids built on them). The rule a GGUF header is judged
+/// by before loading; a loaded model is also judged by the layout llama.cpp writes (see
+/// [`LoadedModel::check_kv_surgery_supported`]).
+pub fn kv_surgery_support(architecture: &str, recurrent: bool) -> Result<(), String> {
     if recurrent {
         return Err(format!(
-            "{architecture} keeps a recurrent state, not only a KV cache: KV surgery is not supported for it"
-        ));
-    }
-    if sliding_window && !super::swa::is_mapped(architecture) {
-        return Err(format!(
-            "{architecture} uses sliding-window attention, and kvlab does not know how llama.cpp lays out its cache (mapped: Gemma 2 and 3, Cohere 2, gpt-oss): KV surgery is not supported for it yet"
+            "{architecture} keeps a recurrent state (Mamba or RWKV layers), not only a KV cache: KV surgery is not supported for it"
         ));
     }
     Ok(())
+}
+
+/// Why an unmapped sliding-window model is refused: llama.cpp wrote a state kvlab cannot read as
+/// one cache (a second, sliding-window cache whose layers kvlab cannot place).
+fn unknown_layout(architecture: &str, why: &str) -> String {
+    format!(
+        "{architecture} uses sliding-window attention and llama.cpp keeps its cache in a layout kvlab cannot map to layers ({why}; mapped: Gemma 2 and 3, Cohere 2, gpt-oss): KV surgery is not supported for it yet"
+    )
 }
 
 impl LoadedModel {
@@ -247,11 +246,13 @@ impl LoadedModel {
             path: path.to_path_buf(),
             info,
             fingerprint,
+            surgery: Ok(()),
         };
         if let Ok(Some(split)) = loaded.sliding_layers() {
             loaded.info.sliding_window = loaded.sliding_window();
             loaded.info.sliding_layers = split.swa_layers().into_iter().map(|l| l as u32).collect();
         }
+        loaded.surgery = loaded.judge_kv_surgery();
         Ok(loaded)
     }
 
@@ -272,16 +273,25 @@ impl LoadedModel {
 
     /// Refuses models whose memory kvlab cannot edit cell by cell; says why.
     pub fn check_kv_surgery_supported(&self) -> Result<(), EngineError> {
-        let sliding = self
-            .model
-            .meta_val_str(&format!(
-                "{}.attention.sliding_window",
-                self.info.architecture
-            ))
+        self.surgery.clone().map_err(EngineError::Unsupported)
+    }
+
+    /// The verdict of [`Self::check_kv_surgery_supported`], made once at load. A recurrent
+    /// state (llama.cpp's own flags) is refused. A sliding-window key alone decides nothing:
+    /// llama.cpp gives some architectures a second cache for their sliding layers and others
+    /// (llama, for one) a single cache. kvlab maps the two caches of the architectures in
+    /// [`super::swa`]; for any other architecture with the key it evaluates one token and reads
+    /// the state llama.cpp actually writes, which must parse as one cache.
+    fn judge_kv_surgery(&self) -> Result<(), String> {
+        let arch = &self.info.architecture;
+        kv_surgery_support(arch, self.model.is_recurrent() || self.model.is_hybrid())?;
+        let sliding = (self.model)
+            .meta_val_str(&format!("{arch}.attention.sliding_window"))
             .is_ok();
-        let recurrent = self.model.is_recurrent() || self.model.is_hybrid();
-        kv_surgery_support(&self.info.architecture, recurrent, sliding)
-            .map_err(EngineError::Unsupported)
+        if !sliding || super::swa::is_mapped(arch) {
+            return Ok(());
+        }
+        super::Lab::probe_layout(self).map_err(|e| unknown_layout(arch, &e.to_string()))
     }
 
     /// Which layers slide, for a model whose llama.cpp cache is iSWA (`None`: one plain cache).

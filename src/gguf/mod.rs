@@ -92,14 +92,11 @@ pub struct GgufSummary {
 }
 
 impl GgufSummary {
-    /// Whether kvlab can edit this model's cache, judged from the header by the same rule the
-    /// loaded model is judged by ([`crate::engine::model::kv_surgery_support`]).
+    /// Whether kvlab can edit this model's cache, as far as the header tells: a recurrent state
+    /// cannot be edited ([`crate::engine::model::kv_surgery_support`]). Whether a sliding window
+    /// means a second cache kvlab cannot map is known only once llama.cpp has loaded the model.
     pub fn kv_surgery_support(&self) -> Result<(), String> {
-        crate::engine::model::kv_surgery_support(
-            &self.architecture,
-            self.recurrent,
-            self.sliding_window.is_some(),
-        )
+        crate::engine::model::kv_surgery_support(&self.architecture, self.recurrent)
     }
 
     /// Bytes one KV-cache cell takes across all layers, K and V in F16 (llama.cpp's default).

@@ -9,6 +9,8 @@ use kvlab::engine::{LoadOptions, LoadedModel};
 use kvlab::experiment::ExperimentSpec;
 
 /// The test model's path: `KVLAB_TEST_MODEL` (set by `make test`) or the default cache.
+pub mod gguf_writer;
+
 pub fn model_path() -> PathBuf {
     if let Ok(p) = std::env::var("KVLAB_TEST_MODEL") {
         return PathBuf::from(p);
