@@ -169,7 +169,20 @@ fn a_model_is_described_before_it_loads_and_the_devices_are_listed() {
     h.step();
     wait_for(&mut h, "the load", |a| a.busy == Busy::Idle);
     assert!(h.query_by_label("Before loading").is_none());
-    h.get_by_label(&format!("≈ {kv} ({n_seq} sequences)"));
+    h.get_by_label(&format!("≈ {kv} ({n_seq} sequences, f16)"));
+
+    // A q8_0 cache takes 34 bytes per 32 values where f16 takes 64: the estimate follows the
+    // experiment's cache types.
+    let mut spec = h.state().doc.spec.clone();
+    spec.cache.k = kvlab::engine::CacheType::Q8_0;
+    spec.cache.v = kvlab::engine::CacheType::Q8_0;
+    h.state_mut().doc.spec = spec;
+    h.run_steps(2);
+    let kv = format!(
+        "{:.1} MiB",
+        (n_seq * 256 * 23_040 * 34 / 64) as f64 / (1 << 20) as f64
+    );
+    h.get_by_label(&format!("≈ {kv} ({n_seq} sequences, q8_0)"));
 }
 
 #[test]

@@ -76,6 +76,26 @@ impl CacheType {
         !matches!(self, CacheType::F32 | CacheType::F16 | CacheType::Bf16)
     }
 
+    /// Bytes per block and values per block, as ggml stores the type (a K or V row of a
+    /// multiple of 32 values takes `row / values × bytes`).
+    pub fn block(self) -> (u64, u64) {
+        match self {
+            CacheType::F32 => (4, 1),
+            CacheType::F16 | CacheType::Bf16 => (2, 1),
+            CacheType::Q8_0 => (34, 32),
+            CacheType::Q5_1 => (24, 32),
+            CacheType::Q5_0 => (22, 32),
+            CacheType::Q4_1 => (20, 32),
+            CacheType::Q4_0 | CacheType::Iq4Nl => (18, 32),
+        }
+    }
+
+    /// Bytes a row of `n` values takes (whole blocks; saturating).
+    pub fn row_bytes(self, n: u64) -> u64 {
+        let (bytes, values) = self.block();
+        n.div_ceil(values).saturating_mul(bytes)
+    }
+
     pub(crate) fn to_llama(self) -> KvCacheType {
         match self {
             CacheType::F32 => KvCacheType::F32,
@@ -117,6 +137,21 @@ impl CacheTypes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows are whole blocks (the block sizes themselves are checked against the linked ggml
+    /// in `engine::tests`).
+    #[test]
+    fn rows_take_whole_blocks() {
+        assert_eq!(CacheType::F16.row_bytes(64), 128);
+        assert_eq!(CacheType::F32.row_bytes(64), 256);
+        assert_eq!(CacheType::Q8_0.row_bytes(64), 68);
+        assert_eq!(CacheType::Q4_0.row_bytes(128), 72);
+        assert_eq!(
+            CacheType::Q5_1.row_bytes(33),
+            48,
+            "a partial block is a whole block"
+        );
+    }
 
     #[test]
     fn names_read_back_and_unknown_ones_are_listed() {

@@ -297,6 +297,22 @@ mod tests {
         }
     }
 
+    /// The cache types' block sizes (the memory estimate's) are ggml's own.
+    #[test]
+    fn cache_type_blocks_match_the_linked_ggml() {
+        for t in super::CacheType::ALL {
+            let id: llama_cpp_sys_2::ggml_type = t.to_llama().into();
+            // SAFETY: plain lookups in ggml's type table for a type llama.cpp takes.
+            let (blck, size) = unsafe {
+                (
+                    llama_cpp_sys_2::ggml_blck_size(id as _),
+                    llama_cpp_sys_2::ggml_type_size(id as _),
+                )
+            };
+            assert_eq!(t.block(), (size as u64, blck as u64), "{t}");
+        }
+    }
+
     fn sys_type_count() -> u32 {
         llama_cpp_sys_2::GGML_TYPE_COUNT
     }

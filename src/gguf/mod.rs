@@ -17,6 +17,7 @@ mod tensors;
 #[cfg(test)]
 mod tests;
 
+use crate::engine::CacheTypes;
 use std::io::BufReader;
 use std::path::Path;
 
@@ -101,10 +102,16 @@ impl GgufSummary {
 
     /// Bytes one KV-cache cell takes across all layers, K and V in F16 (llama.cpp's default).
     pub fn kv_bytes_per_cell(&self) -> u64 {
-        kv_bytes_per_cell(
+        self.kv_bytes_per_cell_as(CacheTypes::default())
+    }
+
+    /// Bytes one KV-cache cell takes across all layers with caches of the given types.
+    pub fn kv_bytes_per_cell_as(&self, cache: CacheTypes) -> u64 {
+        kv_bytes_per_cell_as(
             (0..self.n_layer).map(|il| self.n_head_kv_at(il)),
             self.head_dim_k,
             self.head_dim_v,
+            cache,
         )
     }
 
@@ -121,10 +128,22 @@ impl GgufSummary {
 /// Bytes one KV-cell takes: per layer, K and V of `n_head_kv` heads, two bytes (F16) per channel.
 /// Saturates at `u64::MAX` instead of overflowing (a forged header can ask for anything).
 pub fn kv_bytes_per_cell(n_head_kv_per_layer: impl Iterator<Item = u32>, dk: u32, dv: u32) -> u64 {
+    kv_bytes_per_cell_as(n_head_kv_per_layer, dk, dv, CacheTypes::default())
+}
+
+/// [`kv_bytes_per_cell`] for caches of the given types: llama.cpp stores a layer's K (and V)
+/// row of a cell as one row of `n_head_kv × head_dim` values of that type.
+pub fn kv_bytes_per_cell_as(
+    n_head_kv_per_layer: impl Iterator<Item = u32>,
+    dk: u32,
+    dv: u32,
+    cache: CacheTypes,
+) -> u64 {
     n_head_kv_per_layer
         .map(|h| {
-            2u64.saturating_mul(h as u64)
-                .saturating_mul(dk as u64 + dv as u64)
+            let k = cache.k.row_bytes((h as u64).saturating_mul(dk as u64));
+            let v = cache.v.row_bytes((h as u64).saturating_mul(dv as u64));
+            k.saturating_add(v)
         })
         .fold(0u64, u64::saturating_add)
 }

@@ -3,16 +3,18 @@
 //! must fit in memory. Without this a forged or careless spec allocates gigabytes and fails
 //! late (or never returns).
 
-use crate::engine::{LoadedModel, ModelInfo};
+use crate::engine::{CacheTypes, LoadedModel, ModelInfo};
 use crate::experiment::spec::{ExperimentSpec, SpecError};
 
-/// Bytes of K and V per cache cell (one token of one sequence) at f16, from the model's shape.
-pub fn kv_bytes_per_cell(info: &ModelInfo) -> u64 {
+/// Bytes of K and V per cache cell (one token of one sequence) with caches of the given types,
+/// from the model's shape.
+pub fn kv_bytes_per_cell(info: &ModelInfo, cache: CacheTypes) -> u64 {
     let head_dim = info.n_embd.checked_div(info.n_head).unwrap_or(0);
-    crate::gguf::kv_bytes_per_cell(
+    crate::gguf::kv_bytes_per_cell_as(
         std::iter::repeat_n(info.n_head_kv, info.n_layer as usize),
         head_dim,
         head_dim,
+        cache,
     )
 }
 
@@ -33,5 +35,9 @@ pub fn host_memory() -> Option<u64> {
 /// Checks `spec` against `model` and this machine's memory.
 pub fn check(model: &LoadedModel, spec: &ExperimentSpec) -> Result<(), SpecError> {
     let info = model.info();
-    spec.check_fits(info.n_ctx_train, kv_bytes_per_cell(info), host_memory())
+    spec.check_fits(
+        info.n_ctx_train,
+        kv_bytes_per_cell(info, spec.cache),
+        host_memory(),
+    )
 }

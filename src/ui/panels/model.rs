@@ -109,11 +109,7 @@ fn path_row(ui: &mut Ui, ctx: &ViewCtx, cmds: &mut Commands) -> Option<std::path
 /// The loaded model's metadata, as llama.cpp read it, and the KV cache a run will take.
 fn loaded_model(ui: &mut Ui, ctx: &ViewCtx, m: &ModelView, doc: &Document) {
     let info = &m.info;
-    let per_cell = crate::gguf::kv_bytes_per_cell(
-        std::iter::repeat_n(info.n_head_kv, info.n_layer as usize),
-        info.n_embd / info.n_head.max(1),
-        info.n_embd / info.n_head.max(1),
-    );
+    let per_cell = crate::runner::fits::kv_bytes_per_cell(info, doc.spec.cache);
     let (kv_bytes, n_seq) = run_kv_estimate(&doc.spec, ctx.prepared, per_cell);
     if let Some(why) = &m.unsupported {
         ui.label(RichText::new(format!("KV surgery: not supported. {why}")).color(BAD));
@@ -147,7 +143,12 @@ fn loaded_model(ui: &mut Ui, ctx: &ViewCtx, m: &ModelView, doc: &Document) {
         );
         row(
             "KV cache for a run",
-            format!("≈ {} ({} sequences)", mib_or_too_large(kv_bytes), n_seq),
+            format!(
+                "≈ {} ({} sequences, {})",
+                mib_or_too_large(kv_bytes),
+                n_seq,
+                cache_words(doc.spec.cache)
+            ),
         );
     });
 }
@@ -155,6 +156,15 @@ fn loaded_model(ui: &mut Ui, ctx: &ViewCtx, m: &ModelView, doc: &Document) {
 /// Bytes as MiB, or "too large" where the arithmetic overflowed (a forged header).
 fn mib_or_too_large(bytes: Option<u64>) -> String {
     bytes.map_or_else(|| "too large".into(), mib)
+}
+
+/// The cache types in words: "f16" when K and V share a type, else "K q8_0, V f16".
+fn cache_words(cache: crate::engine::CacheTypes) -> String {
+    if cache.k == cache.v {
+        cache.k.name().to_string()
+    } else {
+        format!("K {}, V {}", cache.k, cache.v)
+    }
 }
 
 /// The KV cache a run of the current experiment allocates (`None`: more bytes than a `u64`
@@ -217,7 +227,8 @@ pub const UNSUPPORTED_BEFORE_LOADING: &str =
 
 /// The header's description and the memory a run would need.
 fn header_grid(ui: &mut Ui, ctx: &ViewCtx, s: &GgufSummary, doc: &Document) {
-    let (kv_bytes, n_seq) = run_kv_estimate(&doc.spec, ctx.prepared, s.kv_bytes_per_cell());
+    let per_cell = s.kv_bytes_per_cell_as(doc.spec.cache);
+    let (kv_bytes, n_seq) = run_kv_estimate(&doc.spec, ctx.prepared, per_cell);
     ui.label(RichText::new("Before loading").strong());
     egui::Grid::new("model-peek").num_columns(2).show(ui, |ui| {
         let mut row = |k: &str, v: String| {
@@ -240,11 +251,12 @@ fn header_grid(ui: &mut Ui, ctx: &ViewCtx, s: &GgufSummary, doc: &Document) {
         row(
             "memory needed",
             format!(
-                "≈ {} (weights {} + KV cache {} for {} sequences)",
+                "≈ {} (weights {} + KV cache {} for {} sequences, {})",
                 mib_or_too_large(total),
                 mib(s.file_size),
                 mib_or_too_large(kv_bytes),
-                n_seq
+                n_seq,
+                cache_words(doc.spec.cache)
             ),
         );
     });
