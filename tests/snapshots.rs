@@ -155,6 +155,50 @@ fn main_views_match_their_snapshots() {
         size(1000.0, 360.0),
         View::ScoreTable,
     );
-    let _ = snapshot_view(&mut r, app, "kv_delta", size(1000.0, 520.0), View::KvDelta);
+    let mut app = snapshot_view(&mut r, app, "kv_delta", size(1000.0, 520.0), View::KvDelta);
+    app.doc.sweep = Some(a_layer_sweep_with_sliding_layers(&app));
+    let _ = snapshot_view(
+        &mut r,
+        app,
+        "layer_sweep_sliding",
+        size(1000.0, 360.0),
+        View::Sweeps,
+    );
     r.unwrap();
+}
+
+/// A layer sweep of an 18-layer model whose layers slide but 5, 11 and 17 (Gemma 3's shape),
+/// with made-up effects: the bars of single sliding layers take their own colour.
+fn a_layer_sweep_with_sliding_layers(app: &KvlabApp) -> kvlab::experiment::sweep::SweepResults {
+    use kvlab::experiment::sweep::{SweepKind, SweepPoint, SweepResults, SweepSpec};
+    let point = |label: String, layer: Option<u32>, p: f64| SweepPoint {
+        label,
+        index: 0,
+        layer,
+        preference: Some(p),
+        scores: vec![],
+        first_step_probes: vec![],
+    };
+    let effect = |l: u32| -1.0 - ((l * 7) % 5) as f64 * 0.4;
+    let mut points: Vec<SweepPoint> = (0..18)
+        .map(|l| point(format!("layer {l}"), Some(l), effect(l)))
+        .collect();
+    points.extend((0..18).map(|l| point(format!("layers 0-{l}"), None, -0.3 * l as f64)));
+    SweepResults {
+        sweep: SweepSpec {
+            kind: SweepKind::Layer,
+            variant: app.doc.spec.variants[0].name.clone(),
+            op: kvlab::experiment::Op::Zero,
+            layers: kvlab::experiment::LayerSet::All,
+            part: kvlab::experiment::spec::KvPart::Both,
+        },
+        measure: "expected answers".into(),
+        reference: point("no intervention".into(), None, 0.0),
+        points,
+        complete: true,
+        spec: Some(app.doc.spec.clone()),
+        tokens: Vec::new(),
+        sliding_layers: (0..18).filter(|l| l % 6 != 5).collect(),
+        sliding_window: Some(512),
+    }
 }

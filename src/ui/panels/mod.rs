@@ -105,6 +105,8 @@ pub enum View {
     ScoreTable,
     /// The K/V difference heatmaps.
     KvDelta,
+    /// The sweeps tab.
+    Sweeps,
 }
 
 /// Every panel of the window.
@@ -200,6 +202,7 @@ impl Panels {
             View::ProbeChart => self.analysis.probe_chart(ui, ctx, doc, cmds),
             View::ScoreTable => analysis::score_table(ui, doc),
             View::KvDelta => self.analysis.kv_delta(ui, ctx, doc, cmds),
+            View::Sweeps => self.analysis.sweeps.ui(ui, ctx, doc, cmds),
         }
     }
 }
