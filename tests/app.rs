@@ -1090,3 +1090,30 @@ fn the_cache_type_is_chosen_in_the_editor() {
     assert_eq!(h.get_by_label("keys").value().as_deref(), Some("q8_0"));
     assert_eq!(h.get_by_label("values").value().as_deref(), Some("f16"));
 }
+
+/// Issue #16: per-head surgery from the conditions editor: a condition can be limited to some of
+/// the model's KV heads, and says so.
+#[test]
+fn a_condition_can_be_limited_to_some_kv_heads() {
+    let mut h = harness(4);
+    load(&mut h, model_path().to_str().unwrap());
+    let i = (h.state().doc.spec.conditions.iter())
+        .position(|c| c.op == kvlab::experiment::Op::Zero)
+        .expect("the seed grid zeroes");
+    let n = i + 1;
+    // (Possibly below the panel's view: clicked through the accessibility tree.)
+    h.get_by_label(&format!("Heads of condition {n}"))
+        .click_accesskit();
+    h.run_steps(2);
+    h.get_by_label(&format!("KV head 1 of condition {n}"))
+        .click_accesskit();
+    h.run_steps(2);
+    let c = &h.state().doc.spec.conditions[i];
+    assert_eq!(c.site.heads, Some([0, 2].into_iter().collect()));
+    assert!(c.row_label().contains("[heads 0,2]"), "{}", c.row_label());
+    // Every head again is "all heads".
+    h.get_by_label(&format!("KV head 1 of condition {n}"))
+        .click_accesskit();
+    h.run_steps(2);
+    assert_eq!(h.state().doc.spec.conditions[i].site.heads, None);
+}

@@ -32,6 +32,7 @@ impl ConditionsPanel {
         }
         // Layer ranges are a model's: before one is loaded, no made-up layer count is shown.
         let n_layer = ctx.model.map(|m| m.info.n_layer.max(1));
+        let n_head_kv = ctx.model.map(|m| m.info.n_head_kv);
         let names: Vec<String> = doc.spec.variants.iter().map(|v| v.name.clone()).collect();
         ui.horizontal(|ui| {
             ui.heading("Conditions");
@@ -55,10 +56,10 @@ impl ConditionsPanel {
         let mut remove = None;
         egui::Grid::new("conditions")
             .striped(true)
-            .num_columns(6)
+            .num_columns(7)
             .show(ui, |ui| {
                 for (i, c) in doc.spec.conditions.iter_mut().enumerate() {
-                    if condition_row(ui, i, c, &names, n_layer) {
+                    if condition_row(ui, i, c, &names, (n_layer, n_head_kv)) {
                         remove = Some(i);
                     }
                     ui.end_row();
@@ -76,7 +77,7 @@ fn condition_row(
     i: usize,
     c: &mut Condition,
     names: &[String],
-    n_layer: Option<u32>,
+    (n_layer, n_head_kv): (Option<u32>, Option<u32>),
 ) -> bool {
     let combo = egui::ComboBox::from_id_salt(("cv", i))
         .selected_text(c.variant.clone())
@@ -107,6 +108,15 @@ fn condition_row(
             ui.selectable_value(&mut c.site.part, KvPart::V, "V");
             ui.selectable_value(&mut c.site.part, KvPart::Both, "K+V");
         });
+    });
+    ui.add_enabled_ui(!removing, |ui| match n_head_kv {
+        Some(n) if n > 1 => head_choice(ui, i, c, n),
+        _ => {
+            ui.label(match &c.site.heads {
+                None => "all heads".to_string(),
+                Some(h) => format!("heads {}", join(h)),
+            });
+        }
     });
     ui.small_button("×")
         .on_hover_text("Remove this condition")
@@ -173,6 +183,63 @@ fn intervention_combo(ui: &mut Ui, i: usize, c: &mut Condition, names: &[String]
         combo.response,
         format!("Intervention of condition {}", i + 1),
     );
+}
+
+/// Which KV heads the intervention edits (a K or V row holds `n_head_kv` heads one after
+/// another): all, or a chosen few, as per-head ablations need.
+fn head_choice(ui: &mut Ui, i: usize, c: &mut Condition, n_head_kv: u32) {
+    let text = match &c.site.heads {
+        None => "all heads".to_string(),
+        Some(h) => format!("heads {}", join(h)),
+    };
+    let menu = ui.menu_button(text, |ui| {
+        let mut all = c.site.heads.is_none();
+        if ui.checkbox(&mut all, "all heads").changed() {
+            c.site.heads = if all {
+                None
+            } else {
+                Some(std::iter::once(0).collect())
+            };
+        }
+        ui.separator();
+        for h in 0..n_head_kv {
+            let mut on = c.site.heads.as_ref().is_none_or(|s| s.contains(&h));
+            let label = format!("KV head {h}");
+            if named(
+                ui.checkbox(&mut on, label.clone()),
+                format!("{label} of condition {}", i + 1),
+            )
+            .changed()
+            {
+                let mut set = c
+                    .site
+                    .heads
+                    .clone()
+                    .unwrap_or_else(|| (0..n_head_kv).collect());
+                if on {
+                    set.insert(h);
+                } else {
+                    set.remove(&h);
+                }
+                // Every head is "all"; no head at all would edit nothing: keep one.
+                c.site.heads = match set.len() as u32 {
+                    n if n == n_head_kv => None,
+                    0 => Some(std::iter::once(h).collect()),
+                    _ => Some(set),
+                };
+            }
+        }
+    });
+    named(menu.response, format!("Heads of condition {}", i + 1));
+}
+
+/// "0,2,3".
+fn join(heads: &std::collections::BTreeSet<u32>) -> String {
+    heads
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The first and last layer edited.
