@@ -1117,3 +1117,41 @@ fn a_condition_can_be_limited_to_some_kv_heads() {
     h.run_steps(2);
     assert_eq!(h.state().doc.spec.conditions[i].site.heads, None);
 }
+
+/// Issue #16: noise in the app: its σ and seed are set per condition, "4 more noise draws" adds
+/// draws with new seeds, and a run summarizes the draws under the score table.
+#[test]
+fn noise_draws_are_added_in_the_editor_and_summarized() {
+    use kvlab::experiment::{Condition, Op};
+    let mut h = harness(2);
+    load(&mut h, model_path().to_str().unwrap());
+    let noise = Op::Noise {
+        scale: 3.0,
+        seed: 0,
+    };
+    h.state_mut().doc.spec.conditions =
+        vec![Condition::new("SF", Op::None), Condition::new("SF", noise)];
+    h.run_steps(2);
+    h.get_by_label("Noise scale of condition 2")
+        .accesskit_node()
+        .numeric_value()
+        .filter(|v| *v == 3.0)
+        .expect("3 σ");
+    h.get_by_label("4 more noise draws").click_accesskit();
+    h.run_steps(2);
+    let seeds: Vec<u64> = (h.state().doc.spec.conditions.iter())
+        .filter_map(|c| match c.op {
+            Op::Noise { seed, .. } => Some(seed),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seeds, vec![0, 1, 2, 3, 4]);
+    h.get_by_label("Run").click();
+    h.step();
+    wait_for(&mut h, "the run", |a| {
+        a.busy == Busy::Idle && a.doc.results.is_some()
+    });
+    open_tab(&mut h, "Score table");
+    h.get_by_label("Noise draws");
+    h.get_by_label_contains("SF, noise 3σ over 5 seeds: preference");
+}

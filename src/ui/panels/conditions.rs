@@ -52,6 +52,36 @@ impl ConditionsPanel {
             if ui.button("Clear").clicked() {
                 doc.spec.conditions.clear();
             }
+            let noisy = doc
+                .spec
+                .conditions
+                .iter()
+                .rposition(|c| matches!(c.op, Op::Noise { .. }));
+            if let Some(last) = noisy
+                && ui
+                    .button("4 more noise draws")
+                    .on_hover_text(
+                        "Copies the last noise condition with the next four seeds: the grid then \
+                         summarizes the draws (mean, spread, how many flip)",
+                    )
+                    .clicked()
+            {
+                let template = doc.spec.conditions[last].clone();
+                let top = (doc.spec.conditions.iter())
+                    .filter_map(|c| match c.op {
+                        Op::Noise { seed, .. } => Some(seed),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(0);
+                for k in 1..=4 {
+                    let mut c = template.clone();
+                    if let Op::Noise { seed, .. } = &mut c.op {
+                        *seed = top + k;
+                    }
+                    doc.spec.conditions.insert(last + k as usize, c);
+                }
+            }
         });
         let mut remove = None;
         egui::Grid::new("conditions")
@@ -89,10 +119,17 @@ fn condition_row(
         });
     named(combo.response, format!("Variant of condition {}", i + 1));
     intervention_combo(ui, i, c, names);
-    match &c.op {
-        Op::Transplant { from } => ui.label(format!("from {from}")),
-        Op::Mean { .. } | Op::Noise { .. } => ui.label(c.op.short()),
-        _ => ui.label(""),
+    match &mut c.op {
+        Op::Transplant { from } => {
+            ui.label(format!("from {from}"));
+        }
+        Op::Noise { scale, seed } => noise_settings(ui, i, scale, seed),
+        Op::Mean { .. } => {
+            ui.label(c.op.short());
+        }
+        _ => {
+            ui.label("");
+        }
     };
     let removing = c.op == Op::Remove;
     ui.add_enabled_ui(!removing, |ui| match n_layer {
@@ -121,6 +158,29 @@ fn condition_row(
     ui.small_button("×")
         .on_hover_text("Remove this condition")
         .clicked()
+}
+
+/// A noise condition's σ (in units of each layer's spread) and seed. Several noise conditions
+/// that differ only in their seed are summarized together (mean, spread, flips) under the grid.
+fn noise_settings(ui: &mut Ui, i: usize, scale: &mut f32, seed: &mut u64) {
+    ui.horizontal(|ui| {
+        named(
+            ui.add(
+                egui::DragValue::new(scale)
+                    .range(0.0..=100.0)
+                    .speed(0.1)
+                    .suffix(" σ"),
+            ),
+            format!("Noise scale of condition {}", i + 1),
+        )
+        .on_hover_text("σ of the noise in units of each layer's standard deviation over the prompt (causal tracing uses 3)");
+        ui.label("seed");
+        named(
+            ui.add(egui::DragValue::new(seed)),
+            format!("Noise seed of condition {}", i + 1),
+        )
+        .on_hover_text("The same seed draws the same noise; add conditions with other seeds to see the spread");
+    });
 }
 
 /// The intervention: none, zero, remove, or a transplant from another variant.
