@@ -97,3 +97,40 @@ fn a_forged_tensor_shape_is_refused_with_its_name() {
         "{err}"
     );
 }
+
+/// `kvlab bench --scale`'s model: llama.cpp loads it with Llama 3.1 8B's cache shape (32 layers,
+/// 8 KV heads of 128 values: 128 KiB per token at f16), the demo model's tokenizer and chat
+/// template, and kvlab can edit its cache.
+#[test]
+fn the_scale_model_has_the_cache_shape_of_llama_3_1_8b() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scale.gguf");
+    kvlab::gguf::writer::llama_8b_cache_shape(&common::model_path(), &path).unwrap();
+    let header = kvlab::gguf::read_summary(&path).unwrap();
+    assert_eq!(header.kv_bytes_per_cell(), 128 * 1024);
+    let m = kvlab::engine::LoadedModel::load(
+        &path,
+        &kvlab::engine::LoadOptions::default(),
+        None,
+        |_| {},
+    )
+    .unwrap();
+    let info = m.info();
+    assert_eq!((info.n_layer, info.n_head, info.n_head_kv), (32, 32, 8));
+    assert_eq!(info.head_dims(), (128, 128));
+    assert!(info.has_chat_template);
+    assert_eq!(
+        kvlab::runner::fits::kv_bytes_per_cell(info, Default::default()),
+        128 * 1024
+    );
+    m.check_kv_surgery_supported().unwrap();
+    let demo: Vec<i32> = (common::model().tokenize("I am flying to SF", true, false).unwrap())
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    let here: Vec<i32> = (m.tokenize("I am flying to SF", true, false).unwrap())
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(here, demo, "the demo model's tokenizer");
+}

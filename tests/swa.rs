@@ -55,6 +55,8 @@ fn the_model_says_which_layers_slide() {
     let Some(m) = gemma() else { return };
     assert!(m.check_kv_surgery_supported().is_ok());
     assert_eq!(m.sliding_window(), Some(512));
+    // Gemma's heads are wider than n_embd / n_head: the memory estimates use the GGUF's.
+    assert_eq!(m.info().head_dims(), (256, 256));
     let split = m.sliding_layers().unwrap().expect("two caches");
     assert_eq!(split.base_layers(), vec![5, 11, 17]);
     // What the model panel and `kvlab inspect` say.

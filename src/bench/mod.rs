@@ -1,6 +1,7 @@
 //! `kvlab bench`: speed figures measured on this machine, in one run, reported as ratios.
 
 mod dataset;
+pub mod scale;
 
 use std::time::Instant;
 

@@ -158,6 +158,16 @@ pub struct BenchArgs {
     /// CPU threads for llama.cpp.
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Instead: the scale figures on a random-weight model with Llama 3.1 8B's cache shape
+    /// (written once next to --model, whose tokenizer it copies) and a long prompt.
+    #[arg(long)]
+    pub scale: bool,
+    /// --scale: prompt tokens.
+    #[arg(long, default_value_t = 2048)]
+    pub prompt_tokens: usize,
+    /// --scale: position-sweep items.
+    #[arg(long, default_value_t = 16)]
+    pub items: usize,
 }
 
 /// Arguments of `kvlab inspect`.

@@ -57,8 +57,24 @@ pub(super) fn bench(args: BenchArgs, gpu_layers: Option<u32>) -> Result<()> {
         quick,
         json,
         threads,
+        scale,
+        prompt_tokens,
+        items,
     } = args;
     let threads = threads_arg(threads)?;
+    if scale {
+        if items == 0 || prompt_tokens < 64 {
+            anyhow::bail!("--scale needs --items of at least 1 and --prompt-tokens of at least 64");
+        }
+        let r =
+            crate::bench::scale::run(&model, prompt_tokens, items, threads, |s| note!("{s} …"))?;
+        if json {
+            say!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            say!("{}", crate::bench::scale::to_table(&r));
+        }
+        return Ok(());
+    }
     let model = load(&model, gpu_layers)?;
     let r = crate::bench::run(&model, quick, threads, |s| note!("{s} …"))?;
     if json {

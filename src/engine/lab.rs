@@ -329,6 +329,13 @@ impl<'m> Lab<'m> {
         Ok(())
     }
 
+    /// Makes `dst` hold what `src` holds, with llama.cpp's own sequence copy (the cache never
+    /// leaves its device; with a stream per sequence llama.cpp copies the whole stream).
+    pub fn copy_seq(&mut self, src: i32, dst: i32) {
+        self.clear(dst);
+        let _ = self.ctx.copy_kv_cache_seq(src, dst, None, None);
+    }
+
     /// Empties a sequence.
     pub fn clear(&mut self, seq: i32) {
         let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);

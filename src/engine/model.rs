@@ -53,6 +53,27 @@ pub struct ModelInfo {
     /// The layers that slide (the others see every token); empty for other models.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sliding_layers: Vec<u32>,
+    /// Values per K and per V head (`<arch>.attention.key_length` / `value_length`, else
+    /// `n_embd / n_head`); 0 in files from before they were recorded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub head_dim: (u32, u32),
+}
+
+fn is_zero(d: &(u32, u32)) -> bool {
+    *d == (0, 0)
+}
+
+impl ModelInfo {
+    /// Values per K head and per V head (`n_embd / n_head` when not recorded).
+    pub fn head_dims(&self) -> (u32, u32) {
+        match self.head_dim {
+            (0, 0) => {
+                let d = self.n_embd.checked_div(self.n_head).unwrap_or(0);
+                (d, d)
+            }
+            d => d,
+        }
+    }
 }
 
 /// Identifies a model file cheaply: name, size and a hash of its first and last MiB.
@@ -240,6 +261,7 @@ impl LoadedModel {
             architecture,
             sliding_window: None,
             sliding_layers: Vec::new(),
+            head_dim: (0, 0),
         };
         let mut loaded = LoadedModel {
             model,
@@ -252,6 +274,19 @@ impl LoadedModel {
             loaded.info.sliding_window = loaded.sliding_window();
             loaded.info.sliding_layers = split.swa_layers().into_iter().map(|l| l as u32).collect();
         }
+        let per_head = loaded
+            .info
+            .n_embd
+            .checked_div(loaded.info.n_head)
+            .unwrap_or(0);
+        let dim = |key: &str| {
+            (loaded.model)
+                .meta_val_str(&format!("{}.attention.{key}", loaded.info.architecture))
+                .ok()
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .unwrap_or(per_head)
+        };
+        loaded.info.head_dim = (dim("key_length"), dim("value_length"));
         loaded.surgery = loaded.judge_kv_surgery();
         Ok(loaded)
     }

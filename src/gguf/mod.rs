@@ -16,6 +16,7 @@ mod reader;
 mod tensors;
 #[cfg(test)]
 mod tests;
+pub mod writer;
 
 use crate::engine::CacheTypes;
 use std::io::BufReader;

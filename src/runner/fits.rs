@@ -9,11 +9,11 @@ use crate::experiment::spec::{ExperimentSpec, SpecError};
 /// Bytes of K and V per cache cell (one token of one sequence) with caches of the given types,
 /// from the model's shape.
 pub fn kv_bytes_per_cell(info: &ModelInfo, cache: CacheTypes) -> u64 {
-    let head_dim = info.n_embd.checked_div(info.n_head).unwrap_or(0);
+    let (dk, dv) = info.head_dims();
     crate::gguf::kv_bytes_per_cell_as(
         std::iter::repeat_n(info.n_head_kv, info.n_layer as usize),
-        head_dim,
-        head_dim,
+        dk,
+        dv,
         cache,
     )
 }

@@ -1,0 +1,286 @@
+//! `kvlab bench --scale`: what grows with the cache, measured on a model with Llama 3.1 8B's
+//! cache shape (32 layers × 8 KV heads × 128, 128 KiB per token at f16) and random weights
+//! (written once by [`crate::gguf::writer::llama_8b_cache_shape`] with the demo model's
+//! tokenizer), with a long prompt. The demo model's cache is 23 KiB per token, so the normal
+//! bench hides the cost of moving whole sequence states: here every sweep item round-trips a
+//! state of hundreds of MB through host memory, where a bare teacher-forced loop copies the
+//! prompt's cache on the device (`seq_cp`) and evaluates the same tokens.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::engine::lab::BatchItem;
+use crate::engine::{Lab, LabOptions, LoadOptions, LoadedModel};
+use crate::experiment::spec::KvPart;
+use crate::experiment::sweep::{SweepKind, SweepSpec};
+use crate::experiment::{ExperimentSpec, LayerSet, Op, Span};
+use crate::runner::{self, RunError, RunEvent, RunOptions};
+
+/// The file the scale model is written to, in kvlab's model cache.
+pub const SCALE_MODEL_FILE: &str = "random-llama-8b-cache-shape.gguf";
+
+/// The figures of one scale run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleReport {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// KV bytes per token (all layers, K and V).
+    pub kv_bytes_per_token: u64,
+    /// One sequence's state as llama.cpp writes it, MiB.
+    pub state_mib: f64,
+    /// Seconds to read one sequence's state and write it back.
+    pub state_round_trip_s: f64,
+    /// Seconds to evaluate the prompt (one variant).
+    pub prompt_s: f64,
+    /// Position-sweep items per second (each a state round trip, then scoring).
+    pub sweep_items_per_s: f64,
+    /// The same items as bare loops: `seq_cp` of the prompt's cache, then the same tokens.
+    pub bare_items_per_s: f64,
+    /// sweep / bare (the issue's target: at least 0.85).
+    pub sweep_vs_bare: f64,
+    /// Items measured.
+    pub items: usize,
+    /// Peak resident memory of the process, MiB (Linux).
+    pub peak_memory_mib: Option<f64>,
+    /// The model file, MiB.
+    pub model_mib: f64,
+    /// The sweep's KV cache (all its sequences), MiB.
+    pub sweep_kv_mib: f64,
+}
+
+/// Writes the scale model next to the demo model (once) and returns its path.
+pub fn scale_model(tokenizer: &Path) -> Result<std::path::PathBuf, String> {
+    let dir = tokenizer
+        .parent()
+        .ok_or("the tokenizer model has no folder")?;
+    let path = dir.join(SCALE_MODEL_FILE);
+    if !path.is_file() {
+        crate::gguf::writer::llama_8b_cache_shape(tokenizer, &path)?;
+    }
+    Ok(path)
+}
+
+/// The seed experiment with filler text after the needle's sentence, to about `tokens` prompt
+/// tokens on `model`.
+fn long_seed(model: &LoadedModel, tokens: usize) -> Result<ExperimentSpec, RunError> {
+    let mut spec = ExperimentSpec::seed();
+    spec.conditions.clear();
+    spec.generation.max_tokens = 8;
+    let filler = " The itinerary should balance museums, parks, food and a little free time, \
+                  and it should work for a family travelling with two children.";
+    let base = runner::prepare_prompts(model, &spec)?.prompts[0]
+        .tokens
+        .len();
+    let per = model
+        .tokenize(filler, false, false)
+        .map_err(RunError::Engine)?
+        .len()
+        .max(1);
+    let repeats = tokens.saturating_sub(base) / per;
+    let turns = &mut spec.prompt.turns;
+    let at = turns
+        .iter()
+        .position(|t| t.content.contains("{needle}"))
+        .unwrap_or(0);
+    if let Some(t) = turns.get_mut(at) {
+        t.content.push_str(&filler.repeat(repeats));
+    }
+    Ok(spec)
+}
+
+/// Runs the scale figures with a prompt of about `prompt_tokens` tokens and `items` sweep
+/// items. `tokenizer` is the demo model (its tokenizer is copied into the scale model).
+pub fn run(
+    tokenizer: &Path,
+    prompt_tokens: usize,
+    items: usize,
+    threads: i32,
+    mut stage: impl FnMut(&str),
+) -> Result<ScaleReport, anyhow::Error> {
+    stage("writing or finding the scale model");
+    let path = scale_model(tokenizer).map_err(anyhow::Error::msg)?;
+    let model = LoadedModel::load(&path, &LoadOptions::default(), None, |_| {})?;
+    let spec = long_seed(&model, prompt_tokens)?;
+    let prepared = runner::prepare_prompts(&model, &spec)?;
+    let prompt: Vec<i32> = prepared.prompts[0].tokens.iter().map(|t| t.id).collect();
+    let needle = prepared.span;
+    let kv_bytes_per_token = crate::runner::fits::kv_bytes_per_cell(model.info(), spec.cache);
+
+    // The continuations a sweep item scores: every variant's expected answers.
+    let conts: Vec<Vec<i32>> = spec
+        .variants
+        .iter()
+        .flat_map(|v| v.expected.iter())
+        .map(|a| {
+            model
+                .tokenize(a, false, false)
+                .map(|t| t.iter().map(|t| t.id).collect())
+        })
+        .collect::<Result<_, _>>()?;
+
+    stage("position sweep");
+    let sweep = SweepSpec {
+        kind: SweepKind::Position {
+            range: Some(Span {
+                start: needle.end,
+                end: needle.end + items,
+            }),
+        },
+        variant: spec.variants[0].name.clone(),
+        op: Op::Zero,
+        layers: LayerSet::All,
+        part: KvPart::Both,
+    };
+    let mut sweeping = None;
+    let options = RunOptions {
+        threads,
+        ..RunOptions::default()
+    };
+    let swept = runner::run_sweep(&model, &spec, &sweep, &options, |e| {
+        if matches!(&e, RunEvent::Stage(s) if s == "sweeping") {
+            sweeping = Some(Instant::now());
+        }
+    })?;
+    let sweep_s = sweeping.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    // Measured before the bare loops' context exists: the sweep's own high-water mark.
+    let peak_memory_mib = super::peak_memory_mib();
+    // The sweep's context, as runner::sweep sizes it.
+    let n_slots = (items as u64 + 1)
+        .clamp(1, 16)
+        .max(spec.variants.len() as u64);
+    let max_cont = conts.iter().map(Vec::len).max().unwrap_or(0) as u64;
+    let cells = (prompt.len() as u64 + max_cont + 8).div_ceil(256) * 256;
+    let sweep_kv_mib = (n_slots * cells * kv_bytes_per_token) as f64 / (1 << 20) as f64;
+    stage("state round trip");
+    let mut lab = Lab::new(
+        &model,
+        LabOptions {
+            n_seq: 17,
+            n_ctx_per_seq: prompt.len() as u32 + 64,
+            threads,
+            n_batch: 512,
+            cache: spec.cache,
+        },
+    )?;
+    let t0 = Instant::now();
+    eval(&mut lab, 0, &prompt[..prompt.len() - 1], 0)?;
+    let prompt_s = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let bytes = lab.state_bytes(0)?;
+    lab.set_state_bytes(1, &bytes)?;
+    let state_round_trip_s = t0.elapsed().as_secs_f64();
+    let state_mib = bytes.len() as f64 / (1 << 20) as f64;
+    drop(bytes);
+
+    stage("bare teacher-forced loops");
+    let per_wave = (16 / conts.len().max(1)).max(1);
+    let t0 = Instant::now();
+    let mut done = 0;
+    while done < items {
+        let wave = per_wave.min(items - done);
+        let mut batch = Vec::new();
+        for j in 0..wave {
+            for (c, cont) in conts.iter().enumerate() {
+                let seq = 1 + (j * conts.len() + c) as i32;
+                lab.copy_seq(0, seq);
+                let last = prompt.len() - 1;
+                let tokens = std::iter::once(prompt[last]).chain(cont.iter().copied());
+                batch.extend(tokens.enumerate().map(|(k, token)| BatchItem {
+                    seq,
+                    token,
+                    pos: (last + k) as i32,
+                    logits: true,
+                }));
+            }
+        }
+        for part in batch.chunks(512) {
+            lab.eval(part, |_, _| {})?;
+        }
+        done += wave;
+    }
+    let bare_s = t0.elapsed().as_secs_f64();
+
+    let sweep_items_per_s = swept.points.len() as f64 / sweep_s.max(1e-9);
+    let bare_items_per_s = items as f64 / bare_s.max(1e-9);
+    Ok(ScaleReport {
+        prompt_tokens: prompt.len(),
+        kv_bytes_per_token,
+        state_mib,
+        state_round_trip_s,
+        prompt_s,
+        sweep_items_per_s,
+        bare_items_per_s,
+        sweep_vs_bare: sweep_items_per_s / bare_items_per_s.max(1e-12),
+        items: swept.points.len(),
+        peak_memory_mib,
+        model_mib: std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64),
+        sweep_kv_mib,
+    })
+}
+
+/// Evaluates `tokens` into `seq` from position `first`, one batch at a time.
+fn eval(lab: &mut Lab<'_>, seq: i32, tokens: &[i32], first: usize) -> Result<(), RunError> {
+    let items: Vec<BatchItem> = (tokens.iter().enumerate())
+        .map(|(i, &token)| BatchItem {
+            seq,
+            token,
+            pos: (first + i) as i32,
+            logits: false,
+        })
+        .collect();
+    for part in items.chunks(512) {
+        lab.eval(part, |_, _| {})?;
+    }
+    Ok(())
+}
+
+/// The report as a table.
+pub fn to_table(r: &ScaleReport) -> String {
+    let mut out = String::new();
+    let mut row = |k: &str, v: String| out.push_str(&format!("{k:<38}{v}\n"));
+    row(
+        "model",
+        format!(
+            "random weights, Llama 3.1 8B cache shape ({:.0} MiB file)",
+            r.model_mib
+        ),
+    );
+    row(
+        "KV cache per token",
+        format!("{:.0} KiB", r.kv_bytes_per_token as f64 / 1024.0),
+    );
+    row("prompt", format!("{} tokens", r.prompt_tokens));
+    row("prompt evaluation", format!("{:.2} s", r.prompt_s));
+    row(
+        "one sequence's state",
+        format!(
+            "{:.0} MiB, read and written back in {:.2} s",
+            r.state_mib, r.state_round_trip_s
+        ),
+    );
+    row(
+        "position sweep",
+        format!("{:.2} items/s ({} items)", r.sweep_items_per_s, r.items),
+    );
+    row(
+        "bare loops (seq_cp + the same tokens)",
+        format!(
+            "{:.2} items/s → sweep at {:.0} % (target ≥ 85 %)",
+            r.bare_items_per_s,
+            100.0 * r.sweep_vs_bare
+        ),
+    );
+    if let Some(peak) = r.peak_memory_mib {
+        row(
+            "peak host memory",
+            format!(
+                "{peak:.0} MiB ({:.1}× model + the sweep's KV cache of {:.0} MiB; target ≤ 1.2×)",
+                peak / (r.model_mib + r.sweep_kv_mib).max(1e-9),
+                r.sweep_kv_mib
+            ),
+        );
+    }
+    out
+}
