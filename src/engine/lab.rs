@@ -85,6 +85,13 @@ impl<'m> Lab<'m> {
         capture: bool,
     ) -> Result<Lab<'m>, EngineError> {
         model.check_kv_surgery_supported()?;
+        if capture && options.cache.v.is_quantized() {
+            return Err(EngineError::Capture(format!(
+                "attention capture needs flash attention off, and llama.cpp stores a quantized \
+                 V cache ({}) only with flash attention: use an f16 or f32 V cache",
+                options.cache.v
+            )));
+        }
         let n_ctx_per_seq = options.n_ctx_per_seq.div_ceil(256) * 256;
         let n_ctx =
             n_ctx_per_seq
