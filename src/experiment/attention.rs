@@ -160,6 +160,80 @@ pub fn difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// A colour scale for attention values, shared by the report and the app.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scale {
+    /// 0 (dark) to `max` (bright): weights.
+    Weight {
+        /// The value drawn brightest (at least a tiny positive number).
+        max: f32,
+    },
+    /// `-max` (blue) through 0 (white) to `max` (red): differences.
+    Difference {
+        /// The largest magnitude.
+        max: f32,
+    },
+}
+
+impl Scale {
+    /// A weight scale up to the grids' largest value.
+    pub fn weights<'a>(grids: impl IntoIterator<Item = &'a Vec<f32>>) -> Scale {
+        let max = grids.into_iter().flatten().copied().fold(0f32, f32::max);
+        Scale::Weight { max: max.max(1e-6) }
+    }
+
+    /// A difference scale up to the grid's largest magnitude.
+    pub fn differences<'a>(grids: impl IntoIterator<Item = &'a Vec<f32>>) -> Scale {
+        let max = grids
+            .into_iter()
+            .flatten()
+            .map(|v| v.abs())
+            .fold(0f32, f32::max);
+        Scale::Difference { max: max.max(1e-6) }
+    }
+
+    /// The lowest and highest values of the scale.
+    pub fn range(self) -> (f32, f32) {
+        match self {
+            Scale::Weight { max } => (0.0, max),
+            Scale::Difference { max } => (-max, max),
+        }
+    }
+
+    /// The colour of a value (sRGB).
+    pub fn rgb(self, v: f32) -> [u8; 3] {
+        let mix = |a: [f32; 3], b: [f32; 3], t: f32| {
+            let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
+            [0, 1, 2].map(|i| (a[i] + (b[i] - a[i]) * t).round() as u8)
+        };
+        let ratio = |max: f32| {
+            let t = v / max;
+            if t.is_finite() { t } else { 0.0 }
+        };
+        match self {
+            // Dark blue → teal → yellow (perceptually ordered, readable on light and dark).
+            Scale::Weight { max } => {
+                let t = ratio(max);
+                let (dark, mid, bright) = ([20., 24., 82.], [33., 145., 140.], [253., 231., 37.]);
+                if t < 0.5 {
+                    mix(dark, mid, t * 2.0)
+                } else {
+                    mix(mid, bright, (t - 0.5) * 2.0)
+                }
+            }
+            Scale::Difference { max } => {
+                let t = ratio(max);
+                let white = [247., 247., 247.];
+                if t < 0.0 {
+                    mix(white, [33., 102., 172.], -t)
+                } else {
+                    mix(white, [178., 24., 43.], t)
+                }
+            }
+        }
+    }
+}
+
 impl AttentionResults {
     /// Checks that results read from a file have the shapes the views index by.
     pub fn validate(&self, n_variants: usize, n_conditions: usize) -> Result<(), String> {
@@ -246,6 +320,23 @@ mod tests {
         assert_eq!(p.strip(2, Some(1)), [0.6, 0.1]);
         assert_eq!(p.token_heads(0, 2), [[0.1, 0.3], [0.5, 0.7]]);
         assert!(p.token_heads(9, 2).is_empty());
+    }
+
+    #[test]
+    fn scales_run_from_dark_to_bright_and_blue_to_red() {
+        let w = Scale::weights([&vec![0.0, 0.5], &vec![0.25]]);
+        assert_eq!(w.range(), (0.0, 0.5));
+        assert_eq!(w.rgb(0.0), [20, 24, 82]);
+        assert_eq!(w.rgb(0.5), [253, 231, 37]);
+        assert_eq!(w.rgb(9.0), [253, 231, 37]);
+        assert_eq!(w.rgb(f32::NAN), [20, 24, 82]);
+        let d = Scale::differences([&vec![-0.2, 0.1]]);
+        assert_eq!(d.range(), (-0.2, 0.2));
+        assert_eq!(d.rgb(0.0), [247, 247, 247]);
+        assert_eq!(d.rgb(-0.2), [33, 102, 172]);
+        assert_eq!(d.rgb(0.2), [178, 24, 43]);
+        // All zeros: still a usable scale.
+        assert!(matches!(Scale::weights([&vec![0.0]]), Scale::Weight { max } if max > 0.0));
     }
 
     #[test]
