@@ -244,6 +244,7 @@ fn the_benchmark_runs_in_quick_mode_and_its_output_parses() {
         ("grid positions", r.grid_positions_per_s),
         ("dataset batched", r.dataset_items_per_s),
         ("dataset one grid per item", r.dataset_separate_items_per_s),
+        ("attention capture ratio", r.attention_ratio),
     ] {
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
     }
