@@ -47,16 +47,22 @@ fn a_run_with_attention_shows_maps_the_prompt_strip_and_heads() {
     h.run_steps(3);
     let r = h.state().doc.results.clone().unwrap();
     assert!(r.settings.attention && r.attention.is_some());
-    // The chosen row's map, its baseline's and the difference: layers and steps on the axes.
-    h.get_by_label_contains("none (SF): layer 0–29 (rows), step 0–5 (columns), from ");
+    // The first zeroed row's map, its baseline's and the difference: layers and steps on the
+    // axes.
+    h.get_by_label_contains("zero (SF): layer 0–29 (rows), step 0–5 (columns), from ");
     h.get_by_label_contains("baseline SF: layer 0–29 (rows), step 0–5 (columns)");
     h.get_by_label_contains("row − baseline: layer 0–29 (rows), step 0–5 (columns)");
-    // Choose the zeroed SF row.
+    // Choose another row: removed from the NY prompt, next to the NY baseline.
+    h.get_by_label("Row").click();
+    h.run_steps(2);
+    h.get_by_label("remove (NY)").click();
+    h.run_steps(2);
+    h.get_by_label_contains("remove (NY): layer 0–29 (rows), step 0–5 (columns), from 0.0000 to 0.0000");
+    h.get_by_label_contains("baseline NY: layer 0–29 (rows)");
     h.get_by_label("Row").click();
     h.run_steps(2);
     h.get_by_label("zero (SF)").click();
     h.run_steps(2);
-    h.get_by_label_contains("zero (SF): layer 0–29 (rows), step 0–5 (columns)");
     // The prompt strip names the tokens that read the needle most, with their values.
     h.get_by_label_contains("Which prompt tokens read the needle (SF)");
     let most = h.get_by_label_contains("Read the needle most: ");

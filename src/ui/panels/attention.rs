@@ -18,8 +18,8 @@ use crate::ui::prefs::PrefEdit;
 /// What the tab shows: which condition, which layer's heads, the strip's layer.
 #[derive(Debug, Default)]
 pub struct AttentionTab {
-    /// The condition (index in the results).
-    row: usize,
+    /// The condition (index in the results); at first the first that zeroes the needle.
+    row: Option<usize>,
     /// The layer whose heads are shown.
     layer: usize,
     /// The strip's layer (`None`: summed over layers).
@@ -53,26 +53,32 @@ impl AttentionTab {
     }
 
     fn views(&mut self, ui: &mut Ui, r: &RunResults, a: &AttentionResults) {
-        self.row = self.row.min(r.conditions.len() - 1);
+        let first_zero = r
+            .conditions
+            .iter()
+            .position(|c| c.op == crate::experiment::Op::Zero);
+        let mut chosen = self.row.or(first_zero).unwrap_or(0).min(r.conditions.len() - 1);
         self.layer = self.layer.min(a.n_layer.saturating_sub(1));
         let name = |i: usize| format!("{} ({})", r.conditions[i].label, r.conditions[i].variant);
         ui.horizontal(|ui| {
             let label = ui.label("Row");
             egui::ComboBox::from_id_salt("attention-row")
-                .selected_text(name(self.row))
+                .selected_text(name(chosen))
                 .show_ui(ui, |ui| {
                     for i in 0..r.conditions.len() {
-                        ui.selectable_value(&mut self.row, i, name(i));
+                        if ui.selectable_value(&mut chosen, i, name(i)).clicked() {
+                            self.row = Some(i);
+                        }
                     }
                 })
                 .response
                 .labelled_by(label.id);
         });
-        let c = &r.conditions[self.row];
+        let c = &r.conditions[chosen];
         let Some(vi) = r.variants.iter().position(|v| v.name == c.variant) else {
             return;
         };
-        let (row, base) = (&a.conditions[self.row], &a.baselines[vi]);
+        let (row, base) = (&a.conditions[chosen], &a.baselines[vi]);
         // The query token of each step: the last prompt token, then the generated ones.
         let last = r.variants[vi].tokens.last().map(|t| t.piece.clone());
         let row_tokens: Vec<String> = last
@@ -99,7 +105,7 @@ impl AttentionTab {
                 col_text: Some(&row_text),
                 ..HeatAxes::new("layer", "step")
             };
-            ui.vertical(|ui| heatmap(ui, &name(self.row), &cond, cell, &axes));
+            ui.vertical(|ui| heatmap(ui, &name(chosen), &cond, cell, &axes));
             ui.add_space(12.0);
             let axes = HeatAxes {
                 col_text: Some(&base_text),
@@ -126,7 +132,7 @@ impl AttentionTab {
                 ..HeatAxes::new("head", "step")
             };
             let heads = row.head_by_step(Measure::Needle, a.n_head, self.layer);
-            let title = format!("{}, layer {}", name(self.row), self.layer);
+            let title = format!("{}, layer {}", name(chosen), self.layer);
             ui.vertical(|ui| heatmap(ui, &title, &heads, cell, &axes));
             ui.add_space(12.0);
             let axes = HeatAxes {
@@ -143,7 +149,7 @@ impl AttentionTab {
     fn strip(&mut self, ui: &mut Ui, r: &RunResults, a: &AttentionResults, vi: usize) {
         let pass = &a.variants[vi];
         ui.horizontal(|ui| {
-            ui.label(format!(
+            let label = ui.label(format!(
                 "Which prompt tokens read the needle ({}): mean over heads,",
                 r.variants[vi].name
             ));
@@ -155,7 +161,9 @@ impl AttentionTab {
                     for l in 0..a.n_layer {
                         ui.selectable_value(&mut self.strip_layer, Some(l), text(Some(l)));
                     }
-                });
+                })
+                .response
+                .labelled_by(label.id);
         });
         let values = pass.strip(a.n_head, self.strip_layer);
         let scale = Scale::weights([&values]);
@@ -167,7 +175,11 @@ impl AttentionTab {
                 let mut text = RichText::new(&piece).monospace();
                 let mut hover = format!("position {i}");
                 if a.needle.positions().contains(&i) {
-                    text = text.background_color(Color32::from_rgb(255, 213, 79)).color(Color32::BLACK);
+                    // Not a colour of the scale: the needle is what the others read.
+                    text = text
+                        .background_color(Color32::from_rgb(230, 120, 200))
+                        .color(Color32::BLACK)
+                        .strong();
                     hover += ", the needle";
                 } else if let Some(v) = i.checked_sub(pass.carriers.start).and_then(|k| values.get(k)) {
                     let [red, g, b] = scale.rgb(*v);
