@@ -57,7 +57,9 @@ fn a_run_with_attention_shows_maps_the_prompt_strip_and_heads() {
     h.run_steps(2);
     h.get_by_label("remove (NY)").click();
     h.run_steps(2);
-    h.get_by_label_contains("remove (NY): layer 0–29 (rows), step 0–5 (columns), from 0.0000 to 0.0000");
+    h.get_by_label_contains(
+        "remove (NY): layer 0–29 (rows), step 0–5 (columns), from 0.0000 to 0.0000",
+    );
     h.get_by_label_contains("baseline NY: layer 0–29 (rows)");
     h.get_by_label("Row").click();
     h.run_steps(2);

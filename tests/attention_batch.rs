@@ -161,7 +161,10 @@ fn zeroed_keys_score_exactly_zero_before_the_softmax() {
     for l in 0..cap.n_layer {
         for h in 0..cap.n_head {
             let s = row.focus_scores(l, h).unwrap();
-            assert!(s[..k].iter().all(|&x| x == 0.0), "layer {l} head {h}: {s:?}");
+            assert!(
+                s[..k].iter().all(|&x| x == 0.0),
+                "layer {l} head {h}: {s:?}"
+            );
             // Other cells score something; a zero score still gets weight exp(0 - max) > 0.
             assert!(s[k..].iter().all(|&x| x != 0.0 && x.is_finite()));
             assert!(row.focus(l, h)[..k].iter().all(|&w| w > 0.0));

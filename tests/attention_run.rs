@@ -40,7 +40,8 @@ fn a_capturing_run_records_attention_without_changing_the_tokens() {
     assert!(on.settings.attention && !idle.settings.attention);
     assert!(idle.attention.is_none());
     let att = on.attention.as_ref().expect("captured");
-    att.validate(on.variants.len(), on.conditions.len()).unwrap();
+    att.validate(on.variants.len(), on.conditions.len())
+        .unwrap();
     assert_eq!((att.n_layer, att.n_head), (30, 9));
     assert_eq!(att.needle, on.needle_span);
 
@@ -75,10 +76,18 @@ fn a_capturing_run_records_attention_without_changing_the_tokens() {
     // After `remove` the needle is paid exactly nothing; after `zero` (K and V zeroed, the
     // cells still there) it still gets some weight; unchanged conditions equal their baselines.
     for (c, row) in on.conditions.iter().zip(&att.conditions) {
-        let vi = on.variants.iter().position(|v| v.name == c.variant).unwrap();
+        let vi = on
+            .variants
+            .iter()
+            .position(|v| v.name == c.variant)
+            .unwrap();
         match c.op {
             Op::Remove => {
-                assert!(row.needle.iter().flatten().all(|&w| w == 0.0), "{}", c.label);
+                assert!(
+                    row.needle.iter().flatten().all(|&w| w == 0.0),
+                    "{}",
+                    c.label
+                );
             }
             Op::Zero => assert!(row.needle.iter().flatten().any(|&w| w > 0.0)),
             Op::None => assert_eq!(row, &att.baselines[vi], "{}", c.label),

@@ -235,8 +235,8 @@ impl<'m> Lab<'m> {
         let hook = self.hook.clone().ok_or_else(|| {
             EngineError::Capture("this lab was not opened with Lab::with_attention_capture".into())
         })?;
-        let groups = one_ubatch(items, self.options.n_batch as usize)
-            .map_err(EngineError::Capture)?;
+        let groups =
+            one_ubatch(items, self.options.n_batch as usize).map_err(EngineError::Capture)?;
         if let Some(&r) = request.rows.iter().find(|&&r| r >= items.len()) {
             return Err(EngineError::Capture(format!(
                 "row {r} is not one of the {} evaluated items",
@@ -408,7 +408,12 @@ fn one_ubatch(items: &[BatchItem], n_batch: usize) -> Result<Vec<(i32, usize)>, 
         }
     }
     let per = items.len() / groups.len();
-    if groups.iter().enumerate().any(|(g, &(_, start))| start != g * per) || items.len() % groups.len() != 0 {
+    if groups
+        .iter()
+        .enumerate()
+        .any(|(g, &(_, start))| start != g * per)
+        || !items.len().is_multiple_of(groups.len())
+    {
         return Err("a capture evaluates the same number of tokens of every sequence".into());
     }
     Ok(groups)

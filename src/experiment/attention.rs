@@ -106,7 +106,12 @@ impl RowAttention {
         let steps = self.steps(m);
         let n_layer = steps.first().map_or(0, |s| s.len() / n_head.max(1));
         (0..n_layer)
-            .map(|l| steps.iter().map(|s| head_value(s, l, n_head, head)).collect())
+            .map(|l| {
+                steps
+                    .iter()
+                    .map(|s| head_value(s, l, n_head, head))
+                    .collect()
+            })
             .collect()
     }
 
@@ -203,7 +208,11 @@ impl Scale {
     /// The colour of a value (sRGB).
     pub fn rgb(self, v: f32) -> [u8; 3] {
         let mix = |a: [f32; 3], b: [f32; 3], t: f32| {
-            let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
+            let t = if t.is_finite() {
+                t.clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
             [0, 1, 2].map(|i| (a[i] + (b[i] - a[i]) * t).round() as u8)
         };
         let ratio = |max: f32| {
@@ -291,8 +300,18 @@ mod tests {
     fn row() -> RowAttention {
         // 2 layers × 2 heads, 2 steps.
         let mut r = RowAttention::default();
-        r.push(&[[0.1, 0.2, 1.0], [0.3, 0.2, 1.0], [0.5, 0.0, 1.0], [0.7, 0.0, 1.0]]);
-        r.push(&[[0.0, 0.4, 0.9], [0.2, 0.4, 0.9], [0.0, 0.1, 0.8], [0.0, 0.1, 0.8]]);
+        r.push(&[
+            [0.1, 0.2, 1.0],
+            [0.3, 0.2, 1.0],
+            [0.5, 0.0, 1.0],
+            [0.7, 0.0, 1.0],
+        ]);
+        r.push(&[
+            [0.0, 0.4, 0.9],
+            [0.2, 0.4, 0.9],
+            [0.0, 0.1, 0.8],
+            [0.0, 0.1, 0.8],
+        ]);
         r
     }
 
@@ -304,7 +323,10 @@ mod tests {
         assert!((g[0][0] - 0.2).abs() < 1e-6 && (g[1][0] - 0.6).abs() < 1e-6);
         assert!((g[0][1] - 0.1).abs() < 1e-6 && g[1][1] == 0.0);
         assert_eq!(r.layer_by_step(Measure::Needle, 2, Some(1))[1], [0.7, 0.0]);
-        assert_eq!(r.head_by_step(Measure::Carriers, 2, 1), [[0.0, 0.1], [0.0, 0.1]]);
+        assert_eq!(
+            r.head_by_step(Measure::Carriers, 2, 1),
+            [[0.0, 0.1], [0.0, 0.1]]
+        );
         let d = difference(&g, &r.layer_by_step(Measure::Needle, 2, Some(0)));
         assert!((d[1][0] - 0.1).abs() < 1e-6);
     }

@@ -11,8 +11,8 @@ use crate::engine::lab::BatchItem;
 use crate::engine::{EngineError, Lab, LoadedModel};
 use crate::experiment::attention::RowAttention;
 use crate::experiment::metrics::{self, LogProbs, Rng};
-use crate::experiment::spec::Span;
 use crate::experiment::results::{Alternative, Generation, Step};
+use crate::experiment::spec::Span;
 use crate::experiment::spec::{ExperimentSpec, Sampling};
 
 use super::attention::{StepCapture, eval_step, row_sums};
@@ -263,7 +263,10 @@ pub(crate) fn generate(
         });
     }
     let attention = if capture.is_some_and(|c| c.on) {
-        slots.iter_mut().map(|s| std::mem::take(&mut s.attention)).collect()
+        slots
+            .iter_mut()
+            .map(|s| std::mem::take(&mut s.attention))
+            .collect()
     } else {
         Vec::new()
     };

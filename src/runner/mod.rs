@@ -163,8 +163,7 @@ pub fn run(
 
     on_event(RunEvent::Stage(EVALUATING_PROMPTS.into()));
     let t = Instant::now();
-    let (prompt_states, prompt_attention) =
-        eval_prompts(&mut lab, &plan, options, &mut on_event)?;
+    let (prompt_states, prompt_attention) = eval_prompts(&mut lab, &plan, options, &mut on_event)?;
     timings.prompt_s = t.elapsed().as_secs_f64();
 
     on_event(RunEvent::Stage("applying interventions".into()));
@@ -174,7 +173,12 @@ pub fn run(
     let t = Instant::now();
     let capture = mode.capture_lab().then(|| attention::StepCapture {
         on: mode == AttentionMode::Capture,
-        focus_len: plan.prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(0),
+        focus_len: plan
+            .prompts
+            .iter()
+            .map(|p| p.tokens.len())
+            .max()
+            .unwrap_or(0),
         needle: plan.needle,
     });
     let generated = generate::generate(

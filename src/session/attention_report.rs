@@ -97,7 +97,11 @@ fn heatmap(grid: &[Vec<f32>], steps: &[String], scale: Scale, title: &str) -> St
 }
 
 /// The query token of each step of a row: the last prompt token, then the generated tokens.
-fn query_tokens(r: &RunResults, variant: usize, steps: &[crate::experiment::results::Step]) -> Vec<String> {
+fn query_tokens(
+    r: &RunResults,
+    variant: usize,
+    steps: &[crate::experiment::results::Step],
+) -> Vec<String> {
     let last = r.variants[variant]
         .tokens
         .last()
@@ -129,7 +133,11 @@ fn strip(out: &mut String, r: &RunResults, a: &AttentionResults, vi: usize) {
             .and_then(|k| values.get(k))
         {
             let c = scale.rgb(*v);
-            let fg = if c.iter().map(|&x| x as u32).sum::<u32>() > 400 { "#000" } else { "#fff" };
+            let fg = if c.iter().map(|&x| x as u32).sum::<u32>() > 400 {
+                "#000"
+            } else {
+                "#fff"
+            };
             format!(
                 " class=\"tok\" style=\"background:{};color:{fg}\" title=\"{v:.4}\"",
                 rgb(c)
@@ -165,9 +173,24 @@ pub(super) fn html(out: &mut String, r: &RunResults) {
             "<h3>{} ({})</h3><div class=\"attrow\">{}{}{}</div>",
             esc(&c.label),
             esc(&c.variant),
-            heatmap(&cond, &query_tokens(r, vi, &c.generation.steps), scale, &c.label),
-            heatmap(&base, &baseline_steps, scale, &format!("baseline {}", r.variants[vi].name)),
-            heatmap(&diff, &baseline_steps, Scale::differences(&diff), "condition − baseline")
+            heatmap(
+                &cond,
+                &query_tokens(r, vi, &c.generation.steps),
+                scale,
+                &c.label
+            ),
+            heatmap(
+                &base,
+                &baseline_steps,
+                scale,
+                &format!("baseline {}", r.variants[vi].name)
+            ),
+            heatmap(
+                &diff,
+                &baseline_steps,
+                Scale::differences(&diff),
+                "condition − baseline"
+            )
         );
     }
 }

@@ -392,7 +392,11 @@ fn model_html(out: &mut String, s: &Session, r: &RunResults) {
         r.spec.generation.max_tokens,
         r.spec.generation.sampling,
         r.settings.threads,
-        if r.settings.attention { ", attention captured (flash attention off)" } else { "" },
+        if r.settings.attention {
+            ", attention captured (flash attention off)"
+        } else {
+            ""
+        },
         esc(&r.kvlab_version),
         esc(&r.llama_cpp_2_version),
         esc(&s.modified)

@@ -175,12 +175,18 @@ pub(crate) fn extend_map(
     seen: &[bool],
     new_pos: i32,
 ) -> Option<Vec<Option<i32>>> {
+    // A cell held before but beyond the new view: not one added token.
+    if prev
+        .get(seen.len()..)
+        .is_some_and(|rest| rest.iter().any(Option::is_some))
+    {
+        return None;
+    }
     let mut out = vec![None; seen.len()];
     let mut new = None;
-    for c in 0..seen.len().max(prev.len()) {
-        let held = prev.get(c).copied().flatten();
-        match (held, seen.get(c).copied().unwrap_or(false)) {
-            (Some(p), true) if p < new_pos => out[c] = Some(p),
+    for (c, (&seen, slot)) in seen.iter().zip(out.iter_mut()).enumerate() {
+        match (prev.get(c).copied().flatten(), seen) {
+            (Some(p), true) if p < new_pos => *slot = Some(p),
             (Some(_), _) => return None,
             (None, true) if new.is_none() => new = Some(c),
             (None, true) => return None,

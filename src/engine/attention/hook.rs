@@ -54,9 +54,7 @@ fn node_of(name: &[u8]) -> Option<Node> {
     if let Some(rest) = name.strip_prefix(b"kq_soft_max-") {
         return layer(rest).map(Node::Softmax);
     }
-    name.strip_prefix(b"kq-")
-        .and_then(layer)
-        .map(Node::Scores)
+    name.strip_prefix(b"kq-").and_then(layer).map(Node::Scores)
 }
 
 impl Hook {

@@ -57,7 +57,11 @@ impl AttentionTab {
             .conditions
             .iter()
             .position(|c| c.op == crate::experiment::Op::Zero);
-        let mut chosen = self.row.or(first_zero).unwrap_or(0).min(r.conditions.len() - 1);
+        let mut chosen = self
+            .row
+            .or(first_zero)
+            .unwrap_or(0)
+            .min(r.conditions.len() - 1);
         self.layer = self.layer.min(a.n_layer.saturating_sub(1));
         let name = |i: usize| format!("{} ({})", r.conditions[i].label, r.conditions[i].variant);
         ui.horizontal(|ui| {
@@ -88,7 +92,13 @@ impl AttentionTab {
             .collect();
         let base_tokens: Vec<String> = last
             .into_iter()
-            .chain(r.variants[vi].baseline.steps.iter().map(|s| s.token.piece.clone()))
+            .chain(
+                r.variants[vi]
+                    .baseline
+                    .steps
+                    .iter()
+                    .map(|s| s.token.piece.clone()),
+            )
             .collect();
         ui.label(
             "Attention to the needle: mean over heads, per layer (rows) and step (columns; \
@@ -153,7 +163,8 @@ impl AttentionTab {
                 "Which prompt tokens read the needle ({}): mean over heads,",
                 r.variants[vi].name
             ));
-            let text = |l: Option<usize>| l.map_or("summed over layers".into(), |l| format!("layer {l}"));
+            let text =
+                |l: Option<usize>| l.map_or("summed over layers".into(), |l| format!("layer {l}"));
             egui::ComboBox::from_id_salt("attention-strip-layer")
                 .selected_text(text(self.strip_layer))
                 .show_ui(ui, |ui| {
@@ -181,10 +192,19 @@ impl AttentionTab {
                         .color(Color32::BLACK)
                         .strong();
                     hover += ", the needle";
-                } else if let Some(v) = i.checked_sub(pass.carriers.start).and_then(|k| values.get(k)) {
+                } else if let Some(v) = i
+                    .checked_sub(pass.carriers.start)
+                    .and_then(|k| values.get(k))
+                {
                     let [red, g, b] = scale.rgb(*v);
-                    let ink = if red as u32 + g as u32 + b as u32 > 400 { Color32::BLACK } else { Color32::WHITE };
-                    text = text.background_color(Color32::from_rgb(red, g, b)).color(ink);
+                    let ink = if red as u32 + g as u32 + b as u32 > 400 {
+                        Color32::BLACK
+                    } else {
+                        Color32::WHITE
+                    };
+                    text = text
+                        .background_color(Color32::from_rgb(red, g, b))
+                        .color(ink);
                     hover += &format!(": {v:.4} on the needle");
                 }
                 ui.label(text).on_hover_text(hover);
