@@ -51,6 +51,7 @@ fn rows_are_distributions_over_visible_cells() {
         rows: vec![0, needle[0] as usize, n / 2, n - 1],
         focus: needle.clone(),
         full_rows: true,
+        focus_scores: false,
     };
     let cap = lab
         .eval_capturing(&items(&tokens, 0, true), &request, |_, _| {})
@@ -93,6 +94,7 @@ fn generate(lab: &mut Lab<'_>, tokens: &[i32], n: usize, capture: bool) -> (Vec<
         rows: vec![0],
         focus: needle,
         full_rows: false,
+        focus_scores: false,
     };
     let start = std::time::Instant::now();
     let mut next = 0;
@@ -152,6 +154,7 @@ fn removed_needle_cells_get_exactly_zero() {
         rows: vec![0],
         focus: needle.clone(),
         full_rows: true,
+        focus_scores: false,
     };
     let mut probe = lab.state_bytes(0).unwrap();
     let before = lab
@@ -219,6 +222,7 @@ fn a_row_alone_equals_the_row_in_a_batch() {
         rows,
         focus: needle.clone(),
         full_rows: true,
+        focus_scores: false,
     };
     // The whole prompt in one batch, the last row asked for with others and alone.
     let mut batch = capture_lab();

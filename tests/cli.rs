@@ -244,6 +244,7 @@ fn the_benchmark_runs_in_quick_mode_and_its_output_parses() {
         ("grid positions", r.grid_positions_per_s),
         ("dataset batched", r.dataset_items_per_s),
         ("dataset one grid per item", r.dataset_separate_items_per_s),
+        ("attention capture ratio", r.attention_ratio),
     ] {
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
     }
@@ -312,6 +313,69 @@ fn a_small_dataset_end_to_end() {
             .starts_with("0,seed,SF,NY,none,"),
         "{csv}"
     );
+}
+
+#[test]
+fn a_run_with_attention_saves_it_reports_heatmaps_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = edited_seed(dir.path(), "seed8.json", |v| {
+        v["generation"]["max_tokens"] = 8.into();
+    });
+    let session = dir.path().join("att.kvlab");
+    let (session, model) = (session.to_str().unwrap(), model_path());
+    let m = model.to_str().unwrap();
+    let out = kvlab(&[
+        "run",
+        &spec,
+        "--model",
+        m,
+        "--threads",
+        "1",
+        "--attention",
+        "--session",
+        session,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(session).unwrap()).unwrap();
+    let results = &saved["results"];
+    assert_eq!(results["settings"]["attention"], true);
+    let att = &results["attention"];
+    assert_eq!(att["n_layer"], 30);
+    assert_eq!(att["conditions"].as_array().unwrap().len(), 8);
+    assert_eq!(att["baselines"][0]["needle"].as_array().unwrap().len(), 8);
+    assert_eq!(
+        att["baselines"][0]["needle"][0].as_array().unwrap().len(),
+        30 * 9
+    );
+    // The report draws, per condition, its heatmap, its baseline's and the difference, with
+    // labelled axes and a scale.
+    let html = dir.path().join("att.html");
+    let out = kvlab(&["report", session, "--html", html.to_str().unwrap()]);
+    assert!(out.status.success());
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<h2>Attention to the needle</h2>"), "{page}");
+    assert_eq!(page.matches("condition − baseline</figcaption>").count(), 8);
+    assert!(page.matches("<figcaption>baseline SF</figcaption>").count() >= 1);
+    assert!(page.contains(">layer</text>") && page.contains("step: query token"));
+    assert!(page.contains("<title>L29 s7: "));
+    assert!(page.contains("attention captured (flash attention off)"));
+    // Verify re-runs with capture and finds the same numbers.
+    let out = kvlab(&["verify", session, "--model", m, "--threads", "1"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A dataset records no attention: refused with the reason.
+    let tiny = dir.path().join("tiny.json");
+    std::fs::write(&tiny, common::tiny_dataset_json().to_string()).unwrap();
+    let e = fails(&["run", tiny.to_str().unwrap(), "--model", m, "--attention"]);
+    assert!(e.contains("--attention is for grids"), "{e}");
 }
 
 /// `kvlab sweep --op`: a transplant sweep takes the other city's rows by default, says what it

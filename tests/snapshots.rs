@@ -19,11 +19,13 @@ use kvlab::ui::panels::View;
 use kvlab::ui::prefs::AnalysisTab;
 use kvlab::ui::{KvlabApp, Prefs};
 
-/// The app after loading the test model and running the seed grid for a few tokens.
-fn app_after_a_seed_run() -> KvlabApp {
+/// The app after loading the test model and running the seed grid for a few tokens (capturing
+/// attention or not).
+fn app_after_a_seed_run(attention: bool) -> KvlabApp {
     let prefs = Prefs {
         threads: 2,
         tab: AnalysisTab::Probes,
+        attention,
         ..Prefs::default()
     };
     let mut app = KvlabApp::new(&egui::Context::default(), prefs);
@@ -65,7 +67,13 @@ fn pin_machine_specific(app: &mut KvlabApp) {
 }
 
 /// The views that show text the model generated.
-const MODEL_TEXT: [&str; 4] = ["token_strip", "outcome_grid", "probe_chart", "score_table"];
+const MODEL_TEXT: [&str; 5] = [
+    "token_strip",
+    "outcome_grid",
+    "probe_chart",
+    "score_table",
+    "attention",
+];
 
 /// Draws one view alone at `size` with wgpu and compares it with `tests/snapshots/NAME.png`.
 fn snapshot_view(
@@ -110,7 +118,7 @@ fn snapshot_view(
 #[test]
 fn main_views_match_their_snapshots() {
     let mut r = SnapshotResults::new();
-    let app = app_after_a_seed_run();
+    let app = app_after_a_seed_run(false);
     let size = egui::vec2;
     let app = snapshot_view(&mut r, app, "model_panel", size(420.0, 480.0), View::Model);
     let app = snapshot_view(
@@ -201,4 +209,20 @@ fn a_layer_sweep_with_sliding_layers(app: &KvlabApp) -> kvlab::experiment::sweep
         sliding_layers: (0..18).filter(|l| l % 6 != 5).collect(),
         sliding_window: Some(512),
     }
+}
+
+/// The Attention tab after a seed run with capture (its own run: a capturing run's numbers
+/// differ slightly from the other views').
+#[test]
+fn the_attention_tab_matches_its_snapshot() {
+    let mut r = SnapshotResults::new();
+    let app = app_after_a_seed_run(true);
+    let _ = snapshot_view(
+        &mut r,
+        app,
+        "attention",
+        egui::vec2(1000.0, 900.0),
+        View::Attention,
+    );
+    r.unwrap();
 }

@@ -1,5 +1,6 @@
 //! `kvlab bench`: speed figures measured on this machine, in one run, reported as ratios.
 
+mod attention;
 mod dataset;
 pub mod scale;
 
@@ -63,6 +64,18 @@ pub struct BenchReport {
     pub dataset_speedup: f64,
     /// Items in the dataset measured.
     pub dataset_items: usize,
+    /// The seed grid without attention capture (fastest of the repeats), seconds.
+    #[serde(default)]
+    pub attention_plain_s: f64,
+    /// The seed grid in a capturing lab that captures nothing, seconds.
+    #[serde(default)]
+    pub attention_idle_s: f64,
+    /// The seed grid capturing attention, seconds.
+    #[serde(default)]
+    pub attention_capture_s: f64,
+    /// capture / plain: what `--attention` costs (target: at most 1.5).
+    #[serde(default)]
+    pub attention_ratio: f64,
     /// Peak resident memory of the process, MiB (Linux).
     pub peak_memory_mib: Option<f64>,
 }
@@ -271,6 +284,10 @@ pub fn run(
     let (dataset_batched, dataset_separate, dataset_items) =
         dataset::dataset_vs_grids(model, &options, quick)?;
 
+    progress("seed grid with and without attention capture");
+    let [att_plain, att_idle, att_capture] =
+        attention::capture_vs_plain(model, &spec, &options, if quick { 1 } else { 3 })?;
+
     progress("large session: save, open, show");
     let (large_save, large_load, large_mib, large_first, large_frame) =
         large_session_figures(&grid_run)?;
@@ -298,6 +315,10 @@ pub fn run(
         dataset_separate_items_per_s: dataset_separate,
         dataset_speedup: dataset_batched / dataset_separate,
         dataset_items,
+        attention_plain_s: att_plain,
+        attention_idle_s: att_idle,
+        attention_capture_s: att_capture,
+        attention_ratio: att_capture / att_plain,
         peak_memory_mib: peak_memory_mib(),
     })
 }
@@ -400,6 +421,7 @@ pub fn to_table(r: &BenchReport) -> String {
            shown in the app               {:>9.1} ms first frame, then at most {:.1} ms\n\
          dataset ({} items), batched      {:>9.2} items/s\n\
          same items, one grid each        {:>9.2} items/s → batched is {:.1}× faster\n\
+         seed grid, attention captured    {:>9.2} s   = {:.2}× without ({:.2} s; capture lab idle {:.2} s)\n\
          peak memory                      {}\n\
          ({} mode, {} threads)",
         r.raw_decode_tokens_per_s,
@@ -422,6 +444,10 @@ pub fn to_table(r: &BenchReport) -> String {
         r.dataset_items_per_s,
         r.dataset_separate_items_per_s,
         r.dataset_speedup,
+        r.attention_capture_s,
+        r.attention_ratio,
+        r.attention_plain_s,
+        r.attention_idle_s,
         r.peak_memory_mib
             .map_or("n/a".into(), |m| format!("{m:>9.0} MiB")),
         if r.quick { "quick" } else { "full" },

@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// Also save a session file (.kvlab) with the experiment, the model and the results.
     #[arg(long)]
     pub session: Option<PathBuf>,
+    /// Capture attention: per layer and head, what the prompt tokens after the needle and every
+    /// grid row's steps pay to the needle (stored in the results; flash attention off).
+    #[arg(long)]
+    pub attention: bool,
     /// The KV cache's types (override the experiment's).
     #[command(flatten)]
     pub cache: CacheArgs,

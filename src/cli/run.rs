@@ -26,6 +26,7 @@ pub(super) fn run(args: RunArgs, gpu_layers: Option<u32>) -> Result<()> {
         threads,
         delta_layer,
         session,
+        attention,
         cache,
     } = args;
     let mut spec = read_spec(&spec)?;
@@ -40,6 +41,9 @@ pub(super) fn run(args: RunArgs, gpu_layers: Option<u32>) -> Result<()> {
     if spec.dataset.is_some() {
         if delta_layer.is_some() {
             bail!("--delta-layer is for grids: a dataset records no K/V differences");
+        }
+        if attention {
+            bail!("--attention is for grids: a dataset records no attention");
         }
         let outputs = super::dataset::Outputs {
             out,
@@ -65,6 +69,11 @@ pub(super) fn run(args: RunArgs, gpu_layers: Option<u32>) -> Result<()> {
     let options = RunOptions {
         threads,
         delta_layer,
+        attention: if attention {
+            runner::AttentionMode::Capture
+        } else {
+            runner::AttentionMode::Off
+        },
         ..RunOptions::default()
     };
     // Prompt evaluation reports progress only when it spans several llama.cpp batches (a long
@@ -262,6 +271,11 @@ pub(super) fn verify(
             .as_ref()
             .and_then(|d| d.layer_rows.as_ref().map(|l| l.layer)),
         n_batch: saved.settings.n_batch,
+        attention: if saved.settings.attention {
+            runner::AttentionMode::Capture
+        } else {
+            runner::AttentionMode::Off
+        },
         ..RunOptions::default()
     };
     let fresh = runner::run(&m, &saved.spec, &options, |_| {})?;

@@ -13,9 +13,12 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::attention::{self, AttentionCapture, CaptureRequest, Hook};
+use super::attention::assemble::{self, Rows};
+use super::attention::hook::{self, Hook};
+use super::attention::{AttentionCapture, CaptureRequest};
 use super::cache_type::CacheTypes;
 use super::kv_state::{LayoutHints, SeqState};
 use super::{EngineError, LoadedModel, backend, log};
@@ -57,6 +60,8 @@ pub struct Lab<'m> {
     /// The attention-capture hook the context's graph callback points to; declared after `ctx`
     /// so the context is dropped first.
     hook: Option<Arc<Hook>>,
+    /// Per sequence, the cell → position map of its last capture, while nothing else changed it.
+    cell_maps: HashMap<i32, Vec<Option<i32>>>,
 }
 
 impl<'m> Lab<'m> {
@@ -80,6 +85,13 @@ impl<'m> Lab<'m> {
         capture: bool,
     ) -> Result<Lab<'m>, EngineError> {
         model.check_kv_surgery_supported()?;
+        if capture && options.cache.v.is_quantized() {
+            return Err(EngineError::Capture(format!(
+                "attention capture needs flash attention off, and llama.cpp stores a quantized \
+                 V cache ({}) only with flash attention: use an f16 or f32 V cache",
+                options.cache.v
+            )));
+        }
         Self::open_unchecked(model, options, capture)
     }
 
@@ -138,7 +150,7 @@ impl<'m> Lab<'m> {
         };
         let hook = capture.then(|| Arc::new(Hook::default()));
         let params = match &hook {
-            Some(h) => attention::capture_params(params, h),
+            Some(h) => hook::capture_params(params, h),
             None => params,
         };
         log::clear_recent();
@@ -166,6 +178,7 @@ impl<'m> Lab<'m> {
                 swa: model.sliding_layers().map_err(EngineError::Unsupported)?,
             },
             hook,
+            cell_maps: HashMap::new(),
         })
     }
 
@@ -182,6 +195,20 @@ impl<'m> Lab<'m> {
     /// Evaluates tokens, `n_batch` at a time, handing the logits of every item that asked for
     /// them to `on_logits(item_index, logits)`. Items of one sequence must come in position order.
     pub fn eval(
+        &mut self,
+        items: &[BatchItem],
+        on_logits: impl FnMut(usize, &[f32]),
+    ) -> Result<(), EngineError> {
+        if !self.cell_maps.is_empty() {
+            for it in items {
+                self.cell_maps.remove(&it.seq);
+            }
+        }
+        self.decode(items, on_logits)
+    }
+
+    /// [`Lab::eval`] without forgetting cell maps.
+    fn decode(
         &mut self,
         items: &[BatchItem],
         mut on_logits: impl FnMut(usize, &[f32]),
@@ -216,39 +243,80 @@ impl<'m> Lab<'m> {
         request: &CaptureRequest,
         on_logits: impl FnMut(usize, &[f32]),
     ) -> Result<AttentionCapture, EngineError> {
+        if items.iter().any(|i| i.seq != items[0].seq) {
+            return Err(EngineError::Capture(
+                "eval_capturing takes one sequence; use eval_capturing_seqs for several".into(),
+            ));
+        }
+        let mut caps = self.eval_capturing_seqs(items, request, on_logits)?;
+        Ok(caps.remove(0))
+    }
+
+    /// Like [`Lab::eval_capturing`] for a batch of several sequences that llama.cpp evaluates as
+    /// one ubatch: items grouped by sequence, sequence ids consecutive and ascending, the same
+    /// number of items for each, at most `n_batch` in all (see [`super::attention`]). Returns one
+    /// capture per sequence, in the batch's order, each with its rows of `request.rows`.
+    pub fn eval_capturing_seqs(
+        &mut self,
+        items: &[BatchItem],
+        request: &CaptureRequest,
+        on_logits: impl FnMut(usize, &[f32]),
+    ) -> Result<Vec<AttentionCapture>, EngineError> {
         let hook = self.hook.clone().ok_or_else(|| {
             EngineError::Capture("this lab was not opened with Lab::with_attention_capture".into())
         })?;
-        let seq = items
-            .first()
-            .map(|i| i.seq)
-            .ok_or_else(|| EngineError::Capture("nothing to evaluate".into()))?;
-        if items.len() > self.options.n_batch as usize || items.iter().any(|i| i.seq != seq) {
-            return Err(EngineError::Capture(format!(
-                "a capture evaluates one sequence's tokens in one batch (at most {}), got {} items",
-                self.options.n_batch,
-                items.len()
-            )));
-        }
+        let groups =
+            one_ubatch(items, self.options.n_batch as usize).map_err(EngineError::Capture)?;
         if let Some(&r) = request.rows.iter().find(|&&r| r >= items.len()) {
             return Err(EngineError::Capture(format!(
                 "row {r} is not one of the {} evaluated items",
                 items.len()
             )));
         }
-        // The last item's row is always copied: its mask maps cells to positions.
-        let mut rows = request.rows.clone();
-        rows.push(items.len() - 1);
-        rows.sort_unstable();
-        rows.dedup();
-        hook.arm(rows.clone(), items.len(), self.n_kv_layer());
-        let evaluated = self.eval(items, on_logits);
+        let per = items.len() / groups.len();
+        // Each sequence's last item is always copied: its mask maps cells to positions.
+        let mut armed: Vec<usize> = request.rows.clone();
+        armed.extend(groups.iter().map(|&(_, start)| start + per - 1));
+        armed.sort_unstable();
+        armed.dedup();
+        let ubatch_rows = armed.iter().map(|&i| (i / per, i % per)).collect();
+        hook.arm(
+            ubatch_rows,
+            groups.len(),
+            per,
+            self.n_kv_layer(),
+            request.focus_scores,
+        );
+        let evaluated = self.decode(items, on_logits);
         let raw = hook.disarm();
         evaluated?;
-        let raw = raw.map_err(EngineError::Capture)?;
-        let cells: Vec<i32> = self.state(seq)?.cells().map(|(_, c)| c.pos).collect();
+        let rows = Rows::new(raw.map_err(EngineError::Capture)?).map_err(EngineError::Capture)?;
         let pos: Vec<i32> = items.iter().map(|i| i.pos).collect();
-        attention::assemble(raw, request, &rows, &pos, &cells).map_err(EngineError::Capture)
+        let mut out = Vec::with_capacity(groups.len());
+        for &(seq, start) in &groups {
+            let last = start + per - 1;
+            let seen = rows.visible(armed.iter().position(|&a| a == last).expect("armed"));
+            let known = (per == 1)
+                .then(|| self.cell_maps.get(&seq))
+                .flatten()
+                .and_then(|prev| assemble::extend_map(prev, &seen, pos[last]));
+            let cell_pos = match known {
+                Some(map) => map,
+                None => {
+                    let cells: Vec<i32> = self.state(seq)?.cells().map(|(_, c)| c.pos).collect();
+                    assemble::map_cells(&seen, pos[last], &cells).map_err(EngineError::Capture)?
+                }
+            };
+            self.cell_maps.insert(seq, cell_pos.clone());
+            let mine: Vec<(usize, usize)> = request
+                .rows
+                .iter()
+                .filter(|&&r| (start..start + per).contains(&r))
+                .map(|&r| (r, armed.iter().position(|&a| a == r).expect("armed")))
+                .collect();
+            out.push(rows.capture(seq, request, &mine, &pos, cell_pos));
+        }
+        Ok(out)
     }
 
     /// The raw state bytes of a sequence (host memory, whatever device holds the cache).
@@ -285,6 +353,7 @@ impl<'m> Lab<'m> {
 
     /// Replaces everything `seq` holds with raw state bytes (which must have parsed).
     pub fn set_state_bytes(&mut self, seq: i32, bytes: &[u8]) -> Result<(), EngineError> {
+        self.cell_maps.remove(&seq);
         SeqState::parse(bytes, self.hints.clone())?;
         if seq < 0 || seq as u32 >= self.options.n_seq {
             return Err(EngineError::State {
@@ -309,6 +378,7 @@ impl<'m> Lab<'m> {
 
     /// Removes the cells of positions `p0..p1` from `seq` (later cells keep their positions).
     pub fn remove(&mut self, seq: i32, p0: i32, p1: i32) -> Result<(), EngineError> {
+        self.cell_maps.remove(&seq);
         let ok = self
             .ctx
             .clear_kv_cache_seq(
@@ -338,6 +408,7 @@ impl<'m> Lab<'m> {
 
     /// Empties a sequence.
     pub fn clear(&mut self, seq: i32) {
+        self.cell_maps.remove(&seq);
         let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
     }
 
@@ -345,4 +416,42 @@ impl<'m> Lab<'m> {
     pub fn n_kv_layer(&self) -> usize {
         self.model.info().n_layer as usize
     }
+}
+
+/// The sequences of a batch llama.cpp evaluates as one ubatch (`split_equal` with one stream per
+/// sequence): `(seq, first item)` per group of items, or why the batch is not one.
+fn one_ubatch(items: &[BatchItem], n_batch: usize) -> Result<Vec<(i32, usize)>, String> {
+    if items.is_empty() {
+        return Err("nothing to evaluate".into());
+    }
+    if items.len() > n_batch {
+        return Err(format!(
+            "a capture evaluates at most one batch ({n_batch} items), got {}",
+            items.len()
+        ));
+    }
+    let mut groups: Vec<(i32, usize)> = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        match groups.last() {
+            Some(&(seq, _)) if seq == it.seq => {}
+            Some(&(seq, _)) if it.seq != seq + 1 => {
+                return Err(format!(
+                    "a capture's sequences must come grouped, with consecutive ascending ids \
+                     (llama.cpp splits other batches): sequence {} after {seq}",
+                    it.seq
+                ));
+            }
+            _ => groups.push((it.seq, i)),
+        }
+    }
+    let per = items.len() / groups.len();
+    if groups
+        .iter()
+        .enumerate()
+        .any(|(g, &(_, start))| start != g * per)
+        || !items.len().is_multiple_of(groups.len())
+    {
+        return Err("a capture evaluates the same number of tokens of every sequence".into());
+    }
+    Ok(groups)
 }

@@ -1,6 +1,7 @@
 //! Pure experiment logic, testable without a model or a window: the spec users write, needle
 //! finding, metrics, the results a run produces and the outcome grid.
 
+pub mod attention;
 pub mod compare;
 pub mod dataset;
 pub mod floats;

@@ -178,6 +178,10 @@ pub struct RunSettings {
     /// The KV cache's number types (absent in files from before they could be chosen: f16).
     #[serde(default)]
     pub cache: crate::engine::CacheTypes,
+    /// Whether attention was captured (absent in files from before it could be: off). A capturing
+    /// run's context has flash attention off, so its numbers differ slightly from another run's.
+    #[serde(default)]
+    pub attention: bool,
 }
 
 /// The most tokens per llama.cpp call a run may ask for (llama.cpp allocates a batch this size).
@@ -280,6 +284,9 @@ pub struct RunResults {
     pub warnings: Vec<String>,
     /// How long it took.
     pub timings: Timings,
+    /// The attention captured (runs with `settings.attention`; see [`super::attention`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<super::attention::AttentionResults>,
 }
 
 impl RunResults {
@@ -326,6 +333,10 @@ impl RunResults {
                 "results.settings.n_seq is {}, but the results have {n_seq} sequences",
                 self.settings.n_seq
             ));
+        }
+        if let Some(a) = &self.attention {
+            a.validate(self.variants.len(), self.conditions.len())
+                .map_err(|e| format!("results.{e}"))?;
         }
         if let Some(d) = &self.kv_delta {
             for (name, rows) in [("k_l2", &d.k_l2), ("v_l2", &d.v_l2)] {

@@ -9,10 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::engine::lab::BatchItem;
 use crate::engine::{EngineError, Lab, LoadedModel};
+use crate::experiment::attention::RowAttention;
 use crate::experiment::metrics::{self, LogProbs, Rng};
 use crate::experiment::results::{Alternative, Generation, Step};
+use crate::experiment::spec::Span;
 use crate::experiment::spec::{ExperimentSpec, Sampling};
 
+use super::attention::{StepCapture, eval_step, row_sums};
 use super::plan::Plan;
 use super::prompts::PreparedPrompt;
 use super::score::probe_token_ids;
@@ -35,12 +38,24 @@ pub(crate) struct Slot {
     pub rng: Rng,
     /// Stopped at an end-of-generation token.
     pub done: bool,
+    /// The prompt's carriers (after the needle, before the last token).
+    pub carriers: Span,
+    /// The prompt's last position.
+    pub last_prompt_pos: usize,
+    /// What its tokens attended to, when captured.
+    pub attention: RowAttention,
 }
 
 impl Slot {
     /// A slot that continues `prompt` (cached but its last token) in `seq`.
-    fn new(row: RowRef, seq: i32, prompt: &PreparedPrompt, seed: u64) -> Slot {
+    fn new(row: RowRef, seq: i32, prompt: &PreparedPrompt, needle: Span, seed: u64) -> Slot {
         Slot {
+            carriers: Span {
+                start: needle.end,
+                end: (prompt.last_pos() as usize).max(needle.end),
+            },
+            last_prompt_pos: prompt.last_pos() as usize,
+            attention: RowAttention::default(),
             row,
             seq,
             next_token: prompt.last_id(),
@@ -59,10 +74,10 @@ fn slots(plan: &Plan<'_>) -> Vec<Slot> {
         .prompts
         .iter()
         .enumerate()
-        .map(|(vi, p)| Slot::new(RowRef::Baseline(vi), vi as i32, p, seed));
+        .map(|(vi, p)| Slot::new(RowRef::Baseline(vi), vi as i32, p, plan.needle, seed));
     let conditions = plan.conditions.iter().map(|c| {
         let p = &plan.prompts[c.variant];
-        Slot::new(RowRef::Condition(c.index), c.seq, p, seed)
+        Slot::new(RowRef::Condition(c.index), c.seq, p, plan.needle, seed)
     });
     baselines.chain(conditions).collect()
 }
@@ -140,12 +155,14 @@ fn choose(
 }
 
 /// Advances every live slot by one token in one batched decode, reporting each token as
-/// step `at`. Returns how many tokens were generated (0: every slot is done).
+/// step `at`. Returns how many tokens were generated (0: every slot is done). With `capture`
+/// (a capturing lab) the step is evaluated as `attention::eval_step` does, and recorded when on.
 pub(crate) fn step(
     lab: &mut Lab<'_>,
     slots: &mut [Slot],
     stepper: &mut Stepper<'_>,
     at: usize,
+    capture: Option<&StepCapture>,
     on_event: &mut impl FnMut(RunEvent),
 ) -> Result<usize, EngineError> {
     let active: Vec<usize> = (0..slots.len()).filter(|&i| !slots[i].done).collect();
@@ -163,10 +180,26 @@ pub(crate) fn step(
         .collect();
     let mut chosen: Vec<(usize, Step)> = Vec::with_capacity(active.len());
     let (spec, probe_ids) = (stepper.spec, &stepper.probe_ids);
-    lab.eval(&items, |k, logits| {
+    let on_logits = |k: usize, logits: &[f32]| {
         let slot = active[k];
         chosen.push((slot, choose(logits, spec, probe_ids, &mut slots[slot].rng)));
-    })?;
+    };
+    match capture {
+        None => lab.eval(&items, on_logits)?,
+        Some(c) => {
+            let rows = eval_step(lab, &items, c, on_logits)?;
+            let info = stepper.model.info();
+            let (n_layer, n_head) = (info.n_layer as usize, info.n_head as usize);
+            for (k, row) in rows.iter().enumerate() {
+                if let Some(row) = row {
+                    let s = &mut slots[active[k]];
+                    let last = s.last_prompt_pos;
+                    let sums = row_sums(row, n_layer, n_head, c.needle, s.carriers, last);
+                    s.attention.push(&sums);
+                }
+            }
+        }
+    }
     for (i, mut st) in chosen {
         st.token.piece = stepper.piece(st.token.id);
         for a in &mut st.top {
@@ -193,6 +226,8 @@ pub(crate) fn step(
 pub(crate) struct Generated {
     /// Per variant its baseline, then per planned condition its generation (texts filled in).
     pub generations: Vec<Generation>,
+    /// The same rows' attention (empty when not captured).
+    pub attention: Vec<RowAttention>,
     /// Tokens generated, all sequences together.
     pub n_tokens: usize,
     /// False when `cancel` stopped it.
@@ -205,6 +240,7 @@ pub(crate) fn generate(
     lab: &mut Lab<'_>,
     plan: &Plan<'_>,
     cancel: &AtomicBool,
+    capture: Option<&StepCapture>,
     on_event: &mut impl FnMut(RunEvent),
 ) -> Result<Generated, EngineError> {
     let mut slots = slots(plan);
@@ -216,7 +252,7 @@ pub(crate) fn generate(
             complete = false;
             break;
         }
-        let n = step(lab, &mut slots, &mut stepper, i, on_event)?;
+        let n = step(lab, &mut slots, &mut stepper, i, capture, on_event)?;
         if n == 0 {
             break;
         }
@@ -226,6 +262,14 @@ pub(crate) fn generate(
             total: 2 * max_tokens,
         });
     }
+    let attention = if capture.is_some_and(|c| c.on) {
+        slots
+            .iter_mut()
+            .map(|s| std::mem::take(&mut s.attention))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let generations = slots
         .into_iter()
         .map(|s| {
@@ -236,6 +280,7 @@ pub(crate) fn generate(
         .collect();
     Ok(Generated {
         generations,
+        attention,
         n_tokens,
         complete,
     })

@@ -21,6 +21,7 @@
 //! - `dataset`: many items, packed into waves of grids.
 
 mod assemble;
+mod attention;
 mod dataset;
 mod delta;
 pub mod fits;
@@ -39,9 +40,11 @@ use thiserror::Error;
 
 use crate::engine::lab::BatchItem;
 use crate::engine::{EngineError, Lab, LabOptions, LoadedModel, SeqState};
+use crate::experiment::attention::{AttentionResults, PromptAttention};
 use crate::experiment::results::{RunResults, RunSettings, Timings};
-use crate::experiment::spec::{ExperimentSpec, SpecError};
+use crate::experiment::spec::{ExperimentSpec, Span, SpecError};
 
+pub use attention::AttentionMode;
 pub use dataset::{DatasetOptions, plan_waves, run_dataset};
 pub use delta::kv_delta;
 pub use prompts::{Prepared, PreparedPrompt, prepare_prompts};
@@ -82,6 +85,8 @@ pub struct RunOptions {
     pub delta_layer: Option<usize>,
     /// Set to stop the run; what was generated so far is returned, marked incomplete.
     pub cancel: Arc<AtomicBool>,
+    /// Whether to capture attention (grid runs; see `runner::attention`).
+    pub attention: AttentionMode,
 }
 
 impl Default for RunOptions {
@@ -91,6 +96,7 @@ impl Default for RunOptions {
             n_batch: 512,
             delta_layer: None,
             cancel: Arc::new(AtomicBool::new(false)),
+            attention: AttentionMode::Off,
         }
     }
 }
@@ -147,12 +153,17 @@ pub fn run(
 ) -> Result<RunResults, RunError> {
     on_event(RunEvent::Stage("preparing prompts".into()));
     let plan = Plan::new(model, spec)?;
-    let mut lab = Lab::new(model, plan.lab_options(options))?;
+    let mode = options.attention;
+    let mut lab = if mode.capture_lab() {
+        Lab::with_attention_capture(model, plan.lab_options(options))?
+    } else {
+        Lab::new(model, plan.lab_options(options))?
+    };
     let mut timings = Timings::default();
 
     on_event(RunEvent::Stage(EVALUATING_PROMPTS.into()));
     let t = Instant::now();
-    let prompt_states = eval_prompts(&mut lab, &plan.prompts, options, &mut on_event)?;
+    let (prompt_states, prompt_attention) = eval_prompts(&mut lab, &plan, options, &mut on_event)?;
     timings.prompt_s = t.elapsed().as_secs_f64();
 
     on_event(RunEvent::Stage("applying interventions".into()));
@@ -160,12 +171,40 @@ pub fn run(
 
     on_event(RunEvent::Stage("generating".into()));
     let t = Instant::now();
-    let generated = generate::generate(&mut lab, &plan, &options.cancel, &mut on_event)?;
+    let capture = mode.capture_lab().then(|| attention::StepCapture {
+        on: mode == AttentionMode::Capture,
+        focus_len: plan
+            .prompts
+            .iter()
+            .map(|p| p.tokens.len())
+            .max()
+            .unwrap_or(0),
+        needle: plan.needle,
+    });
+    let generated = generate::generate(
+        &mut lab,
+        &plan,
+        &options.cancel,
+        capture.as_ref(),
+        &mut on_event,
+    )?;
     timings.generate_s = t.elapsed().as_secs_f64();
     timings.tokens_per_s = generated.n_tokens as f64 / timings.generate_s.max(1e-9);
     // Per variant its baseline, then per condition its generation.
     let mut baselines = generated.generations;
     let conditions = baselines.split_off(plan.prompts.len());
+    let attention = prompt_attention.map(|variants| {
+        let mut rows = generated.attention;
+        let info = model.info();
+        AttentionResults {
+            n_layer: info.n_layer as usize,
+            n_head: info.n_head as usize,
+            needle: plan.needle,
+            variants,
+            conditions: rows.split_off(plan.prompts.len().min(rows.len())),
+            baselines: rows,
+        }
+    });
 
     let t = Instant::now();
     let jobs = score::grid_jobs(model, &plan, &baselines)?;
@@ -192,7 +231,7 @@ pub fn run(
         model: model.fingerprint().clone(),
         model_info: model.info().clone(),
         spec: spec.clone(),
-        settings: settings(lab.options()),
+        settings: settings(lab.options(), mode),
         needle_span: plan.needle,
         conditions: assemble::condition_results(&plan, conditions, &baselines, scores),
         variants: assemble::variant_results(&plan.prompts, baselines),
@@ -200,6 +239,7 @@ pub fn run(
         complete,
         warnings: plan.warnings,
         timings,
+        attention,
     })
 }
 
@@ -225,7 +265,7 @@ pub fn starting_caches(
 ) -> Result<StartingCaches, RunError> {
     let plan = Plan::new(model, spec)?;
     let mut lab = Lab::new(model, plan.lab_options(options))?;
-    let prompts = eval_prompts(&mut lab, &plan.prompts, options, &mut |_| {})?;
+    let (prompts, _) = eval_prompts(&mut lab, &plan, options, &mut |_| {})?;
     surgery::load_all(&mut lab, &plan, &prompts)?;
     let conditions = (plan.conditions.iter())
         .map(|c| lab.state(c.seq))
@@ -266,8 +306,9 @@ fn score_stage(
 }
 
 /// The settings a run used: its context's shape.
-fn settings(lab: LabOptions) -> RunSettings {
+fn settings(lab: LabOptions, mode: AttentionMode) -> RunSettings {
     RunSettings {
+        attention: mode == AttentionMode::Capture,
         threads: lab.threads,
         n_ctx_per_seq: lab.n_ctx_per_seq,
         n_seq: lab.n_seq,
@@ -276,43 +317,73 @@ fn settings(lab: LabOptions) -> RunSettings {
     }
 }
 
-/// Evaluates every variant's prompt but its last token, in one batch (variant i in sequence i),
-/// and returns each sequence's state: the cache every condition starts from.
+/// Evaluates every variant's prompt but its last token (variant i in sequence i) and returns
+/// each sequence's state: the cache every condition starts from; with capture on, also each
+/// variant's prompt pass. A plain lab evaluates all prompts together, `n_batch` tokens per
+/// call; a capturing lab each prompt on its own (see `runner::attention`).
 /// Long prompts take minutes on a CPU: progress is reported per llama.cpp batch (in prompt
 /// tokens) and a Stop is honoured between batches.
 fn eval_prompts(
     lab: &mut Lab<'_>,
-    prompts: &[PreparedPrompt],
+    plan: &Plan<'_>,
     options: &RunOptions,
     on_event: &mut impl FnMut(RunEvent),
-) -> Result<Vec<SeqState>, RunError> {
-    let mut items = Vec::new();
-    for (vi, p) in prompts.iter().enumerate() {
-        for (pos, t) in p.tokens[..p.tokens.len() - 1].iter().enumerate() {
-            items.push(BatchItem {
-                seq: vi as i32,
-                token: t.id,
-                pos: pos as i32,
-                logits: false,
-            });
-        }
-    }
-    let total = items.len();
+) -> Result<(Vec<SeqState>, Option<Vec<PromptAttention>>), RunError> {
+    let prompts = &plan.prompts;
     let chunk = lab.options().n_batch.max(1) as usize;
-    for (i, part) in items.chunks(chunk).enumerate() {
-        let done = i * chunk;
+    // Each batch with the variant it captures for.
+    let mut batches: Vec<(Option<usize>, Vec<BatchItem>)> = Vec::new();
+    if options.attention.capture_lab() {
+        for (vi, p) in prompts.iter().enumerate() {
+            let tokens: Vec<i32> = p.tokens.iter().map(|t| t.id).collect();
+            for b in attention::prompt_chunks(vi as i32, &tokens, chunk) {
+                batches.push((Some(vi), b));
+            }
+        }
+    } else {
+        let mut items = Vec::new();
+        for (vi, p) in prompts.iter().enumerate() {
+            for (pos, t) in p.tokens[..p.tokens.len() - 1].iter().enumerate() {
+                items.push(BatchItem {
+                    seq: vi as i32,
+                    token: t.id,
+                    pos: pos as i32,
+                    logits: false,
+                });
+            }
+        }
+        batches.extend(items.chunks(chunk).map(|c| (None, c.to_vec())));
+    }
+    let capture = options.attention == AttentionMode::Capture;
+    let mut passes: Vec<PromptAttention> = prompts
+        .iter()
+        .map(|p| PromptAttention {
+            carriers: Span {
+                start: plan.needle.end,
+                end: (p.tokens.len() - 1).max(plan.needle.end),
+            },
+            needle: Vec::new(),
+        })
+        .collect();
+    let total: usize = batches.iter().map(|b| b.1.len()).sum();
+    let mut done = 0;
+    for (variant, part) in &batches {
         if options.cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(RunError::StoppedEarly { done, total });
         }
-        lab.eval(part, |_, _| {})?;
+        match variant {
+            Some(vi) if capture => {
+                attention::capture_prompt_chunk(lab, part, plan.needle, &mut passes[*vi])?
+            }
+            _ => lab.eval(part, |_, _| {})?,
+        }
+        done += part.len();
         if total > chunk {
-            on_event(RunEvent::Progress {
-                done: done + part.len(),
-                total,
-            });
+            on_event(RunEvent::Progress { done, total });
         }
     }
-    Ok((0..prompts.len())
+    let states = (0..prompts.len())
         .map(|vi| lab.state(vi as i32))
-        .collect::<Result<_, _>>()?)
+        .collect::<Result<_, _>>()?;
+    Ok((states, capture.then_some(passes)))
 }

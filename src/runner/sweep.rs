@@ -70,7 +70,12 @@ pub fn run_sweep(
     let n_slots = plan.conditions.len().clamp(1, 16) as u32;
     let mut lab = Lab::new(model, lab_options(&plan, &measure, n_slots, options))?;
     on_event(RunEvent::Stage(super::EVALUATING_PROMPTS.into()));
-    let prompt_states = eval_prompts(&mut lab, &plan.prompts, options, &mut on_event)?;
+    // Sweeps measure by scores alone: no attention capture (a plain lab).
+    let plain = RunOptions {
+        attention: super::AttentionMode::Off,
+        ..options.clone()
+    };
+    let (prompt_states, _) = eval_prompts(&mut lab, &plan, &plain, &mut on_event)?;
 
     on_event(RunEvent::Stage("sweeping".into()));
     let sweeper = Sweeper {

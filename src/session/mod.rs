@@ -2,6 +2,7 @@
 //! JSON document with a `format` name and a `version`. This module owns files on disk: atomic
 //! writes with a backup, validation with clear messages, migration of older versions.
 
+mod attention_report;
 mod migrate;
 pub mod report;
 mod save;

@@ -8,7 +8,7 @@ use crate::experiment::RunResults;
 use crate::experiment::grid::{self, preview};
 use crate::experiment::results::Verdict;
 
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -29,7 +29,8 @@ td,th{border:1px solid #ccc;padding:.4em .6em;vertical-align:top;text-align:left
 th{background:#f3f3f3}.gen{font-family:ui-monospace,monospace;font-size:.85em;white-space:pre-wrap;max-width:44em}
 .needle{background:#ffd54f;font-weight:bold}.tok{font-family:ui-monospace,monospace;border:1px solid #ddd;margin:1px;padding:0 2px;display:inline-block}
 .keeps{color:#1b7f3b;font-weight:bold}.flips{color:#c62828;font-weight:bold}.undecided{color:#b7791f;font-weight:bold}
-.div{background:#c62828;color:#fff}.small{color:#666;font-size:.85em}.kv td{border:0;padding:0}";
+.div{background:#c62828;color:#fff}.small{color:#666;font-size:.85em}.kv td{border:0;padding:0}
+.attrow{display:flex;flex-wrap:wrap;gap:1em}.att{margin:0}";
 
 /// The prompt of the first variant as token chips, the needle highlighted.
 fn prompt_html(r: &RunResults) -> String {
@@ -301,6 +302,7 @@ pub fn html(s: &Session) -> String {
             );
         }
     }
+    super::attention_report::html(&mut out, r);
     model_html(&mut out, s, r);
     out.push_str("</body></html>");
     out
@@ -407,7 +409,7 @@ fn model_html(out: &mut String, s: &Session, r: &RunResults) {
         out,
         "<h2>Model and settings</h2><table><tr><th>model</th><td>{} ({} bytes, sha256 of head/tail {})</td></tr>\
          <tr><th>architecture</th><td>{}, {} layers, {}</td></tr><tr><th>generation</th><td>{} tokens, {:?}</td></tr>\
-         <tr><th>threads</th><td>{}</td></tr><tr><th>kvlab</th><td>{} (llama-cpp-2 {})</td></tr><tr><th>saved</th><td>{}</td></tr></table>",
+         <tr><th>threads</th><td>{}{}</td></tr><tr><th>kvlab</th><td>{} (llama-cpp-2 {})</td></tr><tr><th>saved</th><td>{}</td></tr></table>",
         esc(&r.model.file_name),
         r.model.file_size,
         esc(&r.model.sha256_head_tail),
@@ -417,6 +419,11 @@ fn model_html(out: &mut String, s: &Session, r: &RunResults) {
         r.spec.generation.max_tokens,
         r.spec.generation.sampling,
         r.settings.threads,
+        if r.settings.attention {
+            ", attention captured (flash attention off)"
+        } else {
+            ""
+        },
         esc(&r.kvlab_version),
         esc(&r.llama_cpp_2_version),
         esc(&s.modified)

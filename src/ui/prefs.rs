@@ -23,16 +23,19 @@ pub enum AnalysisTab {
     Sweeps,
     /// A dataset's aggregates: flip rates and preference changes with intervals.
     Dataset,
+    /// Attention to the needle per layer and step, and which prompt tokens read it.
+    Attention,
 }
 
 impl AnalysisTab {
     /// Every view, in the order of their tabs.
-    pub const ALL: [AnalysisTab; 5] = [
+    pub const ALL: [AnalysisTab; 6] = [
         AnalysisTab::Probes,
         AnalysisTab::Scores,
         AnalysisTab::KvDelta,
         AnalysisTab::Sweeps,
         AnalysisTab::Dataset,
+        AnalysisTab::Attention,
     ];
 
     /// Its tab's title.
@@ -43,6 +46,7 @@ impl AnalysisTab {
             AnalysisTab::KvDelta => "KV delta",
             AnalysisTab::Sweeps => "Sweeps",
             AnalysisTab::Dataset => "Dataset",
+            AnalysisTab::Attention => "Attention",
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct Prefs {
     pub probe_index: usize,
     /// Which layer's position × channel K/V difference to record.
     pub delta_layer: usize,
+    /// Whether runs capture attention (the Attention tab).
+    pub attention: bool,
     /// The session file the document belonged to when the app last closed: the restored
     /// autosave is saved back to it.
     pub last_session_path: Option<PathBuf>,
@@ -107,6 +113,7 @@ impl Default for Prefs {
             tab: AnalysisTab::default(),
             probe_index: 0,
             delta_layer: 0,
+            attention: false,
             last_session_path: None,
             recent_sessions: Vec::new(),
             sweep_choice: SweepChoice::default(),
@@ -137,6 +144,8 @@ pub enum PrefEdit {
     ProbeIndex(usize),
     /// Which layer's position × channel K/V difference to record.
     DeltaLayer(usize),
+    /// Whether runs capture attention.
+    Attention(bool),
     /// What the sweep tab runs.
     SweepChoice(SweepChoice),
     /// Sweeps remove cells (true) or zero them.
@@ -158,6 +167,7 @@ impl Prefs {
             PrefEdit::Tab(t) => self.tab = t,
             PrefEdit::ProbeIndex(i) => self.probe_index = i,
             PrefEdit::DeltaLayer(l) => self.delta_layer = l,
+            PrefEdit::Attention(a) => self.attention = a,
             PrefEdit::SweepChoice(c) => self.sweep_choice = c,
             PrefEdit::SweepOp(o) => self.sweep_op = o,
             PrefEdit::SweepVariant(v) => self.sweep_variant = v,

@@ -187,6 +187,11 @@ impl KvlabApp {
         let options = RunOptions {
             threads: self.prefs.threads.max(1),
             delta_layer: Some(self.prefs.delta_layer),
+            attention: if self.prefs.attention {
+                crate::runner::AttentionMode::Capture
+            } else {
+                crate::runner::AttentionMode::Off
+            },
             ..RunOptions::default()
         };
         self.worker.send(Job::Run(self.doc.spec.clone(), options));

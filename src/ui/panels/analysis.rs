@@ -18,6 +18,8 @@ pub struct AnalysisPanel {
     pub sweeps: SweepsTab,
     /// The dataset tab.
     pub dataset: super::DatasetTab,
+    /// The attention tab.
+    pub attention: super::attention::AttentionTab,
 }
 
 impl AnalysisPanel {

@@ -213,6 +213,7 @@ impl Behavior<Pane> for DockBehavior<'_, '_> {
                             AnalysisTab::KvDelta => p.analysis.kv_delta(ui, ctx, doc, cmds),
                             AnalysisTab::Sweeps => p.analysis.sweeps.ui(ui, ctx, doc, cmds),
                             AnalysisTab::Dataset => p.analysis.dataset.ui(ui, doc),
+                            AnalysisTab::Attention => p.analysis.attention.ui(ui, ctx, doc, cmds),
                         }
                     }
                 }

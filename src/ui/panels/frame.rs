@@ -98,10 +98,19 @@ fn run_buttons(ui: &mut Ui, ctx: &ViewCtx, cmds: &mut Commands) {
     {
         cmds.push(Command::Stop);
     }
+    let mut attention = ctx.prefs.attention;
+    ui.checkbox(&mut attention, "capture attention")
+        .on_hover_text(ATTENTION_HELP);
+    super::set_pref_if(cmds, ctx.prefs.attention, attention, PrefEdit::Attention);
     if matches!(ctx.busy, Busy::Running { .. }) {
         ui.spinner();
     }
 }
+
+/// What the run setting "capture attention" does.
+pub const ATTENTION_HELP: &str = "Runs record, per layer and head, what the prompt tokens after \
+    the needle and every grid row's steps pay to the needle (the Attention tab). Flash attention \
+    is off in such runs, so their numbers differ slightly from other runs'.";
 
 /// The status line: what runs, how fast, progress.
 #[derive(Debug, Default)]

@@ -12,6 +12,7 @@
 //! `views` imported each other.
 
 mod analysis;
+mod attention;
 mod conditions;
 mod dataset;
 mod dock;
@@ -25,6 +26,7 @@ mod tokens;
 use egui::{Color32, RichText, Ui};
 
 pub use analysis::AnalysisPanel;
+pub use attention::NO_ATTENTION_TEXT;
 pub use conditions::ConditionsPanel;
 pub use dataset::{DatasetTab, NO_DATASET_TEXT};
 pub use dock::{Dock, DockPanels, Pane};
@@ -107,6 +109,8 @@ pub enum View {
     KvDelta,
     /// The sweeps tab.
     Sweeps,
+    /// The attention tab.
+    Attention,
 }
 
 /// Every panel of the window.
@@ -203,6 +207,7 @@ impl Panels {
             View::ScoreTable => analysis::score_table(ui, doc),
             View::KvDelta => self.analysis.kv_delta(ui, ctx, doc, cmds),
             View::Sweeps => self.analysis.sweeps.ui(ui, ctx, doc, cmds),
+            View::Attention => self.analysis.attention.ui(ui, ctx, doc, cmds),
         }
     }
 }
