@@ -73,6 +73,14 @@ fn a_run_with_attention_shows_maps_the_prompt_strip_and_heads() {
     // One layer's heads.
     h.get_by_label_contains("zero (SF), layer 0: head 0–8 (rows), step 0–5 (columns)");
     h.get_by_label_contains("baseline SF, layer 0: head 0–8 (rows)");
+    // Under the strip, the position sweep of the same prompt when there is one: which tokens
+    // carry the needle next to which read it.
+    h.get_by_label_contains("Run a position sweep on the SF prompt");
+    h.state_mut().doc.sweep = Some(position_sweep_of(&r));
+    h.run_steps(2);
+    h.get_by_label_contains(
+        "Beside it, what each position carries: the position sweep of zero on SF",
+    );
     // An edit makes the results stale: the tab says so (and greys its views).
     h.get_by_label("Add condition").click();
     h.run_steps(2);
@@ -80,4 +88,35 @@ fn a_run_with_attention_shows_maps_the_prompt_strip_and_heads() {
         h.query_all_by_label(kvlab::ui::panels::STALE_TEXT).count() >= 1,
         "stale results are marked"
     );
+}
+
+/// A position sweep of zero over the SF prompt of `r`'s experiment (made-up effects).
+fn position_sweep_of(r: &kvlab::experiment::RunResults) -> kvlab::experiment::sweep::SweepResults {
+    use kvlab::experiment::sweep::{SweepKind, SweepPoint, SweepResults, SweepSpec};
+    let tokens = r.variants[0].tokens.clone();
+    let point = |i: usize| SweepPoint {
+        label: format!("pos {i}"),
+        index: i,
+        layer: None,
+        preference: Some(-(i as f64) * 0.1),
+        scores: vec![],
+        first_step_probes: vec![],
+    };
+    SweepResults {
+        sweep: SweepSpec {
+            kind: SweepKind::Position { range: None },
+            variant: "SF".into(),
+            op: kvlab::experiment::Op::Zero,
+            layers: kvlab::experiment::LayerSet::All,
+            part: kvlab::experiment::spec::KvPart::Both,
+        },
+        measure: "expected answers".into(),
+        reference: point(0),
+        points: (0..tokens.len() - 1).map(point).collect(),
+        complete: true,
+        spec: Some(r.spec.clone()),
+        tokens,
+        sliding_layers: Vec::new(),
+        sliding_window: None,
+    }
 }

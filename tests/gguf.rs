@@ -124,10 +124,12 @@ fn the_scale_model_has_the_cache_shape_of_llama_3_1_8b() {
         128 * 1024
     );
     m.check_kv_surgery_supported().unwrap();
-    let demo: Vec<i32> = (common::model().tokenize("I am flying to SF", true, false).unwrap())
-        .iter()
-        .map(|t| t.id)
-        .collect();
+    let demo: Vec<i32> = (common::model()
+        .tokenize("I am flying to SF", true, false)
+        .unwrap())
+    .iter()
+    .map(|t| t.id)
+    .collect();
     let here: Vec<i32> = (m.tokenize("I am flying to SF", true, false).unwrap())
         .iter()
         .map(|t| t.id)

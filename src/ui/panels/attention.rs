@@ -49,10 +49,10 @@ impl AttentionTab {
             hint(ui, "The experiment has no conditions.");
             return;
         }
-        ui.add_enabled_ui(doc.results_are_current(), |ui| self.views(ui, r, a));
+        ui.add_enabled_ui(doc.results_are_current(), |ui| self.views(ui, doc, r, a));
     }
 
-    fn views(&mut self, ui: &mut Ui, r: &RunResults, a: &AttentionResults) {
+    fn views(&mut self, ui: &mut Ui, doc: &Document, r: &RunResults, a: &AttentionResults) {
         let first_zero = r
             .conditions
             .iter()
@@ -130,6 +130,7 @@ impl AttentionTab {
         });
         ui.separator();
         self.strip(ui, r, a, vi);
+        sweep_beside(ui, doc, &r.variants[vi].name);
         ui.separator();
         ui.horizontal(|ui| {
             let label = ui.label("Heads of layer");
@@ -226,4 +227,33 @@ impl AttentionTab {
             named.join(", ")
         ));
     }
+}
+
+/// Under the reading strip, the position sweep's strip of the same variant, when one measured on
+/// this experiment exists: which tokens read the needle next to which tokens carry it.
+fn sweep_beside(ui: &mut Ui, doc: &Document, variant: &str) {
+    let sweep = doc.sweep.as_ref().filter(|s| {
+        matches!(
+            s.sweep.kind,
+            crate::experiment::sweep::SweepKind::Position { .. }
+        ) && s.sweep.variant == variant
+            && doc.sweep_is_current()
+    });
+    let Some(s) = sweep else {
+        hint(
+            ui,
+            format!(
+                "Run a position sweep on the {variant} prompt (Sweeps tab) to see, under this \
+                 strip, which tokens carry the needle."
+            ),
+        );
+        return;
+    };
+    ui.label(format!(
+        "Beside it, what each position carries: the position sweep of {} on {variant}",
+        s.sweep.op.short()
+    ));
+    let own = doc.spec.variant_index(variant).unwrap_or(0);
+    let needle = doc.results.as_ref().map(|r| r.needle_span);
+    super::sweeps::position_strip(ui, s, &s.effects(own), needle);
 }

@@ -163,7 +163,7 @@ fn sweep_op_help(op: SweepOp) -> &'static str {
 
 /// A position sweep: the tokens of the prompt it was measured on, each coloured by its effect
 /// (older files without those tokens show the items' labels), the needle framed and underlined.
-fn position_strip(ui: &mut Ui, r: &SweepResults, effects: &[f64], needle: Option<Span>) {
+pub(super) fn position_strip(ui: &mut Ui, r: &SweepResults, effects: &[f64], needle: Option<Span>) {
     let max = effects.iter().map(|e| e.abs()).fold(1e-9, f64::max);
     let tokens = &r.tokens;
     let bg = ui.visuals().panel_fill;
