@@ -278,6 +278,9 @@ pub(super) struct HeatAxes<'a> {
     pub marked: Option<(std::ops::Range<usize>, &'a str)>,
     /// Rows to mark with a bar on the left and call so on hover (sliding-window layers).
     pub marked_rows: Option<(&'a [u32], &'a str)>,
+    /// Signed values (a difference): blue below 0, red above, grey at 0, on a scale symmetric
+    /// around 0, so the sign shows at a glance.
+    pub diverging: bool,
 }
 
 impl<'a> HeatAxes<'a> {
@@ -290,6 +293,7 @@ impl<'a> HeatAxes<'a> {
             col_text: None,
             marked: None,
             marked_rows: None,
+            diverging: false,
         }
     }
 
@@ -311,6 +315,19 @@ pub(super) fn heatmap(ui: &mut Ui, title: &str, rows: &[Vec<f32>], cell: Vec2, a
     let hi = values().fold(f32::NEG_INFINITY, f32::max);
     let lo = values().fold(f32::INFINITY, f32::min);
     let (lo, hi) = if lo <= hi { (lo, hi) } else { (0.0, 0.0) };
+    let (lo, hi) = if axes.diverging {
+        let m = lo.abs().max(hi.abs());
+        (-m, m)
+    } else {
+        (lo, hi)
+    };
+    let colour = |v: f32| {
+        if axes.diverging {
+            diverge(v, hi)
+        } else {
+            heat(v, lo, hi)
+        }
+    };
     let n_cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let font = egui::FontId::monospace(9.0);
     let ink = ui.visuals().text_color();
@@ -329,7 +346,7 @@ pub(super) fn heatmap(ui: &mut Ui, title: &str, rows: &[Vec<f32>], cell: Vec2, a
     for (ri, row) in rows.iter().enumerate() {
         for (ci, &v) in row.iter().enumerate() {
             let min = origin + Vec2::new(ci as f32 * cell.x, ri as f32 * cell.y);
-            painter.rect_filled(egui::Rect::from_min_size(min, cell), 0.0, heat(v, lo, hi));
+            painter.rect_filled(egui::Rect::from_min_size(min, cell), 0.0, colour(v));
         }
     }
     if let Some((marked, _)) = axes.marked_rows {
@@ -416,15 +433,36 @@ pub(super) fn heatmap(ui: &mut Ui, title: &str, rows: &[Vec<f32>], cell: Vec2, a
             }
         }
     }
-    colour_scale(ui, lo, hi);
+    colour_scale(ui, lo, hi, axes.diverging);
+}
+
+/// A signed value's colour on a scale from -`m` (blue) through 0 (grey) to `m` (red).
+fn diverge(value: f32, m: f32) -> Color32 {
+    let t = if m > 0.0 {
+        (value / m).clamp(-1.0, 1.0)
+    } else {
+        0.0
+    };
+    let (to, a) = if t < 0.0 {
+        ([70.0, 130.0, 235.0], -t)
+    } else {
+        ([235.0, 90.0, 70.0], t)
+    };
+    let grey = [58.0, 58.0, 64.0];
+    let c = |i: usize| (grey[i] + (to[i] - grey[i]) * a) as u8;
+    Color32::from_rgb(c(0), c(1), c(2))
 }
 
 /// The colour scale: the lowest value, the colours, the highest value.
-fn colour_scale(ui: &mut Ui, lo: f32, hi: f32) {
+fn colour_scale(ui: &mut Ui, lo: f32, hi: f32, diverging: bool) {
     ui.horizontal(|ui| {
         ui.spacing_mut().item_spacing.x = 4.0;
         ui.label(RichText::new(format!("{lo:.4}")).small())
-            .on_hover_text("the lowest value: the darkest colour");
+            .on_hover_text(if diverging {
+                "the most negative value's size: blue; grey is 0"
+            } else {
+                "the lowest value: the darkest colour"
+            });
         let (rect, _) = ui.allocate_exact_size(Vec2::new(96.0, 10.0), Sense::hover());
         let steps = 24;
         for i in 0..steps {
@@ -434,10 +472,19 @@ fn colour_scale(ui: &mut Ui, lo: f32, hi: f32) {
                 rect.min + Vec2::new(i as f32 * w, 0.0),
                 Vec2::new(w + 0.5, rect.height()),
             );
-            ui.painter().rect_filled(r, 0.0, heat(t, 0.0, 1.0));
+            let c = if diverging {
+                diverge(2.0 * t - 1.0, 1.0)
+            } else {
+                heat(t, 0.0, 1.0)
+            };
+            ui.painter().rect_filled(r, 0.0, c);
         }
         ui.label(RichText::new(format!("{hi:.4}")).small())
-            .on_hover_text("the highest value: the brightest colour");
+            .on_hover_text(if diverging {
+                "the largest positive value: red; grey is 0"
+            } else {
+                "the highest value: the brightest colour"
+            });
     });
 }
 
@@ -451,6 +498,16 @@ mod tests {
         assert_eq!(ticks(30, 6.0, 11.0), (0..30).step_by(2).collect::<Vec<_>>());
         assert_eq!(ticks(30, 4.0, 11.0), vec![0, 5, 10, 15, 20, 25]);
         assert!(ticks(0, 4.0, 11.0).is_empty());
+    }
+
+    #[test]
+    fn a_diverging_scale_shows_the_sign_around_grey() {
+        assert_eq!(diverge(0.0, 2.0), diverge(0.0, 0.0), "0 is grey");
+        assert_eq!(diverge(2.0, 2.0), Color32::from_rgb(235, 90, 70));
+        assert_eq!(diverge(-2.0, 2.0), Color32::from_rgb(70, 130, 235));
+        assert_eq!(diverge(5.0, 2.0), diverge(2.0, 2.0), "clamped");
+        let (half_up, half_down) = (diverge(1.0, 2.0), diverge(-1.0, 2.0));
+        assert!(half_up.r() > half_up.b() && half_down.b() > half_down.r());
     }
 
     #[test]

@@ -124,7 +124,10 @@ impl AttentionTab {
             let title = format!("baseline {}", c.variant);
             ui.vertical(|ui| heatmap(ui, &title, &baseline, cell, &axes));
             ui.add_space(12.0);
-            let axes = HeatAxes::new("layer", "step");
+            let axes = HeatAxes {
+                diverging: true,
+                ..HeatAxes::new("layer", "step")
+            };
             let diff = difference(&cond, &baseline);
             ui.vertical(|ui| heatmap(ui, "row − baseline", &diff, cell, &axes));
         });
