@@ -415,8 +415,25 @@ fn dropping_a_session_file_opens_it_and_other_files_are_named() {
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "hello").unwrap();
     drop_file(&mut h, &text);
-    h.get_by_label_contains("is neither");
+    h.get_by_label_contains("is none of them");
     assert_eq!(h.state().doc.spec.name, "dropped", "nothing replaced");
+
+    // An experiment file (as `kvlab run` takes) opens as a new, unsaved document: the shipped
+    // dataset, ready to run; saving would ask where, never write over the JSON.
+    let cities =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/experiments/cities.json");
+    drop_file(&mut h, &cities);
+    assert_eq!(h.state().doc.spec.name, "cities");
+    assert!(h.state().doc.spec.dataset.is_some());
+    assert_eq!(h.state().doc.path, None);
+    assert!(h.state().is_dirty());
+    assert!(h.state().doc.sweep.is_none() && h.state().doc.results.is_none());
+    // A broken one is named with its fault, and replaces nothing.
+    let bad = dir.path().join("broken.json");
+    std::fs::write(&bad, "{\"name\": \"x\", \"prompt\": ").unwrap();
+    drop_file(&mut h, &bad);
+    h.get_by_label_contains("broken.json");
+    assert_eq!(h.state().doc.spec.name, "cities", "nothing replaced");
 }
 
 #[test]

@@ -74,7 +74,7 @@ impl Command {
             Command::ResetToSeed => "Seed experiment",
             Command::Save => "Save",
             Command::SaveAs => "Save as…",
-            Command::Open => "Open session…",
+            Command::Open => "Open session or experiment…",
             Command::OpenSession(_) => "Open",
             Command::Autosave => "Autosave",
             Command::CloseNow => "Close",

@@ -24,6 +24,13 @@ pub enum TaskOutput {
         /// Its session, or why it cannot be opened.
         result: Result<Box<Session>, SessionError>,
     },
+    /// An experiment file (JSON) was read (or could not be).
+    OpenedExperiment {
+        /// The file.
+        path: PathBuf,
+        /// Its experiment, or why it cannot be opened (the message names the file).
+        result: Result<Box<crate::experiment::ExperimentSpec>, String>,
+    },
     /// The document was written to its file (or could not be).
     Saved {
         /// The file.
@@ -132,6 +139,12 @@ impl BackgroundTasks {
 pub fn open(path: PathBuf) -> TaskOutput {
     let result = Session::load(&path).map(Box::new);
     TaskOutput::Opened { path, result }
+}
+
+/// Reads an experiment file (JSON, as `kvlab run` takes).
+pub fn open_experiment(path: PathBuf) -> TaskOutput {
+    let result = crate::experiment::ExperimentSpec::from_file(&path).map(Box::new);
+    TaskOutput::OpenedExperiment { path, result }
 }
 
 /// Writes a session to its file (atomically, keeping a backup).

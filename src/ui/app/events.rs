@@ -37,6 +37,23 @@ impl KvlabApp {
                     self.error = Some(e.to_string());
                 }
             },
+            // An experiment becomes a new, unsaved document: saving asks where (never over
+            // the JSON file).
+            TaskOutput::OpenedExperiment { path, result } => match result {
+                Ok(spec) => {
+                    let name = spec.name.clone();
+                    self.replace_document(Document::from_session(Session::new(*spec), None), false);
+                    self.error = None;
+                    self.status = format!(
+                        "Opened the experiment {name:?} from {}: Run to measure it.",
+                        path.display()
+                    );
+                }
+                Err(e) => {
+                    self.status = "Nothing opened.".into();
+                    self.error = Some(e);
+                }
+            },
             TaskOutput::Saved { path, hash, result } => match result {
                 Ok(created) => {
                     self.prefs.remember_session(path.clone());

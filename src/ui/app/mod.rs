@@ -181,8 +181,13 @@ impl KvlabApp {
     pub fn open_session(&mut self, path: &std::path::Path) {
         let path = path.to_path_buf();
         self.status = format!("Opening {} …", path.display());
-        self.tasks
-            .spawn("open", &self.ctx, move || tasks::open(path));
+        if is_experiment_file(&path) {
+            self.tasks
+                .spawn("open", &self.ctx, move || tasks::open_experiment(path));
+        } else {
+            self.tasks
+                .spawn("open", &self.ctx, move || tasks::open(path));
+        }
     }
 
     /// Restores the autosaved session after a crash or a restart. The file it belonged to, if
@@ -377,8 +382,16 @@ impl KvlabApp {
     }
 }
 
+/// Whether a file opened as a document is an experiment (`.json`, as `kvlab run` takes) rather
+/// than a session.
+pub fn is_experiment_file(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+}
+
 /// What dropping files on the window does: the first `.gguf` loads as the model, else the first
-/// `.kvlab` opens as the session; anything else is named in an error.
+/// `.kvlab` opens as the session, else the first `.json` opens as an experiment; anything else
+/// is named in an error.
 pub fn dropped_file_command(paths: &[PathBuf]) -> Option<Result<Command, String>> {
     let has_ext =
         |p: &PathBuf, ext: &str| p.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext));
@@ -388,9 +401,12 @@ pub fn dropped_file_command(paths: &[PathBuf]) -> Option<Result<Command, String>
     if let Some(p) = paths.iter().find(|p| has_ext(p, session::EXTENSION)) {
         return Some(Ok(Command::OpenSession(p.clone())));
     }
+    if let Some(p) = paths.iter().find(|p| is_experiment_file(p)) {
+        return Some(Ok(Command::OpenSession(p.clone())));
+    }
     let first = paths.first()?;
     Some(Err(format!(
-        "kvlab opens GGUF models (.gguf) and sessions (.{}); {} is neither",
+        "kvlab opens GGUF models (.gguf), sessions (.{}) and experiments (.json); {} is none of them",
         session::EXTENSION,
         first.display()
     )))

@@ -117,7 +117,12 @@ impl KvlabApp {
                 Command::Open => {
                     if let Some(p) = self.file_dialog(NO_DIALOG_OPEN, || {
                         rfd::FileDialog::new()
+                            .add_filter(
+                                "kvlab session or experiment",
+                                &[session::EXTENSION, "json"],
+                            )
                             .add_filter("kvlab session", &[session::EXTENSION])
+                            .add_filter("experiment (JSON)", &["json"])
                             .pick_file()
                     }) {
                         self.open_session(&p);
