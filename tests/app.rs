@@ -339,7 +339,7 @@ fn the_gpu_layers_slider_moves_the_kv_cache_and_reloads_the_model() {
 
 /// A sweep as a session file holds it (made up: these tests are about what the app keeps).
 fn a_sweep() -> kvlab::experiment::sweep::SweepResults {
-    use kvlab::experiment::sweep::{SweepKind, SweepPoint, SweepResults, SweepSpec};
+    use kvlab::experiment::sweep::{SweepKind, SweepPoint, SweepResults};
     let point = |label: &str, index| SweepPoint {
         label: label.into(),
         index,
@@ -349,21 +349,12 @@ fn a_sweep() -> kvlab::experiment::sweep::SweepResults {
         first_step_probes: vec![],
     };
     SweepResults {
-        sweep: SweepSpec {
-            kind: SweepKind::Position { range: None },
-            variant: "SF".into(),
-            op: kvlab::experiment::Op::Zero,
-            layers: kvlab::experiment::LayerSet::All,
-            part: kvlab::experiment::spec::KvPart::Both,
-        },
-        measure: "expected answers".into(),
-        reference: point("no intervention", 0),
-        points: vec![point("position 3", 3), point("position 4", 4)],
-        complete: true,
         spec: Some(kvlab::experiment::ExperimentSpec::seed()),
-        tokens: Vec::new(),
-        sliding_layers: Vec::new(),
-        sliding_window: None,
+        ..common::made_up_sweep(
+            SweepKind::Position { range: None },
+            point("no intervention", 0),
+            vec![point("position 3", 3), point("position 4", 4)],
+        )
     }
 }
 

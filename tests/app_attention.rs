@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{model_path, wait_for};
+use common::wait_for;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use kvlab::ui::app::Busy;
@@ -25,13 +25,7 @@ fn harness() -> Harness<'static, KvlabApp> {
 #[test]
 fn a_run_with_attention_shows_maps_the_prompt_strip_and_heads() {
     let mut h = harness();
-    h.state_mut()
-        .queue(kvlab::ui::commands::Command::LoadModel(model_path()));
-    h.step();
-    wait_for(&mut h, "the model", |a| {
-        a.busy == Busy::Idle && a.model.is_some()
-    });
-    wait_for(&mut h, "the token strip", |a| a.prepared.is_some());
+    common::load_test_model(&mut h);
     h.get_by_label("Attention").click();
     h.run_steps(2);
     h.get_by_label("No results yet.");
@@ -92,7 +86,7 @@ fn a_run_with_attention_shows_maps_the_prompt_strip_and_heads() {
 
 /// A position sweep of zero over the SF prompt of `r`'s experiment (made-up effects).
 fn position_sweep_of(r: &kvlab::experiment::RunResults) -> kvlab::experiment::sweep::SweepResults {
-    use kvlab::experiment::sweep::{SweepKind, SweepPoint, SweepResults, SweepSpec};
+    use kvlab::experiment::sweep::{SweepKind, SweepPoint, SweepResults};
     let tokens = r.variants[0].tokens.clone();
     let point = |i: usize| SweepPoint {
         label: format!("pos {i}"),
@@ -102,21 +96,10 @@ fn position_sweep_of(r: &kvlab::experiment::RunResults) -> kvlab::experiment::sw
         scores: vec![],
         first_step_probes: vec![],
     };
+    let points = (0..tokens.len() - 1).map(point).collect();
     SweepResults {
-        sweep: SweepSpec {
-            kind: SweepKind::Position { range: None },
-            variant: "SF".into(),
-            op: kvlab::experiment::Op::Zero,
-            layers: kvlab::experiment::LayerSet::All,
-            part: kvlab::experiment::spec::KvPart::Both,
-        },
-        measure: "expected answers".into(),
-        reference: point(0),
-        points: (0..tokens.len() - 1).map(point).collect(),
-        complete: true,
         spec: Some(r.spec.clone()),
         tokens,
-        sliding_layers: Vec::new(),
-        sliding_window: None,
+        ..common::made_up_sweep(SweepKind::Position { range: None }, point(0), points)
     }
 }

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{model_path, wait_for};
+use common::wait_for;
 use egui_kittest::{Harness, SnapshotResults};
 use kvlab::engine::Device;
 use kvlab::ui::app::Busy;
@@ -34,13 +34,7 @@ fn app_after_a_seed_run(attention: bool) -> KvlabApp {
         .with_size(egui::vec2(1400.0, 900.0))
         .allow_missing_glyphs()
         .build_ui_state(|ui, app: &mut KvlabApp| app.show(ui), app);
-    h.state_mut()
-        .queue(kvlab::ui::commands::Command::LoadModel(model_path()));
-    h.step();
-    wait_for(&mut h, "the model", |a| {
-        a.busy == Busy::Idle && a.model.is_some()
-    });
-    wait_for(&mut h, "the token strip", |a| a.prepared.is_some());
+    common::load_test_model(&mut h);
     h.state_mut().queue(kvlab::ui::commands::Command::Run);
     h.step();
     wait_for(&mut h, "the run", |a| {
@@ -178,7 +172,7 @@ fn main_views_match_their_snapshots() {
 /// A layer sweep of an 18-layer model whose layers slide but 5, 11 and 17 (Gemma 3's shape),
 /// with made-up effects: the bars of single sliding layers take their own colour.
 fn a_layer_sweep_with_sliding_layers(app: &KvlabApp) -> kvlab::experiment::sweep::SweepResults {
-    use kvlab::experiment::sweep::{SweepKind, SweepPoint, SweepResults, SweepSpec};
+    use kvlab::experiment::sweep::{SweepKind, SweepPoint, SweepResults};
     let point = |label: String, layer: Option<u32>, p: f64| SweepPoint {
         label,
         index: 0,
@@ -193,21 +187,14 @@ fn a_layer_sweep_with_sliding_layers(app: &KvlabApp) -> kvlab::experiment::sweep
         .collect();
     points.extend((0..18).map(|l| point(format!("layers 0-{l}"), None, -0.3 * l as f64)));
     SweepResults {
-        sweep: SweepSpec {
-            kind: SweepKind::Layer,
-            variant: app.doc.spec.variants[0].name.clone(),
-            op: kvlab::experiment::Op::Zero,
-            layers: kvlab::experiment::LayerSet::All,
-            part: kvlab::experiment::spec::KvPart::Both,
-        },
-        measure: "expected answers".into(),
-        reference: point("no intervention".into(), None, 0.0),
-        points,
-        complete: true,
         spec: Some(app.doc.spec.clone()),
-        tokens: Vec::new(),
         sliding_layers: (0..18).filter(|l| l % 6 != 5).collect(),
         sliding_window: Some(512),
+        ..common::made_up_sweep(
+            SweepKind::Layer,
+            point("no intervention".into(), None, 0.0),
+            points,
+        )
     }
 }
 

@@ -333,17 +333,10 @@ fn intervention_vs_step(
     threads: i32,
 ) -> Result<(f64, f64), RunError> {
     let mut l = lab(model, 2, threads)?;
-    let items: Vec<BatchItem> = prompt[..prompt.len() - 1]
-        .iter()
-        .enumerate()
-        .map(|(pos, &t)| BatchItem {
-            seq: 0,
-            token: t,
-            pos: pos as i32,
-            logits: false,
-        })
-        .collect();
-    l.eval(&items, |_, _| {})?;
+    l.eval(
+        &BatchItem::run(0, 0, &prompt[..prompt.len() - 1]),
+        |_, _| {},
+    )?;
     let reps = if quick { 3 } else { 20 };
     let t0 = Instant::now();
     for _ in 0..reps {

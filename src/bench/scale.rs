@@ -109,15 +109,9 @@ pub fn run(
     let kv_bytes_per_token = crate::runner::fits::kv_bytes_per_cell(model.info(), spec.cache);
 
     // The continuations a sweep item scores: every variant's expected answers.
-    let conts: Vec<Vec<i32>> = spec
-        .variants
-        .iter()
+    let conts: Vec<Vec<i32>> = (spec.variants.iter())
         .flat_map(|v| v.expected.iter())
-        .map(|a| {
-            model
-                .tokenize(a, false, false)
-                .map(|t| t.iter().map(|t| t.id).collect())
-        })
+        .map(|a| runner::answer_ids(&model, a))
         .collect::<Result<_, _>>()?;
 
     stage("position sweep");
@@ -158,7 +152,9 @@ pub fn run(
         &model,
         LabOptions {
             n_seq: 17,
-            n_ctx_per_seq: prompt.len() as u32 + 64,
+            // Streams as long as the sweep's (prompt, longest continuation, margin): a
+            // cross-stream copy moves the whole stream, so a longer one would cost more.
+            n_ctx_per_seq: cells as u32,
             threads,
             n_batch: 512,
             cache: spec.cache,
@@ -221,16 +217,8 @@ pub fn run(
 }
 
 /// Evaluates `tokens` into `seq` from position `first`, one batch at a time.
-fn eval(lab: &mut Lab<'_>, seq: i32, tokens: &[i32], first: usize) -> Result<(), RunError> {
-    let items: Vec<BatchItem> = (tokens.iter().enumerate())
-        .map(|(i, &token)| BatchItem {
-            seq,
-            token,
-            pos: (first + i) as i32,
-            logits: false,
-        })
-        .collect();
-    for part in items.chunks(512) {
+fn eval(lab: &mut Lab<'_>, seq: i32, tokens: &[i32], first: i32) -> Result<(), RunError> {
+    for part in BatchItem::run(seq, first, tokens).chunks(512) {
         lab.eval(part, |_, _| {})?;
     }
     Ok(())

@@ -51,6 +51,20 @@ pub struct BatchItem {
     pub logits: bool,
 }
 
+impl BatchItem {
+    /// `tokens` into sequence `seq` at consecutive positions from `first`, no logits wanted.
+    pub fn run(seq: i32, first: i32, tokens: &[i32]) -> Vec<BatchItem> {
+        (tokens.iter().zip(first..))
+            .map(|(&token, pos)| BatchItem {
+                seq,
+                token,
+                pos,
+                logits: false,
+            })
+            .collect()
+    }
+}
+
 /// An inference context over a loaded model.
 pub struct Lab<'m> {
     model: &'m LoadedModel,

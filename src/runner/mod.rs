@@ -48,6 +48,7 @@ pub use attention::AttentionMode;
 pub use dataset::{DatasetOptions, plan_waves, run_dataset};
 pub use delta::kv_delta;
 pub use prompts::{Prepared, PreparedPrompt, prepare_prompts};
+pub(crate) use score::answer_ids;
 pub use sweep::run_sweep;
 
 use plan::Plan;

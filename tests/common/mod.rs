@@ -8,9 +8,9 @@ use std::sync::OnceLock;
 use kvlab::engine::{LoadOptions, LoadedModel};
 use kvlab::experiment::ExperimentSpec;
 
-/// The test model's path: `KVLAB_TEST_MODEL` (set by `make test`) or the default cache.
 pub mod gguf_writer;
 
+/// The test model's path: `KVLAB_TEST_MODEL` (set by `make test`) or the default cache.
 pub fn model_path() -> PathBuf {
     if let Ok(p) = std::env::var("KVLAB_TEST_MODEL") {
         return PathBuf::from(p);
@@ -124,15 +124,45 @@ pub fn tiny_dataset_json() -> serde_json::Value {
 
 /// Evaluates `tokens` at positions 0.. in sequence `seq` (no logits): a prompt's cache.
 pub fn eval_tokens(lab: &mut kvlab::engine::Lab<'_>, seq: i32, tokens: &[i32]) {
-    let items: Vec<kvlab::engine::lab::BatchItem> = tokens
-        .iter()
-        .enumerate()
-        .map(|(pos, &token)| kvlab::engine::lab::BatchItem {
-            seq,
-            token,
-            pos: pos as i32,
-            logits: false,
-        })
-        .collect();
+    let items = kvlab::engine::lab::BatchItem::run(seq, 0, tokens);
     lab.eval(&items, |_, _| {}).unwrap();
+}
+
+/// Loads the test model in the app (as the model panel's Load does) and waits for the model and
+/// its token strip.
+pub fn load_test_model(h: &mut egui_kittest::Harness<'_, kvlab::ui::KvlabApp>) {
+    h.state_mut()
+        .queue(kvlab::ui::commands::Command::LoadModel(model_path()));
+    h.step();
+    wait_for(h, "the model", |a| {
+        a.busy == kvlab::ui::app::Busy::Idle && a.model.is_some()
+    });
+    wait_for(h, "the token strip", |a| a.prepared.is_some());
+}
+
+/// A made-up complete sweep of zero on SF (tests about what the app keeps and draws, not about
+/// numbers); callers fill in what their test is about with struct update syntax.
+pub fn made_up_sweep(
+    kind: kvlab::experiment::sweep::SweepKind,
+    reference: kvlab::experiment::sweep::SweepPoint,
+    points: Vec<kvlab::experiment::sweep::SweepPoint>,
+) -> kvlab::experiment::sweep::SweepResults {
+    use kvlab::experiment::sweep::{SweepResults, SweepSpec};
+    SweepResults {
+        sweep: SweepSpec {
+            kind,
+            variant: "SF".into(),
+            op: kvlab::experiment::Op::Zero,
+            layers: kvlab::experiment::LayerSet::All,
+            part: kvlab::experiment::spec::KvPart::Both,
+        },
+        measure: "expected answers".into(),
+        reference,
+        points,
+        complete: true,
+        spec: None,
+        tokens: Vec::new(),
+        sliding_layers: Vec::new(),
+        sliding_window: None,
+    }
 }
