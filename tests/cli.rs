@@ -245,11 +245,15 @@ fn the_benchmark_runs_in_quick_mode_and_its_output_parses() {
         ("dataset batched", r.dataset_items_per_s),
         ("dataset one grid per item", r.dataset_separate_items_per_s),
         ("attention capture ratio", r.attention_ratio),
+        ("grid scoring", r.grid_score_s),
+        ("grid scoring from scratch", r.grid_score_scratch_s),
     ] {
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
     }
     assert!(r.generation_loop_overhead.is_finite());
     assert_eq!(r.dataset_items, 4);
+    // Reused scores are the scores from scratch (bit for bit on the CPU).
+    assert_eq!(r.grid_score_max_difference, 0.0);
 }
 
 #[test]

@@ -240,6 +240,7 @@ fn remove_takes_out_the_span_and_keeps_the_rest() {
     eval_prompt(&mut lab, 0, &tokens);
     let orig = lab.state(0).unwrap();
     lab.set_state(1, &orig).unwrap();
+    let copy = lab.state(1).unwrap();
     lab.remove(1, 6, 8).unwrap();
     let back = lab.state(1).unwrap();
     let expect: Vec<i32> = orig
@@ -261,6 +262,13 @@ fn remove_takes_out_the_span_and_keeps_the_rest() {
             );
         }
     }
+    // The codec's removal (what a remove condition restores) is byte for byte what llama.cpp
+    // writes after its own, and restoring it reads back the same.
+    let mut codec = copy;
+    codec.remove_positions(6, 8);
+    assert_eq!(codec.serialize(), lab.state_bytes(1).unwrap());
+    lab.set_state(1, &codec).unwrap();
+    assert_eq!(lab.state_bytes(1).unwrap(), codec.serialize());
 }
 
 #[test]

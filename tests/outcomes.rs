@@ -275,3 +275,38 @@ fn ablations_reduce_to_the_control_and_to_zero_where_they_should() {
         "the report summarizes the draws"
     );
 }
+
+/// Scoring reuses generation: what a condition generated is scored from its own generation's
+/// logits, and only the rest of a continuation is evaluated, in the condition's sequence cut
+/// back. Every log-prob of every job must equal scoring from scratch (every token
+/// teacher-forced from the condition's restored starting cache): bit for bit on the CPU.
+#[test]
+fn reused_scores_equal_scoring_from_scratch() {
+    let mut spec = asset_spec("seed-short");
+    spec.generation.max_tokens = 12;
+    let results = runner::run(model(), &spec, &RunOptions::default(), |_| {}).unwrap();
+    let fresh = runner::score_teacher_forced(model(), &results, &RunOptions::default()).unwrap();
+    assert_eq!(fresh.scores.len(), results.conditions.len());
+    let mut compared = 0;
+    for (i, c) in results.conditions.iter().enumerate() {
+        let label = &c.label;
+        assert_eq!(c.scores.len(), fresh.scores[i].len(), "{label}");
+        assert_eq!(c.expected.len(), fresh.expected[i].len(), "{label}");
+        for (a, b) in c.scores.iter().zip(&fresh.scores[i]) {
+            assert_eq!(a.n_tokens, 12, "{label}");
+            let what = format!("{label}: {}'s baseline continuation", a.of_variant);
+            common::assert_same_score(Some(a.sum), Some(b.sum), &what);
+            compared += 1;
+        }
+        for (a, b) in c.expected.iter().zip(&fresh.expected[i]) {
+            assert_eq!(a.per_token.len(), b.per_token.len(), "{label}");
+            for (t, (x, y)) in a.per_token.iter().zip(&b.per_token).enumerate() {
+                let what = format!("{label}: {}'s answer, token {t}", a.variant);
+                common::assert_same_score(Some(*x as f64), Some(*y as f64), &what);
+            }
+            compared += 1;
+        }
+    }
+    // 8 conditions, each judged on both variants' baselines and answers.
+    assert_eq!(compared, 8 * 4);
+}

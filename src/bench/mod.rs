@@ -31,6 +31,19 @@ pub struct BenchReport {
     pub grid_batched_s: f64,
     /// sequential / batched.
     pub grid_speedup: f64,
+    /// The batched seed grid's scoring phase (reusing generation), seconds.
+    #[serde(default)]
+    pub grid_score_s: f64,
+    /// The same scores measured from scratch (every token teacher-forced from restored
+    /// starting caches, as kvlab scored before reusing generation), seconds.
+    #[serde(default)]
+    pub grid_score_scratch_s: f64,
+    /// scratch / reused.
+    #[serde(default)]
+    pub grid_score_speedup: f64,
+    /// The largest difference between a reused and a from-scratch score (0 on the CPU).
+    #[serde(default)]
+    pub grid_score_max_difference: f64,
     /// kvlab's generation loop (logprobs, top-k, probes) per step against a bare argmax loop on
     /// the same sequences, as a fraction (0.03 = 3 % slower).
     pub generation_loop_overhead: f64,
@@ -264,6 +277,9 @@ pub fn run(
     let t0 = Instant::now();
     let grid_run = runner::run(model, &spec, &options, |_| {})?;
     let batched = t0.elapsed().as_secs_f64();
+    progress("seed grid scores from scratch");
+    let scratch = runner::score_teacher_forced(model, &grid_run, &options)?;
+    let score_difference = max_score_difference(&grid_run, &scratch);
     progress("seed grid, one condition at a time");
     let t0 = Instant::now();
     for c in &spec.conditions {
@@ -299,6 +315,10 @@ pub fn run(
         grid_sequential_s: sequential,
         grid_batched_s: batched,
         grid_speedup: sequential / batched,
+        grid_score_s: grid_run.timings.score_s,
+        grid_score_scratch_s: scratch.score_s,
+        grid_score_speedup: scratch.score_s / grid_run.timings.score_s,
+        grid_score_max_difference: score_difference,
         generation_loop_overhead: overhead,
         intervention_s: intervention,
         decode_step_s: step,
@@ -321,6 +341,23 @@ pub fn run(
         attention_ratio: att_capture / att_plain,
         peak_memory_mib: peak_memory_mib(),
     })
+}
+
+/// The largest difference between a run's scores and the same scores from scratch.
+fn max_score_difference(
+    run: &crate::experiment::RunResults,
+    scratch: &runner::TeacherForced,
+) -> f64 {
+    let mut max = 0.0f64;
+    for (i, c) in run.conditions.iter().enumerate() {
+        for (a, b) in c.scores.iter().zip(&scratch.scores[i]) {
+            max = max.max((a.sum - b.sum).abs());
+        }
+        for (a, b) in c.expected.iter().zip(&scratch.expected[i]) {
+            max = max.max((a.sum - b.sum).abs());
+        }
+    }
+    max
 }
 
 /// Seconds for one intervention (state read, zero the needle in every layer, write back) and
@@ -406,6 +443,7 @@ pub fn to_table(r: &BenchReport) -> String {
         "raw decode (1 sequence)          {:>9.1} tokens/s\n\
          seed grid, batched               {:>9.2} s\n\
          seed grid, one at a time         {:>9.2} s   → batched is {:.1}× faster\n\
+         seed grid scoring                {:>9.2} s   (from scratch {:.2} s → {:.1}× faster; max difference {:.1e})\n\
          generation loop vs bare argmax   {:>+8.1} %\n\
          one intervention                 {:>9.2} ms  = {:.2} decode steps ({:.2} ms each)\n\
          position sweep                   {:>9.2} positions/s\n\
@@ -421,6 +459,10 @@ pub fn to_table(r: &BenchReport) -> String {
         r.grid_batched_s,
         r.grid_sequential_s,
         r.grid_speedup,
+        r.grid_score_s,
+        r.grid_score_scratch_s,
+        r.grid_score_speedup,
+        r.grid_score_max_difference,
         r.generation_loop_overhead * 100.0,
         r.intervention_s * 1000.0,
         r.intervention_per_decode_step,

@@ -413,6 +413,26 @@ impl<'m> Lab<'m> {
         Ok(())
     }
 
+    /// Takes every position from `from` on out of `seq` (a sequence cut back to its first
+    /// `from` positions).
+    pub fn truncate(&mut self, seq: i32, from: i32) -> Result<(), EngineError> {
+        self.cell_maps.remove(&seq);
+        let ok = self
+            .ctx
+            .clear_kv_cache_seq(Some(seq as u32), Some(from.max(0) as u32), None)
+            .map_err(|e| EngineError::State {
+                seq,
+                detail: e.to_string(),
+            })?;
+        if !ok {
+            return Err(EngineError::State {
+                seq,
+                detail: format!("llama.cpp could not cut the sequence back to position {from}"),
+            });
+        }
+        Ok(())
+    }
+
     /// Makes `dst` hold what `src` holds, with llama.cpp's own sequence copy (the cache never
     /// leaves its device; with a stream per sequence llama.cpp copies the whole stream).
     pub fn copy_seq(&mut self, src: i32, dst: i32) {

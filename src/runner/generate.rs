@@ -67,6 +67,77 @@ impl Slot {
     }
 }
 
+/// A continuation a generating slot is followed along, for scoring: while the slot generates
+/// the continuation's tokens, the log-prob of its next token is read from the logits the slot's
+/// own step computed, from the very cache a teacher-forced evaluation would use. Once the slot
+/// departs, the rest is scored teacher-forced (`score`).
+#[derive(Debug, Clone)]
+pub(crate) struct Follow {
+    /// The slot whose logits are read (its index among the slots).
+    pub slot: usize,
+    /// The continuation.
+    pub tokens: Followed,
+    /// The log-prob of each of the continuation's tokens read so far, from its first.
+    pub logprobs: Vec<f32>,
+    /// Whether the slot has generated every token of the continuation read so far.
+    following: bool,
+}
+
+/// The tokens a [`Follow`] reads log-probs of.
+#[derive(Debug, Clone)]
+pub(crate) enum Followed {
+    /// Known in advance (an expected answer).
+    Tokens(Vec<i32>),
+    /// Another slot's generation, as it is generated (a baseline continuation).
+    Slot(usize),
+}
+
+impl Follow {
+    /// Follows `tokens` along slot `slot`'s generation.
+    pub fn new(slot: usize, tokens: Followed) -> Follow {
+        Follow {
+            slot,
+            tokens,
+            logprobs: Vec::new(),
+            following: true,
+        }
+    }
+
+    /// The continuation's token at `step`, if it has one (yet).
+    fn token(&self, slots: &[Slot], step: usize) -> Option<i32> {
+        match &self.tokens {
+            Followed::Tokens(t) => t.get(step).copied(),
+            Followed::Slot(s) => slots[*s].generation.tokens.get(step).copied(),
+        }
+    }
+}
+
+/// Reads step `at`'s log-probs into every follow still on its slot (`logits`: the step's logits
+/// of each slot that has a follow, by slot), then drops those whose slot chose another token.
+fn read_follows(follows: &mut [Follow], slots: &[Slot], logits: &[(usize, Vec<f32>)], at: usize) {
+    for (slot, row) in logits {
+        let lp = LogProbs::new(row);
+        for f in follows
+            .iter_mut()
+            .filter(|f| f.following && f.slot == *slot)
+        {
+            match f.token(slots, at) {
+                Some(t) => {
+                    f.logprobs.push(lp.of(row, t as usize));
+                    f.following = slots[*slot].generation.tokens.get(at) == Some(&t);
+                }
+                None => f.following = false,
+            }
+        }
+    }
+    // A slot that did not step has stopped: nothing more to read from it.
+    for f in follows.iter_mut() {
+        if f.logprobs.len() != at + 1 {
+            f.following = false;
+        }
+    }
+}
+
 /// A grid's slots: each variant's baseline (in sequence i), then each condition.
 fn slots(plan: &Plan<'_>) -> Vec<Slot> {
     let seed = plan.sampling_seed();
@@ -160,6 +231,7 @@ fn choose(
 pub(crate) fn step(
     lab: &mut Lab<'_>,
     slots: &mut [Slot],
+    follows: &mut [Follow],
     stepper: &mut Stepper<'_>,
     at: usize,
     capture: Option<&StepCapture>,
@@ -180,8 +252,18 @@ pub(crate) fn step(
         .collect();
     let mut chosen: Vec<(usize, Step)> = Vec::with_capacity(active.len());
     let (spec, probe_ids) = (stepper.spec, &stepper.probe_ids);
+    // The logits of slots with a follow still on them, read once every slot has chosen (a
+    // baseline continuation's token of this step is known only then).
+    let mut followed = vec![false; slots.len()];
+    for f in follows.iter().filter(|f| f.following) {
+        followed[f.slot] = true;
+    }
+    let mut kept_logits: Vec<(usize, Vec<f32>)> = Vec::new();
     let on_logits = |k: usize, logits: &[f32]| {
         let slot = active[k];
+        if followed[slot] {
+            kept_logits.push((slot, logits.to_vec()));
+        }
         chosen.push((slot, choose(logits, spec, probe_ids, &mut slots[slot].rng)));
     };
     match capture {
@@ -219,6 +301,9 @@ pub(crate) fn step(
         s.next_pos += 1;
         s.generation.steps.push(st);
     }
+    if !follows.is_empty() {
+        read_follows(follows, slots, &kept_logits, at);
+    }
     Ok(active.len())
 }
 
@@ -235,10 +320,11 @@ pub(crate) struct Generated {
 }
 
 /// Generates the plan's `max_tokens` in every slot, one batched step at a time, reporting
-/// progress as half of the run's work (scoring is the other half).
+/// progress as half of the run's work (scoring is the other half), and reads `follows` along.
 pub(crate) fn generate(
     lab: &mut Lab<'_>,
     plan: &Plan<'_>,
+    follows: &mut [Follow],
     cancel: &AtomicBool,
     capture: Option<&StepCapture>,
     on_event: &mut impl FnMut(RunEvent),
@@ -252,7 +338,7 @@ pub(crate) fn generate(
             complete = false;
             break;
         }
-        let n = step(lab, &mut slots, &mut stepper, i, capture, on_event)?;
+        let n = step(lab, &mut slots, follows, &mut stepper, i, capture, on_event)?;
         if n == 0 {
             break;
         }

@@ -4,10 +4,11 @@
 //! Why this protocol: an intervention must act on a cache the model has already built, and its
 //! effect must show in what the model does next. So each variant's prompt is evaluated once,
 //! but its last token; every condition starts from a copy of that cache (state bytes, edited by
-//! the codec, or with cells removed), then the last token is fed and generation runs. Baselines
+//! the codec, with cells removed too), then the last token is fed and generation runs. Baselines
 //! continue the evaluated prompt in place, with no state round trip, so "the `none` condition
 //! equals the baseline" is a real check of the copy path. All sequences decode together, one
-//! batch per step, and the caches conditions generated from are re-used for scoring.
+//! batch per step; scoring reads what generation already computed and evaluates only the rest,
+//! in the conditions' own sequences (no condition's state is kept as bytes).
 //!
 //! A run is a short sequence of steps, each in its own module:
 //! - `plan`: prompts rendered and tokenized, every name, span and layer set resolved and
@@ -168,7 +169,9 @@ pub fn run(
     timings.prompt_s = t.elapsed().as_secs_f64();
 
     on_event(RunEvent::Stage("applying interventions".into()));
-    let condition_states = surgery::load_all(&mut lab, &plan, &prompt_states)?;
+    surgery::load_all(&mut lab, &plan, &prompt_states)?;
+    let mut jobs = score::grid_jobs(model, &plan)?;
+    let mut follows = score::follows(&plan, &jobs);
 
     on_event(RunEvent::Stage("generating".into()));
     let t = Instant::now();
@@ -185,6 +188,7 @@ pub fn run(
     let generated = generate::generate(
         &mut lab,
         &plan,
+        &mut follows,
         &options.cancel,
         capture.as_ref(),
         &mut on_event,
@@ -208,16 +212,9 @@ pub fn run(
     });
 
     let t = Instant::now();
-    let jobs = score::grid_jobs(model, &plan, &baselines)?;
+    score::with_baselines(&mut jobs, &baselines);
     let scores = if generated.complete {
-        score_stage(
-            &mut lab,
-            &plan,
-            &jobs,
-            &condition_states,
-            options,
-            &mut on_event,
-        )?
+        score_stage(&mut lab, &plan, &jobs, follows, options, &mut on_event)?
     } else {
         None
     };
@@ -278,13 +275,58 @@ pub fn starting_caches(
     })
 }
 
+/// A grid's scores measured the plain way, as kvlab measured them before scoring reused
+/// generation: every continuation evaluated teacher-forced, token by token, from its condition's
+/// starting cache restored from state bytes (as sweep items are scored). Per planned condition
+/// (the spec's order): the baseline continuations' scores and the expected answers'.
+#[derive(Debug, Clone)]
+pub struct TeacherForced {
+    /// Per condition, as [`crate::experiment::ConditionResult::scores`].
+    pub scores: Vec<Vec<crate::experiment::results::ContinuationScore>>,
+    /// Per condition, as [`crate::experiment::ConditionResult::expected`].
+    pub expected: Vec<Vec<crate::experiment::outcome::ExpectedScore>>,
+    /// Seconds spent scoring (restoring states and evaluating), prompts and surgery not counted.
+    pub score_s: f64,
+}
+
+/// Scores `results`' grid again, teacher-forced from scratch (see [`TeacherForced`]): the
+/// reference a run's reused scores are checked against (`tests/outcomes.rs`) and timed against
+/// (`kvlab bench`).
+pub fn score_teacher_forced(
+    model: &LoadedModel,
+    results: &RunResults,
+    options: &RunOptions,
+) -> Result<TeacherForced, RunError> {
+    let plan = Plan::new(model, &results.spec)?;
+    let mut lab = Lab::new(model, plan.lab_options(options))?;
+    let (prompt_states, _) = eval_prompts(&mut lab, &plan, options, &mut |_| {})?;
+    let states = (plan.conditions.iter())
+        .map(|c| surgery::cache_bytes(c, &prompt_states))
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(prompt_states);
+    let mut jobs = score::grid_jobs(model, &plan)?;
+    let baselines: Vec<_> = results
+        .variants
+        .iter()
+        .map(|v| v.baseline.clone())
+        .collect();
+    score::with_baselines(&mut jobs, &baselines);
+    let t = Instant::now();
+    let scores = score::score_teacher_forced(&mut lab, &plan, &jobs, &states)?;
+    Ok(TeacherForced {
+        scores: scores.scores,
+        expected: scores.expected,
+        score_s: t.elapsed().as_secs_f64(),
+    })
+}
+
 /// Scores every condition's continuations (the baselines' and the expected answers), reporting
 /// progress as the second half of the run's work; `None` when stopped.
 fn score_stage(
     lab: &mut Lab<'_>,
     plan: &Plan<'_>,
     jobs: &[score::GridJob],
-    condition_states: &[Vec<u8>],
+    follows: Vec<generate::Follow>,
     options: &RunOptions,
     on_event: &mut impl FnMut(RunEvent),
 ) -> Result<Option<GridScores>, RunError> {
@@ -300,7 +342,7 @@ fn score_stage(
         lab,
         plan,
         jobs,
-        condition_states,
+        follows,
         &options.cancel,
         on_wave,
     )?)

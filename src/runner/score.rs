@@ -1,8 +1,9 @@
-//! Teacher-forced scoring, the one path grids and sweeps share: how likely a given continuation
-//! is under a given cache. Each job loads its cache into its own sequence, feeds the prompt's
-//! last token and the continuation but its last token, and reads each next token's log-prob;
-//! a wave is one batched evaluation, one sequence per job. The sum and mean a continuation is
-//! judged by are computed here and nowhere else.
+//! Teacher-forced scoring: how likely a given continuation is under a given cache. A sweep job
+//! loads its cache into its own sequence, feeds the prompt's last token and the continuation
+//! but its last token, and reads each next token's log-prob; a wave is one batched evaluation,
+//! one sequence per job. A grid reuses its generation: what a condition generated is already
+//! scored, and only the rest of a continuation is evaluated ([`score_grid`]). The sum and mean
+//! a continuation is judged by are computed here and nowhere else.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,6 +13,7 @@ use crate::experiment::metrics::LogProbs;
 use crate::experiment::outcome::ExpectedScore;
 use crate::experiment::results::{ContinuationScore, Generation};
 
+use super::generate::{Follow, Followed};
 use super::plan::Plan;
 use super::prompts::PreparedPrompt;
 
@@ -142,6 +144,7 @@ enum Target {
 pub(crate) struct GridJob {
     condition: usize,
     target: Target,
+    /// The continuation (a baseline's: filled in by [`with_baselines`] after generation).
     tokens: Vec<i32>,
 }
 
@@ -165,13 +168,10 @@ impl GridScores {
 }
 
 /// Every grid job, condition by condition: the baseline continuation (unless the spec turns
-/// that off), then every expected answer, of each variant the condition is judged between (all variants unless it names
-/// whom it is judged against).
-pub(crate) fn grid_jobs(
-    model: &LoadedModel,
-    plan: &Plan<'_>,
-    baselines: &[Generation],
-) -> Result<Vec<GridJob>, EngineError> {
+/// that off), then every expected answer, of each variant the condition is judged between (all
+/// variants unless it names whom it is judged against). Baseline continuations are not known
+/// before generation: their jobs get their tokens from [`with_baselines`].
+pub(crate) fn grid_jobs(model: &LoadedModel, plan: &Plan<'_>) -> Result<Vec<GridJob>, EngineError> {
     if plan.conditions.is_empty() {
         return Ok(Vec::new());
     }
@@ -186,17 +186,14 @@ pub(crate) fn grid_jobs(
     for (condition, planned) in plan.conditions.iter().enumerate() {
         let judged = plan.condition(planned).judged(&names);
         let scored = |vi: usize| judged.contains(&names[vi]);
-        let with_baselines = plan.spec.score_baselines;
-        for (vi, b) in baselines
-            .iter()
-            .enumerate()
-            .filter(|(vi, _)| with_baselines && scored(*vi))
-        {
-            jobs.push(GridJob {
-                condition,
-                target: Target::Baseline(vi),
-                tokens: b.tokens.clone(),
-            });
+        if plan.spec.score_baselines {
+            for vi in (0..plan.prompts.len()).filter(|&vi| scored(vi)) {
+                jobs.push(GridJob {
+                    condition,
+                    target: Target::Baseline(vi),
+                    tokens: Vec::new(),
+                });
+            }
         }
         for (vi, target, tokens) in &answers {
             if scored(*vi) {
@@ -211,51 +208,167 @@ pub(crate) fn grid_jobs(
     Ok(jobs)
 }
 
-/// Scores the grid's jobs in waves of `plan.n_seq`, each from its condition's cache
-/// (`condition_states`, per planned condition), calling `on_wave(jobs done)` after each wave.
-/// `None` when `cancel` was set before the last wave.
-pub(crate) fn score_grid(
+/// What generation reads for each job (in job order): the job's continuation followed along
+/// its condition's own generation (generation's slots: the baselines, then the conditions).
+pub(crate) fn follows(plan: &Plan<'_>, jobs: &[GridJob]) -> Vec<Follow> {
+    let n_baselines = plan.prompts.len();
+    jobs.iter()
+        .map(|job| {
+            let tokens = match job.target {
+                Target::Baseline(vi) => Followed::Slot(vi),
+                Target::Expected(..) => Followed::Tokens(job.tokens.clone()),
+            };
+            Follow::new(n_baselines + job.condition, tokens)
+        })
+        .collect()
+}
+
+/// Gives the baseline jobs their continuations, once generated.
+pub(crate) fn with_baselines(jobs: &mut [GridJob], baselines: &[Generation]) {
+    for job in jobs {
+        if let Target::Baseline(vi) = job.target {
+            job.tokens = baselines[vi].tokens.clone();
+        }
+    }
+}
+
+/// Scores the grid's jobs the plain way: each from its condition's starting cache
+/// (`states`, per planned condition), every token teacher-forced, in waves of `plan.n_seq`.
+pub(crate) fn score_teacher_forced(
     lab: &mut Lab<'_>,
     plan: &Plan<'_>,
     jobs: &[GridJob],
-    condition_states: &[Vec<u8>],
-    cancel: &AtomicBool,
-    mut on_wave: impl FnMut(usize),
-) -> Result<Option<GridScores>, EngineError> {
-    let mut out = GridScores::empty(plan.conditions.len());
-    let mut done = 0;
+    states: &[Vec<u8>],
+) -> Result<GridScores, EngineError> {
+    let mut per_token = Vec::with_capacity(jobs.len());
     for wave in jobs.chunks(plan.n_seq as usize) {
-        if cancel.load(Ordering::Relaxed) {
-            return Ok(None);
-        }
         let batch: Vec<Job<'_>> = wave
             .iter()
             .map(|job| Job {
-                state: &condition_states[job.condition],
+                state: &states[job.condition],
                 prompt: &plan.prompts[plan.conditions[job.condition].variant],
                 tokens: &job.tokens,
             })
             .collect();
-        for (job, scored) in wave.iter().zip(score_wave(lab, &batch, &[])?) {
-            match job.target {
-                Target::Baseline(vi) => out.scores[job.condition].push(continuation_score(
-                    &plan.prompts[vi].name,
-                    &scored.per_token,
-                )),
-                Target::Expected(vi, ai) => {
-                    let v = &plan.spec.variants[vi];
-                    out.expected[job.condition].push(expected_score(
-                        &v.name,
-                        &v.expected[ai],
-                        scored.per_token,
-                    ))
-                }
+        per_token.extend(
+            score_wave(lab, &batch, &[])?
+                .into_iter()
+                .map(|s| s.per_token),
+        );
+    }
+    Ok(grid_scores(plan, jobs, per_token))
+}
+
+/// Each job's log-probs (in job order) as a grid's scores.
+fn grid_scores(plan: &Plan<'_>, jobs: &[GridJob], per_token: Vec<Vec<f32>>) -> GridScores {
+    let mut out = GridScores::empty(plan.conditions.len());
+    for (job, scored) in jobs.iter().zip(per_token) {
+        match job.target {
+            Target::Baseline(vi) => {
+                out.scores[job.condition].push(continuation_score(&plan.prompts[vi].name, &scored))
+            }
+            Target::Expected(vi, ai) => {
+                let v = &plan.spec.variants[vi];
+                out.expected[job.condition].push(expected_score(&v.name, &v.expected[ai], scored))
             }
         }
-        done += wave.len();
+    }
+    out
+}
+
+/// A job's continuation still to evaluate teacher-forced: everything after what its
+/// condition's generation already gave (`known` log-probs).
+struct Rest {
+    job: usize,
+    known: Vec<f32>,
+}
+
+/// Scores the grid's jobs, each under its condition's cache, calling `on_wave(jobs done)` after
+/// each wave; `None` when `cancel` was set before the last wave.
+///
+/// Generation already read each continuation's log-probs while its condition generated the same
+/// tokens (`follows`, per job, from [`follows`]): a job that its condition generated in full
+/// costs nothing, and the others are evaluated from the first token their condition did not
+/// generate, in the condition's own sequence cut back to that point (the cache up to there is
+/// the one generation built). A condition's jobs take turns in its sequence, the one that
+/// keeps the most of its generation first: cutting back never needs what an earlier turn
+/// overwrote, so no sequence is copied and no state is kept as bytes. A wave is one turn of
+/// every condition, evaluated together. Every log-prob equals a teacher-forced evaluation from
+/// the condition's starting cache (`tests/outcomes.rs` compares them all): the cells hold the
+/// same values and sit in the same places.
+pub(crate) fn score_grid(
+    lab: &mut Lab<'_>,
+    plan: &Plan<'_>,
+    jobs: &[GridJob],
+    follows: Vec<Follow>,
+    cancel: &AtomicBool,
+    mut on_wave: impl FnMut(usize),
+) -> Result<Option<GridScores>, EngineError> {
+    let mut per_token: Vec<Option<Vec<f32>>> = vec![None; jobs.len()];
+    // Per condition, its jobs with something left to evaluate, the most known last.
+    let mut rests: Vec<Vec<Rest>> = (0..plan.conditions.len()).map(|_| Vec::new()).collect();
+    for (j, (job, follow)) in jobs.iter().zip(follows).enumerate() {
+        let mut known = follow.logprobs;
+        if known.len() >= job.tokens.len() {
+            known.truncate(job.tokens.len());
+            per_token[j] = Some(known);
+        } else {
+            rests[job.condition].push(Rest { job: j, known });
+        }
+    }
+    for r in &mut rests {
+        r.sort_by_key(|r| r.known.len());
+    }
+    let mut done = per_token.iter().filter(|p| p.is_some()).count();
+    if done > 0 {
         on_wave(done);
     }
-    Ok(Some(out))
+    while rests.iter().any(|r| !r.is_empty()) {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let wave: Vec<(i32, Rest)> = (rests.iter_mut().enumerate())
+            .filter_map(|(c, r)| r.pop().map(|rest| (plan.conditions[c].seq, rest)))
+            .collect();
+        let mut items = Vec::new();
+        let mut targets = Vec::new();
+        for (w, (seq, rest)) in wave.iter().enumerate() {
+            let job = &jobs[rest.job];
+            let prompt = &plan.prompts[plan.conditions[job.condition].variant];
+            let from = rest.known.len();
+            let last = prompt.last_pos();
+            lab.truncate(*seq, last + from as i32)?;
+            for i in from..job.tokens.len() {
+                let token = if i == 0 {
+                    prompt.last_id()
+                } else {
+                    job.tokens[i - 1]
+                };
+                items.push(BatchItem {
+                    seq: *seq,
+                    token,
+                    pos: last + i as i32,
+                    logits: true,
+                });
+                targets.push((w, job.tokens[i]));
+            }
+        }
+        let mut evaluated: Vec<Vec<f32>> = vec![Vec::new(); wave.len()];
+        lab.eval(&items, |k, logits| {
+            let (w, target) = targets[k];
+            evaluated[w].push(LogProbs::new(logits).of(logits, target as usize));
+        })?;
+        for ((_, rest), more) in wave.into_iter().zip(evaluated) {
+            let mut all = rest.known;
+            all.extend(more);
+            per_token[rest.job] = Some(all);
+        }
+        done = per_token.iter().filter(|p| p.is_some()).count();
+        on_wave(done);
+    }
+    let per_token = per_token.into_iter().flatten().collect::<Vec<_>>();
+    debug_assert_eq!(per_token.len(), jobs.len(), "every job was scored");
+    Ok(Some(grid_scores(plan, jobs, per_token)))
 }
 
 #[cfg(test)]

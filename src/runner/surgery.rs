@@ -1,8 +1,10 @@
 //! The interventions themselves, and the only code that knows what zero, transplant, mean,
-//! noise and remove do. A condition starts from a copy of its variant's evaluated prompt cache: zero and
-//! transplant edit the copy's bytes through the state codec (pure, testable on synthetic
-//! states); remove takes cells out of the sequence, which only llama.cpp can do, so it happens
-//! in a [`Lab`] after the copy is loaded.
+//! noise and remove do. A condition starts from a copy of its variant's evaluated prompt cache,
+//! edited through the state codec (pure, testable on synthetic states): rows rewritten, or for
+//! remove the span's cells taken out, leaving exactly the state llama.cpp writes after its own
+//! `seq_rm` (an engine test compares the two). Restoring that state gives a cache with no hole
+//! where the needle was, laid out like every other condition's, so the tokens generated after
+//! it sit where a later teacher-forced evaluation puts them too.
 
 use crate::engine::kv_state::CellRef;
 use crate::engine::{EngineError, KvPart, KvStateError, Lab, SeqState};
@@ -11,15 +13,17 @@ use crate::experiment::stats::SplitMix64;
 
 use super::plan::{Edit, Plan, PlannedCondition};
 
-/// A condition's cache as the codec makes it: a copy of its variant's prompt state with zero or
-/// transplant applied over span × layers × part. None and remove leave the copy as it is.
+/// A condition's cache as the codec makes it: a copy of its variant's prompt state with its
+/// edit applied over span × layers × part (remove: the span's cells taken out). None leaves the
+/// copy as it is.
 pub(crate) fn edited_state(
     c: &PlannedCondition,
     prompt_states: &[SeqState],
 ) -> Result<SeqState, KvStateError> {
     let mut state = prompt_states[c.variant].clone();
     match (&c.edit, &c.heads) {
-        (Edit::None | Edit::Remove, _) => {}
+        (Edit::None, _) => {}
+        (Edit::Remove, _) => state.remove_positions(c.span.start as i32, c.span.end as i32),
         (Edit::Zero, None) => {
             for pos in span_positions(c.span) {
                 for cell in state.cells_at(pos) {
@@ -271,50 +275,35 @@ fn span_positions(span: Span) -> impl Iterator<Item = i32> {
     span.positions().map(|p| p as i32)
 }
 
-/// Puts condition `c`'s starting cache into sequence `seq` of `lab`: the edited copy, and for
-/// remove the span's cells taken out.
+/// Puts condition `c`'s starting cache into sequence `seq` of `lab`.
 pub(crate) fn load(
     lab: &mut Lab<'_>,
     seq: i32,
     c: &PlannedCondition,
     prompt_states: &[SeqState],
 ) -> Result<(), EngineError> {
-    lab.set_state(seq, &edited_state(c, prompt_states)?)?;
-    if c.edit == Edit::Remove {
-        lab.remove(seq, c.span.start as i32, c.span.end as i32)?;
-    }
-    Ok(())
+    lab.set_state(seq, &edited_state(c, prompt_states)?)
 }
 
-/// Loads every planned condition's starting cache into its sequence and returns its bytes: the
-/// exact cache the condition generates from, re-used for scoring.
+/// Loads every planned condition's starting cache into its sequence.
 pub(crate) fn load_all(
     lab: &mut Lab<'_>,
     plan: &Plan<'_>,
     prompt_states: &[SeqState],
-) -> Result<Vec<Vec<u8>>, EngineError> {
-    let mut states = Vec::with_capacity(plan.conditions.len());
+) -> Result<(), EngineError> {
     for c in &plan.conditions {
         load(lab, c.seq, c, prompt_states)?;
-        states.push(lab.state_bytes(c.seq)?);
     }
-    Ok(states)
+    Ok(())
 }
 
-/// The state bytes of condition `c`'s starting cache. Codec edits need no context; remove goes
-/// through sequence `scratch` of `lab` (whatever it held is replaced).
+/// The state bytes of condition `c`'s starting cache (no context needed: every edit is the
+/// codec's).
 pub(crate) fn cache_bytes(
-    lab: &mut Lab<'_>,
-    scratch: i32,
     c: &PlannedCondition,
     prompt_states: &[SeqState],
 ) -> Result<Vec<u8>, EngineError> {
-    if c.edit == Edit::Remove {
-        load(lab, scratch, c, prompt_states)?;
-        lab.state_bytes(scratch)
-    } else {
-        Ok(edited_state(c, prompt_states)?.serialize())
-    }
+    Ok(edited_state(c, prompt_states)?.serialize())
 }
 
 #[cfg(test)]
@@ -447,13 +436,18 @@ mod tests {
     }
 
     #[test]
-    fn none_and_remove_leave_every_byte() {
-        for edit in [Edit::None, Edit::Remove] {
-            let before = state(true);
-            let c = planned(edit, &[0, 1, 2], KvPart::Both);
-            let after = edited_state(&c, std::slice::from_ref(&before)).unwrap();
-            assert_eq!(after.serialize(), before.serialize());
-        }
+    fn none_leaves_every_byte_and_remove_takes_out_the_span() {
+        let before = state(true);
+        let c = planned(Edit::None, &[0, 1, 2], KvPart::Both);
+        let after = edited_state(&c, std::slice::from_ref(&before)).unwrap();
+        assert_eq!(after.serialize(), before.serialize());
+        let c = planned(Edit::Remove, &[0], KvPart::K);
+        let after = edited_state(&c, std::slice::from_ref(&before)).unwrap();
+        // Whatever the layers and part: a removed cell is gone from every layer.
+        assert_eq!(after.positions(), vec![0, 3, 4]);
+        let mut expected = before.clone();
+        expected.remove_positions(SPAN.start as i32, SPAN.end as i32);
+        assert_eq!(after, expected);
     }
 
     #[test]

@@ -194,7 +194,7 @@ struct Sweeper<'a> {
 }
 
 impl Sweeper<'_> {
-    /// Makes a wave's caches (remove goes through sequence 0), scores every continuation from
+    /// Makes a wave's caches, scores every continuation from
     /// each in one batched evaluation, and makes each condition's point.
     fn measure_wave(
         &self,
@@ -203,7 +203,7 @@ impl Sweeper<'_> {
     ) -> Result<Vec<SweepPoint>, RunError> {
         let caches = wave
             .iter()
-            .map(|c| surgery::cache_bytes(lab, 0, c, self.prompt_states))
+            .map(|c| surgery::cache_bytes(c, self.prompt_states))
             .collect::<Result<Vec<_>, _>>()?;
         let jobs: Vec<Job<'_>> = wave
             .iter()

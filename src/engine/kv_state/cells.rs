@@ -313,6 +313,62 @@ impl SeqState {
     }
 }
 
+impl SeqState {
+    /// Takes the cells holding positions `p0..p1` out of every stream of both caches, as
+    /// llama.cpp's `seq_rm` takes them out of a sequence: the state then holds exactly what
+    /// llama.cpp writes for the sequence after the removal, and restores to the same cache with
+    /// its cells contiguous (no hole where the removed ones were, so later tokens are laid out
+    /// as in any other restored cache).
+    pub fn remove_positions(&mut self, p0: i32, p1: i32) {
+        let swa = self.swa.iter_mut().flat_map(|w| w.streams.iter_mut());
+        for slot in self.streams.iter_mut().chain(swa) {
+            if let Some(stream) = slot {
+                stream.retain_cells(|c| c.pos < p0 || c.pos >= p1);
+                if stream.cells.is_empty() {
+                    // llama.cpp writes an empty stream as its cell count alone.
+                    *slot = None;
+                }
+            }
+        }
+    }
+}
+
+impl Stream {
+    /// Keeps the cells `keep` accepts, with their rows, in their order.
+    fn retain_cells(&mut self, keep: impl Fn(&CellMeta) -> bool) {
+        let n = self.cells.len();
+        let kept: Vec<usize> = (0..n).filter(|&i| keep(&self.cells[i])).collect();
+        if kept.len() == n {
+            return;
+        }
+        let rows = |data: &[u8], size: usize| -> Vec<u8> {
+            kept.iter()
+                .flat_map(|&i| &data[i * size..(i + 1) * size])
+                .copied()
+                .collect()
+        };
+        for b in &mut self.k {
+            b.data = rows(&b.data, b.row_size);
+        }
+        for v in &mut self.v {
+            match v {
+                VBlock::Rows(b) => b.data = rows(&b.data, b.row_size),
+                VBlock::Transposed(b) => {
+                    let mut data = Vec::with_capacity(b.n_embd * kept.len() * b.el_size);
+                    for j in 0..b.n_embd {
+                        for &i in &kept {
+                            let at = (j * n + i) * b.el_size;
+                            data.extend_from_slice(&b.data[at..at + b.el_size]);
+                        }
+                    }
+                    b.data = data;
+                }
+            }
+        }
+        self.cells = kept.iter().map(|&i| self.cells[i].clone()).collect();
+    }
+}
+
 /// (type, bytes per cell) of a V block.
 fn v_shape(v: &VBlock) -> (i32, usize) {
     match v {

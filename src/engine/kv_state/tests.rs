@@ -16,6 +16,43 @@ fn round_trips_both_v_layouts() {
 }
 
 #[test]
+fn removing_positions_leaves_the_state_of_the_other_cells() {
+    for v_trans in [false, true] {
+        let mut st = SeqState::parse(
+            &synthetic(&[0, 1, 2, 3, 4], 2, 4, v_trans),
+            LayoutHints::default(),
+        )
+        .unwrap();
+        let kept = SeqState::parse(
+            &synthetic(&[0, 1, 2, 3, 4], 2, 4, v_trans),
+            LayoutHints::default(),
+        )
+        .unwrap();
+        st.remove_positions(1, 3);
+        assert_eq!(st.positions(), vec![0, 3, 4]);
+        for pos in [0, 3, 4] {
+            let (a, b) = (st.cells_at(pos)[0], kept.cells_at(pos)[0]);
+            for layer in 0..2 {
+                assert_eq!(
+                    st.k_row_f32(layer, a).unwrap(),
+                    kept.k_row_f32(layer, b).unwrap()
+                );
+                assert_eq!(
+                    st.v_row_f32(layer, a).unwrap(),
+                    kept.v_row_f32(layer, b).unwrap()
+                );
+            }
+        }
+        // What is left serializes to bytes that parse back to the same state.
+        let again = SeqState::parse(&st.serialize(), LayoutHints::default()).unwrap();
+        assert_eq!(again, st);
+        st.remove_positions(0, 10);
+        assert_eq!(st.positions(), Vec::<i32>::new());
+        assert!(st.streams.iter().all(Option::is_none));
+    }
+}
+
+#[test]
 fn reads_rows_in_both_layouts_identically() {
     let a = SeqState::parse(&synthetic(&[5, 6, 7], 2, 4, false), LayoutHints::default()).unwrap();
     let b = SeqState::parse(&synthetic(&[5, 6, 7], 2, 4, true), LayoutHints::default()).unwrap();
