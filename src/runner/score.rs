@@ -291,9 +291,10 @@ struct Rest {
 /// costs nothing, and the others are evaluated from the first token their condition did not
 /// generate, in the condition's own sequence cut back to that point (the cache up to there is
 /// the one generation built). A condition's jobs take turns in its sequence, the one that
-/// keeps the most of its generation first: cutting back never needs what an earlier turn
-/// overwrote, so no sequence is copied and no state is kept as bytes. A wave is one turn of
-/// every condition, evaluated together. Every log-prob equals a teacher-forced evaluation from
+/// keeps the most of what is cached first, and the others read along while their tokens are
+/// the same (two expected answers that differ only in the city's name share their opening):
+/// cutting back never needs what an earlier turn overwrote, so no sequence is copied and no
+/// state is kept as bytes. A wave is one turn of every condition, evaluated together. Every log-prob equals a teacher-forced evaluation from
 /// the condition's starting cache (`tests/outcomes.rs` compares them all): the cells hold the
 /// same values and sit in the same places.
 pub(crate) fn score_grid(
@@ -327,17 +328,19 @@ pub(crate) fn score_grid(
         if cancel.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let wave: Vec<(i32, Rest)> = (rests.iter_mut().enumerate())
-            .filter_map(|(c, r)| r.pop().map(|rest| (plan.conditions[c].seq, rest)))
+        let wave: Vec<(usize, Rest)> = (rests.iter_mut().enumerate())
+            .filter_map(|(c, r)| r.pop().map(|rest| (c, rest)))
             .collect();
         let mut items = Vec::new();
+        // Per item: its place in the wave and the continuation index it reads.
         let mut targets = Vec::new();
-        for (w, (seq, rest)) in wave.iter().enumerate() {
+        for (w, (c, rest)) in wave.iter().enumerate() {
             let job = &jobs[rest.job];
-            let prompt = &plan.prompts[plan.conditions[job.condition].variant];
+            let seq = plan.conditions[*c].seq;
+            let prompt = &plan.prompts[plan.conditions[*c].variant];
             let from = rest.known.len();
             let last = prompt.last_pos();
-            lab.truncate(*seq, last + from as i32)?;
+            lab.truncate(seq, last + from as i32)?;
             for i in from..job.tokens.len() {
                 let token = if i == 0 {
                     prompt.last_id()
@@ -345,23 +348,43 @@ pub(crate) fn score_grid(
                     job.tokens[i - 1]
                 };
                 items.push(BatchItem {
-                    seq: *seq,
+                    seq,
                     token,
                     pos: last + i as i32,
                     logits: true,
                 });
-                targets.push((w, job.tokens[i]));
+                targets.push((w, i));
             }
         }
         let mut evaluated: Vec<Vec<f32>> = vec![Vec::new(); wave.len()];
         lab.eval(&items, |k, logits| {
-            let (w, target) = targets[k];
-            evaluated[w].push(LogProbs::new(logits).of(logits, target as usize));
+            let (w, i) = targets[k];
+            let (c, rest) = &wave[w];
+            let path = &jobs[rest.job].tokens;
+            let lp = LogProbs::new(logits);
+            evaluated[w].push(lp.of(logits, path[i] as usize));
+            // The condition's other jobs read along while their tokens are the path's: the
+            // same cache and the same inputs give the same logits.
+            for other in &mut rests[*c] {
+                let tokens = &jobs[other.job].tokens;
+                if other.known.len() == i
+                    && i < tokens.len()
+                    && (i == 0 || tokens[i - 1] == path[i - 1])
+                {
+                    other.known.push(lp.of(logits, tokens[i] as usize));
+                }
+            }
         })?;
         for ((_, rest), more) in wave.into_iter().zip(evaluated) {
             let mut all = rest.known;
             all.extend(more);
             per_token[rest.job] = Some(all);
+        }
+        for r in &mut rests {
+            for rest in r.extract_if(.., |rest| rest.known.len() >= jobs[rest.job].tokens.len()) {
+                per_token[rest.job] = Some(rest.known);
+            }
+            r.sort_by_key(|r| r.known.len());
         }
         done = per_token.iter().filter(|p| p.is_some()).count();
         on_wave(done);
