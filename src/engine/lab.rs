@@ -392,34 +392,32 @@ impl<'m> Lab<'m> {
 
     /// Removes the cells of positions `p0..p1` from `seq` (later cells keep their positions).
     pub fn remove(&mut self, seq: i32, p0: i32, p1: i32) -> Result<(), EngineError> {
-        self.cell_maps.remove(&seq);
-        let ok = self
-            .ctx
-            .clear_kv_cache_seq(
-                Some(seq as u32),
-                Some(p0.max(0) as u32),
-                Some(p1.max(0) as u32),
-            )
-            .map_err(|e| EngineError::State {
-                seq,
-                detail: e.to_string(),
-            })?;
-        if !ok {
-            return Err(EngineError::State {
-                seq,
-                detail: format!("llama.cpp could not remove positions {p0}..{p1}"),
-            });
-        }
-        Ok(())
+        self.seq_rm(seq, p0, Some(p1), || {
+            format!("llama.cpp could not remove positions {p0}..{p1}")
+        })
     }
 
     /// Takes every position from `from` on out of `seq` (a sequence cut back to its first
     /// `from` positions).
     pub fn truncate(&mut self, seq: i32, from: i32) -> Result<(), EngineError> {
+        self.seq_rm(seq, from, None, || {
+            format!("llama.cpp could not cut the sequence back to position {from}")
+        })
+    }
+
+    /// llama.cpp's `seq_rm` of positions `p0..p1` (`None`: to the end) from `seq`.
+    fn seq_rm(
+        &mut self,
+        seq: i32,
+        p0: i32,
+        p1: Option<i32>,
+        refused: impl FnOnce() -> String,
+    ) -> Result<(), EngineError> {
         self.cell_maps.remove(&seq);
+        let at = |p: i32| p.max(0) as u32;
         let ok = self
             .ctx
-            .clear_kv_cache_seq(Some(seq as u32), Some(from.max(0) as u32), None)
+            .clear_kv_cache_seq(Some(seq as u32), Some(at(p0)), p1.map(at))
             .map_err(|e| EngineError::State {
                 seq,
                 detail: e.to_string(),
@@ -427,7 +425,7 @@ impl<'m> Lab<'m> {
         if !ok {
             return Err(EngineError::State {
                 seq,
-                detail: format!("llama.cpp could not cut the sequence back to position {from}"),
+                detail: refused(),
             });
         }
         Ok(())

@@ -294,9 +294,10 @@ struct Rest {
 /// keeps the most of what is cached first, and the others read along while their tokens are
 /// the same (two expected answers that differ only in the city's name share their opening):
 /// cutting back never needs what an earlier turn overwrote, so no sequence is copied and no
-/// state is kept as bytes. A wave is one turn of every condition, evaluated together. Every log-prob equals a teacher-forced evaluation from
-/// the condition's starting cache (`tests/outcomes.rs` compares them all): the cells hold the
-/// same values and sit in the same places.
+/// state is kept as bytes. A wave is one turn of every condition, evaluated together. Every
+/// log-prob equals a teacher-forced evaluation from the condition's starting cache
+/// (`tests/outcomes.rs` compares them all): the cells hold the same values and sit in the same
+/// places.
 pub(crate) fn score_grid(
     lab: &mut Lab<'_>,
     plan: &Plan<'_>,
