@@ -169,7 +169,10 @@ fn a_model_is_described_before_it_loads_and_the_devices_are_listed() {
     h.step();
     wait_for(&mut h, "the load", |a| a.busy == Busy::Idle);
     assert!(h.query_by_label("Before loading").is_none());
-    h.get_by_label(&format!("≈ {kv} ({n_seq} sequences, f16)"));
+    h.get_by_label_contains(&format!(
+        "KV cache {kv} for {n_seq} sequences, f16 + prompt copies"
+    ));
+    assert!(h.query_by_label_contains("will not fit").is_none());
 
     // A q8_0 cache takes 34 bytes per 32 values where f16 takes 64: the estimate follows the
     // experiment's cache types.
@@ -182,7 +185,16 @@ fn a_model_is_described_before_it_loads_and_the_devices_are_listed() {
         "{:.1} MiB",
         (n_seq * 256 * 23_040 * 34 / 64) as f64 / (1 << 20) as f64
     );
-    h.get_by_label(&format!("≈ {kv} ({n_seq} sequences, q8_0)"));
+    h.get_by_label_contains(&format!("KV cache {kv} for {n_seq} sequences, q8_0"));
+
+    // A run far beyond this machine's memory (1,000 conditions of 8,192 tokens: ~100 GB of
+    // cache) is flagged before Run is pressed.
+    let mut spec = h.state().doc.spec.clone();
+    spec.generation.max_tokens = 8192;
+    spec.conditions = std::iter::repeat_n(spec.conditions[0].clone(), 1000).collect();
+    h.state_mut().doc.spec = spec;
+    h.run_steps(2);
+    h.get_by_label_contains("will not fit in this machine's");
 }
 
 #[test]

@@ -420,3 +420,60 @@ fn the_gguf_header_agrees_with_llama_cpp_and_with_the_cache() {
         "{err}"
     );
 }
+
+/// A shared lab (one KV stream for every sequence, how sweeps make items at large caches): a
+/// range of a sequence's cells reads back with exactly their bytes, a sequence that shares
+/// another's cells holds the same state, and the scratch sequence used for reading is left
+/// empty. A lab with a stream per sequence refuses to share (its copies move whole streams).
+#[test]
+fn a_shared_lab_reads_some_cells_and_shares_the_rest() {
+    let options = LabOptions {
+        n_seq: 3,
+        n_ctx_per_seq: 512,
+        threads: 2,
+        n_batch: 512,
+        cache: Default::default(),
+    };
+    let mut lab = Lab::shared(model(), options).expect("context");
+    assert!(lab.is_shared());
+    let tokens = seed_tokens(0);
+    eval_prompt(&mut lab, 0, &tokens);
+    let whole = lab.state(0).unwrap();
+
+    let piece = lab.state_of_positions(0, 2, 3, 7).unwrap();
+    assert_eq!(piece.positions(), [3, 4, 5, 6]);
+    for (cell, meta) in piece.cells() {
+        let at = whole.cells_at(meta.pos)[0];
+        for layer in 0..lab.n_kv_layer() {
+            assert_eq!(
+                piece.k_row_bytes(layer, cell).unwrap(),
+                whole.k_row_bytes(layer, at).unwrap()
+            );
+            assert_eq!(
+                piece.v_row_bytes(layer, cell).unwrap(),
+                whole.v_row_bytes(layer, at).unwrap()
+            );
+        }
+    }
+    assert!(
+        lab.state(2).unwrap().positions().is_empty(),
+        "the scratch sequence is left empty"
+    );
+
+    lab.share(0, 1, 0, None).unwrap();
+    let mut shared = lab.state(1).unwrap();
+    for stream in shared.streams.iter_mut().flatten() {
+        stream.cells.iter_mut().for_each(|c| c.seq_ids = vec![0]);
+    }
+    assert!(
+        shared.streams == whole.streams,
+        "sharing gives the same cells"
+    );
+
+    let mut per_seq = lab_with_streams();
+    assert!(per_seq.share(0, 1, 0, None).is_err());
+}
+
+fn lab_with_streams() -> Lab<'static> {
+    lab(2)
+}

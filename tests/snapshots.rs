@@ -190,6 +190,7 @@ fn a_layer_sweep_with_sliding_layers(app: &KvlabApp) -> kvlab::experiment::sweep
         spec: Some(app.doc.spec.clone()),
         sliding_layers: (0..18).filter(|l| l % 6 != 5).collect(),
         sliding_window: Some(512),
+        shared_cache: false,
         ..common::made_up_sweep(
             SweepKind::Layer,
             point("no intervention".into(), None, 0.0),

@@ -2,9 +2,11 @@
 //! cache shape (32 layers × 8 KV heads × 128, 128 KiB per token at f16) and random weights
 //! (written once by [`crate::gguf::writer::llama_8b_cache_shape`] with the demo model's
 //! tokenizer), with a long prompt. The demo model's cache is 23 KiB per token, so the normal
-//! bench hides the cost of moving whole sequence states: here every sweep item round-trips a
-//! state of hundreds of MB through host memory, where a bare teacher-forced loop copies the
-//! prompt's cache on the device (`seq_cp`) and evaluates the same tokens.
+//! bench hides the cost of moving whole sequence states (hundreds of MB each here). A sweep
+//! item shares the prompt's cells in one KV stream and writes only its edited cells
+//! (`runner::sweep`); the bare loop it is compared with shares the prompt's cells the same way
+//! (llama.cpp's `seq_cp` in a unified cache, which copies nothing) and evaluates the same
+//! tokens, with no edit at all.
 
 use std::path::Path;
 use std::time::Instant;
@@ -34,13 +36,13 @@ pub struct ScaleReport {
     pub state_round_trip_s: f64,
     /// Seconds to evaluate the prompt (one variant).
     pub prompt_s: f64,
-    /// Position-sweep items per second (each a state round trip, then scoring).
+    /// Position-sweep items per second (each an edited cell written, then scoring).
     pub sweep_items_per_s: f64,
-    /// The same items as bare loops: `seq_cp` of the prompt's cache, then the same tokens.
+    /// The same items as bare loops: `seq_cp` of the prompt's cells, then the same tokens.
     pub bare_items_per_s: f64,
     /// sweep / bare (the target: at least 0.85).
     pub sweep_vs_bare: f64,
-    /// Items measured.
+    /// Items measured, the reference (no intervention) included.
     pub items: usize,
     /// Peak resident memory of the process, MiB (Linux).
     pub peak_memory_mib: Option<f64>,
@@ -140,20 +142,18 @@ pub fn run(
     let sweep_s = sweeping.map_or(0.0, |t| t.elapsed().as_secs_f64());
     // Measured before the bare loops' context exists: the sweep's own high-water mark.
     let peak_memory_mib = super::peak_memory_mib();
-    // The sweep's context, as runner::sweep sizes it.
-    let n_slots = (items as u64 + 1)
-        .clamp(1, 16)
-        .max(spec.variants.len() as u64);
-    let max_cont = conts.iter().map(Vec::len).max().unwrap_or(0) as u64;
-    let cells = (prompt.len() as u64 + max_cont + 8).div_ceil(256) * 256;
-    let sweep_kv_mib = (n_slots * cells * kv_bytes_per_token) as f64 / (1 << 20) as f64;
+    // The sweep's shared stream, as runner::sweep sizes it: the prompt, then per slot (16
+    // jobs: 8 items × 2 answers) the edited cell, the last prompt token and an answer.
+    let n_slots = 16u64;
+    let max_cont = conts.iter().map(Vec::len).max().unwrap_or(0);
+    let cells = runner::shared_cells(prompt.len() - 1, n_slots as u32, 2 + max_cont);
+    let cells = cells.div_ceil(256) as u64 * 256;
+    let sweep_kv_mib = (cells * kv_bytes_per_token) as f64 / (1 << 20) as f64;
     stage("state round trip");
-    let mut lab = Lab::new(
+    let mut lab = Lab::shared(
         &model,
         LabOptions {
-            n_seq: 17,
-            // Streams as long as the sweep's (prompt, longest continuation, margin): a
-            // cross-stream copy moves the whole stream, so a longer one would cost more.
+            n_seq: 1 + n_slots as u32,
             n_ctx_per_seq: cells as u32,
             threads,
             n_batch: 512,
@@ -164,41 +164,50 @@ pub fn run(
     eval(&mut lab, 0, &prompt[..prompt.len() - 1], 0)?;
     let prompt_s = t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
+    // Read and written back into the same sequence (restoring empties it first): the stream
+    // has room for one prompt.
     let bytes = lab.state_bytes(0)?;
-    lab.set_state_bytes(1, &bytes)?;
+    lab.set_state_bytes(0, &bytes)?;
     let state_round_trip_s = t0.elapsed().as_secs_f64();
     let state_mib = bytes.len() as f64 / (1 << 20) as f64;
     drop(bytes);
 
     stage("bare teacher-forced loops");
+    // The sweep's items and its reference (no intervention): the same number of evaluations.
+    let items = swept.points.len() + 1;
     let per_wave = (16 / conts.len().max(1)).max(1);
     let t0 = Instant::now();
     let mut done = 0;
     while done < items {
         let wave = per_wave.min(items - done);
-        let mut batch = Vec::new();
         for j in 0..wave {
             for (c, cont) in conts.iter().enumerate() {
                 let seq = 1 + (j * conts.len() + c) as i32;
-                lab.copy_seq(0, seq);
+                lab.clear(seq);
+                lab.share(0, seq, 0, None)?;
                 let last = prompt.len() - 1;
                 let tokens = std::iter::once(prompt[last]).chain(cont.iter().copied());
-                batch.extend(tokens.enumerate().map(|(k, token)| BatchItem {
-                    seq,
-                    token,
-                    pos: (last + k) as i32,
-                    logits: true,
-                }));
+                // One call per item and answer, as the sweep evaluates them (see
+                // runner::sweep's shared lab: it keeps each job's numbers its own).
+                let job: Vec<BatchItem> = (tokens.enumerate())
+                    .map(|(k, token)| BatchItem {
+                        seq,
+                        token,
+                        pos: (last + k) as i32,
+                        logits: true,
+                    })
+                    .collect();
+                lab.eval(&job, |_, _| {})?;
             }
         }
-        for part in batch.chunks(512) {
-            lab.eval(part, |_, _| {})?;
+        for seq in 1..=n_slots as i32 {
+            lab.clear(seq);
         }
         done += wave;
     }
     let bare_s = t0.elapsed().as_secs_f64();
 
-    let sweep_items_per_s = swept.points.len() as f64 / sweep_s.max(1e-9);
+    let sweep_items_per_s = items as f64 / sweep_s.max(1e-9);
     let bare_items_per_s = items as f64 / bare_s.max(1e-9);
     Ok(ScaleReport {
         prompt_tokens: prompt.len(),
@@ -209,7 +218,7 @@ pub fn run(
         sweep_items_per_s,
         bare_items_per_s,
         sweep_vs_bare: sweep_items_per_s / bare_items_per_s.max(1e-12),
-        items: swept.points.len(),
+        items,
         peak_memory_mib,
         model_mib: std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64),
         sweep_kv_mib,
@@ -253,7 +262,7 @@ pub fn to_table(r: &ScaleReport) -> String {
         format!("{:.2} items/s ({} items)", r.sweep_items_per_s, r.items),
     );
     row(
-        "bare loops (seq_cp + the same tokens)",
+        "bare loops (seq_cp, same tokens)",
         format!(
             "{:.2} items/s → sweep at {:.0} % (target ≥ 85 %)",
             r.bare_items_per_s,

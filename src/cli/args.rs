@@ -136,6 +136,12 @@ pub struct SweepArgs {
     /// Span sweeps: the most extra tokens after the needle.
     #[arg(long, default_value_t = 12)]
     pub max_extra: usize,
+    /// How items get their caches: shared (the prompt's cells shared, only edited cells
+    /// written: fast at large caches, results move slightly against a grid), streams (each
+    /// item's whole cache copied: equals a grid bit for bit on the CPU), or auto (shared from
+    /// 64 MiB of prompt state).
+    #[arg(long, value_enum, default_value_t = SweepCachesArg::Auto)]
+    pub caches: SweepCachesArg,
     /// Write the sweep results (JSON) here.
     #[arg(long, short)]
     pub out: Option<PathBuf>,
@@ -198,6 +204,27 @@ pub enum SweepOver {
     Layer,
     /// Every position × every layer.
     PositionLayer,
+}
+
+/// How a sweep's items get their caches (see [`crate::runner::SweepCaches`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SweepCachesArg {
+    /// Shared from 64 MiB of prompt state.
+    Auto,
+    /// The prompt's cells shared.
+    Shared,
+    /// A whole cache per item.
+    Streams,
+}
+
+impl From<SweepCachesArg> for crate::runner::SweepCaches {
+    fn from(a: SweepCachesArg) -> Self {
+        match a {
+            SweepCachesArg::Auto => Self::Auto,
+            SweepCachesArg::Shared => Self::Shared,
+            SweepCachesArg::Streams => Self::Streams,
+        }
+    }
 }
 
 /// What a sweep's items do (see [`crate::experiment::sweep::SweepOp`]).

@@ -149,6 +149,7 @@ pub(super) fn sweep(args: SweepArgs, gpu_layers: Option<u32>) -> Result<()> {
         from,
         layers,
         max_extra,
+        caches,
         out,
         threads,
         cache,
@@ -189,6 +190,7 @@ pub(super) fn sweep(args: SweepArgs, gpu_layers: Option<u32>) -> Result<()> {
     };
     let options = RunOptions {
         threads,
+        sweep_caches: caches.into(),
         ..RunOptions::default()
     };
     let started = std::time::Instant::now();

@@ -1,9 +1,16 @@
-//! One inference context for an experiment: several sequences, one KV stream each.
+//! One inference context for an experiment: several sequences, one KV stream each, or one
+//! stream they all share.
 //!
-//! With `kv_unified = false` every sequence gets its own stream, so a sequence restored from
-//! state bytes has the same cell layout as the one it was copied from, and an unmodified copy
-//! reproduces the original token for token (a unified cache changes the floating-point reduction
-//! order and small models flip on near-ties; see `docs/llama-cpp-state.md`).
+//! With `kv_unified = false` (the default, [`Lab::new`]) every sequence gets its own stream, so a
+//! sequence restored from state bytes has the same cell layout as the one it was copied from,
+//! and an unmodified copy reproduces the original token for token (a unified cache changes the
+//! floating-point reduction order and small models flip on near-ties; see
+//! `docs/llama-cpp-state.md`). Copying a sequence then copies its whole stream.
+//!
+//! A shared lab ([`Lab::shared`], llama.cpp's unified cache) puts every sequence in one stream:
+//! [`Lab::share`] makes a sequence see another's cells without copying anything (llama.cpp only
+//! tags the cells), and restoring a small state into a sequence writes just its cells. That is
+//! what lets a sweep item at Llama-8B scale cost its tokens and not its cache.
 
 use std::num::NonZeroU32;
 
@@ -76,12 +83,22 @@ pub struct Lab<'m> {
     hook: Option<Arc<Hook>>,
     /// Per sequence, the cell → position map of its last capture, while nothing else changed it.
     cell_maps: HashMap<i32, Vec<Option<i32>>>,
+    /// Whether all sequences share one KV stream ([`Lab::shared`]).
+    shared: bool,
 }
 
 impl<'m> Lab<'m> {
     /// Creates a context with `options.n_seq` independent sequences.
     pub fn new(model: &'m LoadedModel, options: LabOptions) -> Result<Lab<'m>, EngineError> {
         Self::open(model, options, false)
+    }
+
+    /// Creates a context whose `options.n_seq` sequences share one KV stream of
+    /// `options.n_ctx_per_seq` cells in all (llama.cpp's unified cache; the name keeps its
+    /// meaning per stream: here there is one). See [`Lab::share`].
+    pub fn shared(model: &'m LoadedModel, options: LabOptions) -> Result<Lab<'m>, EngineError> {
+        model.check_kv_surgery_supported()?;
+        Self::open_layout(model, options, false, true)
     }
 
     /// Like [`Lab::new`], with attention capture ([`Lab::eval_capturing`]) available: flash
@@ -109,6 +126,14 @@ impl<'m> Lab<'m> {
         Self::open_unchecked(model, options, capture)
     }
 
+    fn open_unchecked(
+        model: &'m LoadedModel,
+        options: LabOptions,
+        capture: bool,
+    ) -> Result<Lab<'m>, EngineError> {
+        Self::open_layout(model, options, capture, false)
+    }
+
     /// Evaluates one token in a small context of `model` and reads the state llama.cpp writes
     /// for it: an error when it does not parse as the cache layout kvlab expects for the model
     /// (see `LoadedModel::judge_kv_surgery`).
@@ -131,24 +156,24 @@ impl<'m> Lab<'m> {
         lab.state(0).map(|_| ())
     }
 
-    fn open_unchecked(
+    fn open_layout(
         model: &'m LoadedModel,
         options: LabOptions,
         capture: bool,
+        shared: bool,
     ) -> Result<Lab<'m>, EngineError> {
         let n_ctx_per_seq = options.n_ctx_per_seq.div_ceil(256) * 256;
-        let n_ctx =
-            n_ctx_per_seq
-                .checked_mul(options.n_seq)
-                .ok_or_else(|| EngineError::ContextFailed {
-                    detail: "context size overflows".into(),
-                })?;
+        let n_ctx = n_ctx_per_seq
+            .checked_mul(if shared { 1 } else { options.n_seq })
+            .ok_or_else(|| EngineError::ContextFailed {
+                detail: "context size overflows".into(),
+            })?;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(options.n_batch)
             .with_n_ubatch(options.n_batch)
             .with_n_seq_max(options.n_seq)
-            .with_kv_unified(false)
+            .with_kv_unified(shared)
             // A sliding-window cache of full size keeps every prompt cell until the window
             // passes it (a smaller one may reuse cells still needed for surgery).
             .with_swa_full(true)
@@ -193,6 +218,7 @@ impl<'m> Lab<'m> {
             },
             hook,
             cell_maps: HashMap::new(),
+            shared,
         })
     }
 
@@ -436,6 +462,63 @@ impl<'m> Lab<'m> {
     pub fn copy_seq(&mut self, src: i32, dst: i32) {
         self.clear(dst);
         let _ = self.ctx.copy_kv_cache_seq(src, dst, None, None);
+    }
+
+    /// Whether all sequences share one KV stream ([`Lab::shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Makes `dst` also see `src`'s cells at positions `p0..p1` (`None`: to the end), in a
+    /// shared lab: llama.cpp adds `dst` to those cells' sequences, nothing is copied, and the
+    /// cells stay where they are (so `dst`'s cells are ordered as they lie in the stream, which
+    /// can change results in the last bits: see `docs/llama-cpp-state.md`). An edit to `dst`
+    /// must come first: restoring a state into `dst` empties it.
+    pub fn share(
+        &mut self,
+        src: i32,
+        dst: i32,
+        p0: i32,
+        p1: Option<i32>,
+    ) -> Result<(), EngineError> {
+        if !self.shared {
+            return Err(EngineError::State {
+                seq: dst,
+                detail: "sharing cells needs a lab whose sequences share one stream".into(),
+            });
+        }
+        let n_seq = self.options.n_seq as i32;
+        if !(0..n_seq).contains(&src) || !(0..n_seq).contains(&dst) {
+            return Err(EngineError::State {
+                seq: dst,
+                detail: format!("only {n_seq} sequences exist"),
+            });
+        }
+        self.cell_maps.remove(&dst);
+        let at = |p: i32| p.max(0) as u32;
+        self.ctx
+            .copy_kv_cache_seq(src, dst, Some(at(p0)), p1.map(at))
+            .map_err(|e| EngineError::State {
+                seq: dst,
+                detail: e.to_string(),
+            })
+    }
+
+    /// The state of `seq`'s cells at positions `p0..p1` alone, read through `scratch` (a
+    /// sequence otherwise unused, left empty): in a shared lab this costs those cells' bytes,
+    /// not the sequence's.
+    pub fn state_of_positions(
+        &mut self,
+        seq: i32,
+        scratch: i32,
+        p0: i32,
+        p1: i32,
+    ) -> Result<SeqState, EngineError> {
+        self.clear(scratch);
+        self.share(seq, scratch, p0, Some(p1))?;
+        let state = self.state(scratch);
+        self.clear(scratch);
+        state
     }
 
     /// Empties a sequence.

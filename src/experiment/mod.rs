@@ -7,6 +7,7 @@ pub mod dataset;
 pub mod floats;
 pub mod grid;
 pub mod jinja;
+pub mod memory;
 pub mod metrics;
 pub mod needle;
 pub mod outcome;

@@ -170,7 +170,9 @@ impl SweepSpec {
     /// Expands the sweep for a prompt of `prompt_len` tokens, a model of `n_layer` layers and the
     /// needle span.
     pub fn items(&self, prompt_len: usize, n_layer: u32, needle: Span) -> Vec<SweepItem> {
-        let cached = prompt_len.saturating_sub(1);
+        // The positions an item may touch: the cache, but for remove not its last one (the
+        // prompt's last token must follow a cached position).
+        let cached = prompt_len.saturating_sub(if self.op == Op::Remove { 2 } else { 1 });
         let cond = |span: Span, layers: LayerSet| {
             Condition::new(self.variant.clone(), self.op.clone()).at(Site {
                 span: Some(span),
@@ -325,6 +327,10 @@ pub struct SweepResults {
     /// The sliding window in tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<u32>,
+    /// Whether items shared the prompt's cache cells (`runner::SweepCaches::Shared`): their
+    /// edited cells then sit in another order than in a grid, which moves results a little.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_cache: bool,
 }
 
 impl SweepResults {
@@ -392,8 +398,16 @@ pub fn to_table(r: &SweepResults, own_variant_index: usize) -> String {
             "(sliding): a sliding-window layer, which attends to the last {w} tokens only"
         );
     }
+    if r.shared_cache {
+        let _ = writeln!(out, "{SHARED_CACHE_NOTE}");
+    }
     out
 }
+
+/// What a sweep whose items shared the prompt's cache cells says about its numbers.
+pub const SHARED_CACHE_NOTE: &str = "items shared the prompt's cache cells (fast at large \
+     caches): an edited cell is seen after the prompt's, not in its place, which moves results \
+     slightly against the same condition in a grid (see the README's Sweeps section)";
 
 #[cfg(test)]
 mod tests {
@@ -424,6 +438,29 @@ mod tests {
         .items(10, 4, Span { start: 3, end: 4 });
         assert_eq!(items.first().unwrap().index, 2);
         assert_eq!(items.last().unwrap().index, 8);
+    }
+
+    /// A remove item may not take the cache's last position (the prompt's last token must
+    /// follow a cached one): remove sweeps stop one position earlier.
+    #[test]
+    fn remove_sweeps_leave_the_last_cached_position() {
+        let remove = |kind| SweepSpec {
+            op: Op::Remove,
+            ..sweep(kind)
+        };
+        let items =
+            remove(SweepKind::Position { range: None }).items(10, 4, Span { start: 3, end: 4 });
+        assert_eq!(
+            items.last().unwrap().index,
+            7,
+            "positions 0..=7 of the cached 0..=8"
+        );
+        let spans =
+            remove(SweepKind::Span { max_extra: 20 }).items(10, 4, Span { start: 3, end: 4 });
+        assert_eq!(
+            spans.last().unwrap().condition.site.span,
+            Some(Span { start: 3, end: 8 })
+        );
     }
 
     #[test]
@@ -525,6 +562,7 @@ mod tests {
             tokens: Vec::new(),
             sliding_layers: vec![0],
             sliding_window: Some(512),
+            shared_cache: false,
         };
         let t = to_table(&r, 0);
         assert!(t.contains("layer 0 (sliding)"), "{t}");

@@ -38,6 +38,7 @@ pub fn check(model: &LoadedModel, spec: &ExperimentSpec) -> Result<(), SpecError
     spec.check_fits(
         info.n_ctx_train,
         kv_bytes_per_cell(info, spec.cache),
+        model.fingerprint().file_size,
         host_memory(),
     )
 }

@@ -50,7 +50,7 @@ pub use dataset::{DatasetOptions, plan_waves, run_dataset};
 pub use delta::kv_delta;
 pub use prompts::{Prepared, PreparedPrompt, prepare_prompts};
 pub(crate) use score::answer_ids;
-pub use sweep::run_sweep;
+pub use sweep::{run_sweep, shared_cells};
 
 use plan::Plan;
 use score::GridScores;
@@ -89,6 +89,26 @@ pub struct RunOptions {
     pub cancel: Arc<AtomicBool>,
     /// Whether to capture attention (grid runs; see `runner::attention`).
     pub attention: AttentionMode,
+    /// How sweeps lay out their items' caches.
+    pub sweep_caches: SweepCaches,
+}
+
+/// How a sweep lays out its items' caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SweepCaches {
+    /// Shared where a whole state per item would cost much (a prompt state over
+    /// [`SHARED_FROM_BYTES`]: Llama 3.1 8B from 512 tokens), else streams.
+    #[default]
+    Auto,
+    /// Items share the prompt's cells in one KV stream and hold only their edited cells (see
+    /// `runner::sweep`): an item costs its tokens, not a copy of the cache. The reference and
+    /// remove items equal a grid's bit for bit; items with edited cells see those cells in
+    /// another order than a grid does, which moves results (see the README). Models with a
+    /// sliding-window cache use [`SweepCaches::Streams`].
+    Shared,
+    /// Each item's whole cache written into a stream of its own, the grid's layout: items equal
+    /// grid conditions bit for bit on the CPU, at the cost of a cache copy per item.
+    Streams,
 }
 
 impl Default for RunOptions {
@@ -99,9 +119,13 @@ impl Default for RunOptions {
             delta_layer: None,
             cancel: Arc::new(AtomicBool::new(false)),
             attention: AttentionMode::Off,
+            sweep_caches: SweepCaches::Auto,
         }
     }
 }
+
+/// The prompt state size from which [`SweepCaches::Auto`] shares cells.
+pub const SHARED_FROM_BYTES: u64 = 64 << 20;
 
 /// The physical cores llama.cpp should use by default (at most 8).
 pub fn default_threads() -> i32 {
@@ -372,12 +396,30 @@ fn eval_prompts(
     options: &RunOptions,
     on_event: &mut impl FnMut(RunEvent),
 ) -> Result<(Vec<SeqState>, Option<Vec<PromptAttention>>), RunError> {
+    let all: Vec<usize> = (0..plan.prompts.len()).collect();
+    let attention = eval_prompt_tokens(lab, plan, &all, options, on_event)?;
+    let states = (0..plan.prompts.len())
+        .map(|vi| lab.state(vi as i32))
+        .collect::<Result<_, _>>()?;
+    Ok((states, attention))
+}
+
+/// Evaluates the prompts of `variants` (variant i into sequence i), as [`eval_prompts`] does,
+/// leaving their caches in the lab.
+fn eval_prompt_tokens(
+    lab: &mut Lab<'_>,
+    plan: &Plan<'_>,
+    variants: &[usize],
+    options: &RunOptions,
+    on_event: &mut impl FnMut(RunEvent),
+) -> Result<Option<Vec<PromptAttention>>, RunError> {
     let prompts = &plan.prompts;
+    let chosen = |vi: &usize| variants.contains(vi);
     let chunk = lab.options().n_batch.max(1) as usize;
     // Each batch with the variant it captures for.
     let mut batches: Vec<(Option<usize>, Vec<BatchItem>)> = Vec::new();
     if options.attention.capture_lab() {
-        for (vi, p) in prompts.iter().enumerate() {
+        for (vi, p) in prompts.iter().enumerate().filter(|(vi, _)| chosen(vi)) {
             let tokens: Vec<i32> = p.tokens.iter().map(|t| t.id).collect();
             for b in attention::prompt_chunks(vi as i32, &tokens, chunk) {
                 batches.push((Some(vi), b));
@@ -385,7 +427,7 @@ fn eval_prompts(
         }
     } else {
         let mut items = Vec::new();
-        for (vi, p) in prompts.iter().enumerate() {
+        for (vi, p) in prompts.iter().enumerate().filter(|(vi, _)| chosen(vi)) {
             for (pos, t) in p.tokens[..p.tokens.len() - 1].iter().enumerate() {
                 items.push(BatchItem {
                     seq: vi as i32,
@@ -425,8 +467,5 @@ fn eval_prompts(
             on_event(RunEvent::Progress { done, total });
         }
     }
-    let states = (0..prompts.len())
-        .map(|vi| lab.state(vi as i32))
-        .collect::<Result<_, _>>()?;
-    Ok((states, capture.then_some(passes)))
+    Ok(capture.then_some(passes))
 }

@@ -231,8 +231,19 @@ fn resolve_condition(
     let n_layer = shape.n_layer;
     let variant = variant_index(&c.variant, "")?;
     let span = c.site.span.unwrap_or(needle);
-    check_span_in_cache(span, prompts[variant].tokens.len(), "the span")
-        .map_err(|e| err(e.to_string()))?;
+    let prompt_len = prompts[variant].tokens.len();
+    check_span_in_cache(span, prompt_len, "the span").map_err(|e| err(e.to_string()))?;
+    if c.op == Op::Remove && span.end + 1 >= prompt_len {
+        // llama.cpp feeds the next token only right after the sequence's last cached position.
+        return Err(err(format!(
+            "remove {}..{} would take out the cache's last position ({}): the prompt's last \
+             token must follow a cached one, so remove at most up to position {}",
+            span.start,
+            span.end,
+            prompt_len.saturating_sub(2),
+            prompt_len.saturating_sub(3)
+        )));
+    }
     if let Some(max) = c.site.layers.max()
         && max >= n_layer
     {
@@ -422,6 +433,20 @@ mod tests {
         c.site.span = Some(Span { start: 8, end: 10 });
         let e = resolve(&spec(vec![c]), 10).unwrap_err();
         assert_condition_error(e, 0, "outside the prompt's cache");
+    }
+
+    /// llama.cpp feeds the prompt's last token only right after the sequence's last cached
+    /// position, so a remove may not take that position (the run would fail at its first
+    /// evaluation); one before it is fine.
+    #[test]
+    fn a_remove_of_the_last_cached_position_names_the_condition() {
+        let mut c = condition("NY", Op::Remove);
+        // The NY prompt has 10 tokens: positions 0..=8 are cached.
+        c.site.span = Some(Span { start: 7, end: 9 });
+        let e = resolve(&spec(vec![c.clone()]), 10).unwrap_err();
+        assert_condition_error(e, 0, "would take out the cache's last position (8)");
+        c.site.span = Some(Span { start: 7, end: 8 });
+        assert!(resolve(&spec(vec![c]), 10).is_ok());
     }
 
     #[test]

@@ -43,11 +43,40 @@ pub(crate) fn score_wave(
     jobs: &[Job<'_>],
     probe_ids: &[Option<usize>],
 ) -> Result<Vec<Scored>, EngineError> {
-    let mut items = Vec::new();
-    let mut targets: Vec<(usize, i32, bool)> = Vec::new();
+    let mut loaded = Vec::with_capacity(jobs.len());
     for (slot, job) in jobs.iter().enumerate() {
         let seq = slot as i32;
         lab.set_state_bytes(seq, job.state)?;
+        loaded.push(LoadedJob {
+            seq,
+            prompt: job.prompt,
+            tokens: job.tokens,
+        });
+    }
+    score_loaded(lab, &loaded, probe_ids)
+}
+
+/// A continuation to score from a cache already in place in sequence `seq`.
+pub(crate) struct LoadedJob<'a> {
+    /// The sequence holding the cache (every prompt token but the last).
+    pub seq: i32,
+    /// The prompt (its last token is evaluated first).
+    pub prompt: &'a PreparedPrompt,
+    /// The continuation.
+    pub tokens: &'a [i32],
+}
+
+/// Scores jobs whose caches are in place in one batched evaluation; `probe_ids` are also read
+/// at each job's first step.
+pub(crate) fn score_loaded(
+    lab: &mut Lab<'_>,
+    jobs: &[LoadedJob<'_>],
+    probe_ids: &[Option<usize>],
+) -> Result<Vec<Scored>, EngineError> {
+    let mut items = Vec::new();
+    let mut targets: Vec<(usize, i32, bool)> = Vec::new();
+    for (slot, job) in jobs.iter().enumerate() {
+        let seq = job.seq;
         let mut token = job.prompt.last_id();
         for (i, (pos, &next)) in (job.prompt.last_pos()..).zip(job.tokens).enumerate() {
             items.push(BatchItem {

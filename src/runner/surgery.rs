@@ -20,6 +20,17 @@ pub(crate) fn edited_state(
     c: &PlannedCondition,
     prompt_states: &[SeqState],
 ) -> Result<SeqState, KvStateError> {
+    edited_state_with(c, prompt_states, None)
+}
+
+/// [`edited_state`] where the prompt states may hold only some of the prompt's cells (those
+/// the edit touches and reads): the noise op's σ, a statistic over the whole prompt, then
+/// comes from `spreads`.
+pub(crate) fn edited_state_with(
+    c: &PlannedCondition,
+    prompt_states: &[SeqState],
+    spreads: Option<&Spreads>,
+) -> Result<SeqState, KvStateError> {
     let mut state = prompt_states[c.variant].clone();
     match (&c.edit, &c.heads) {
         (Edit::None, _) => {}
@@ -40,14 +51,14 @@ pub(crate) fn edited_state(
             &c.layers,
             c.part,
         )?,
-        _ => edit_values(&mut state, c, prompt_states)?,
+        _ => edit_values(&mut state, c, prompt_states, spreads)?,
     }
     Ok(state)
 }
 
 /// Half of the cache, for reading and writing rows as numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Half {
+pub(crate) enum Half {
     K,
     V,
 }
@@ -89,10 +100,11 @@ fn edit_values(
     state: &mut SeqState,
     c: &PlannedCondition,
     prompt_states: &[SeqState],
+    spreads: Option<&Spreads>,
 ) -> Result<(), KvStateError> {
     let own = &prompt_states[c.variant];
     let mut noise = match &c.edit {
-        Edit::Noise { scale, seed } => Some(Noise::new(*scale, *seed)),
+        Edit::Noise { scale, seed } => Some(Noise::new(*scale, *seed, spreads)),
         _ => None,
     };
     for pos in span_positions(c.span) {
@@ -171,20 +183,23 @@ fn mean_row(
 /// Gaussian noise scaled per layer and half by the spread of the variant's own cache there,
 /// drawn from a seeded generator in a fixed order (positions, cells, layers, K then V,
 /// elements), so a seed always draws the same noise.
-struct Noise {
+struct Noise<'a> {
     scale: f32,
     rng: SplitMix64,
     spare: Option<f64>,
     sigma: std::collections::HashMap<(u32, Half), f32>,
+    /// σ known beforehand (a prompt read in pieces).
+    known: Option<&'a Spreads>,
 }
 
-impl Noise {
-    fn new(scale: f32, seed: u64) -> Noise {
+impl<'a> Noise<'a> {
+    fn new(scale: f32, seed: u64, known: Option<&'a Spreads>) -> Noise<'a> {
         Noise {
             scale,
             rng: SplitMix64(seed),
             spare: None,
             sigma: Default::default(),
+            known,
         }
     }
 
@@ -199,7 +214,10 @@ impl Noise {
         let sigma = match self.sigma.get(&(layer, half)) {
             Some(s) => *s,
             None => {
-                let s = spread(own, half, layer)?;
+                let s = match self.known.and_then(|k| k.sigma(layer, half)) {
+                    Some(s) => s,
+                    None => spread(own, half, layer)?,
+                };
                 self.sigma.insert((layer, half), s);
                 s
             }
@@ -229,24 +247,70 @@ impl Noise {
 
 /// The standard deviation of a layer's K (or V) values over every cell of a state.
 fn spread(s: &SeqState, half: Half, layer: u32) -> Result<f32, KvStateError> {
-    let (mut n, mut sum, mut sq) = (0f64, 0f64, 0f64);
-    let cells: Vec<CellRef> = s.cells().map(|(r, _)| r).collect();
-    for cell in cells {
-        let Some(row) = in_window(read_row(s, half, layer, cell))? else {
-            continue;
-        };
-        for x in row {
-            let x = x as f64;
-            n += 1.0;
-            sum += x;
-            sq += x * x;
+    let mut sums = Sums::default();
+    sums.add(s, half, layer)?;
+    Ok(sums.sigma())
+}
+
+/// Running count, sum and sum of squares of values, added in cell order.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sums {
+    n: f64,
+    sum: f64,
+    sq: f64,
+}
+
+impl Sums {
+    fn add(&mut self, s: &SeqState, half: Half, layer: u32) -> Result<(), KvStateError> {
+        let cells: Vec<CellRef> = s.cells().map(|(r, _)| r).collect();
+        for cell in cells {
+            let Some(row) = in_window(read_row(s, half, layer, cell))? else {
+                continue;
+            };
+            for x in row {
+                let x = x as f64;
+                self.n += 1.0;
+                self.sum += x;
+                self.sq += x * x;
+            }
         }
+        Ok(())
     }
-    if n == 0.0 {
-        return Ok(0.0);
+
+    fn sigma(&self) -> f32 {
+        if self.n == 0.0 {
+            return 0.0;
+        }
+        let mean = self.sum / self.n;
+        ((self.sq / self.n - mean * mean).max(0.0)).sqrt() as f32
     }
-    let mean = sum / n;
-    Ok(((sq / n - mean * mean).max(0.0)).sqrt() as f32)
+}
+
+/// The noise op's σ per layer and half for one variant, from its prompt read a piece at a
+/// time (a shared lab reads a long prompt in pieces rather than holding its whole state): the
+/// same sums in the same order as [`spread`] over the whole state, so the same σ.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Spreads {
+    sums: std::collections::HashMap<(u32, Half), Sums>,
+}
+
+impl Spreads {
+    /// Adds a piece of the prompt (pieces in position order) for these layers, K and V.
+    pub(crate) fn add(&mut self, piece: &SeqState, layers: &[u32]) -> Result<(), KvStateError> {
+        for &l in layers {
+            for half in [Half::K, Half::V] {
+                self.sums
+                    .entry((l, half))
+                    .or_default()
+                    .add(piece, half, l)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sigma(&self, layer: u32, half: Half) -> Option<f32> {
+        self.sums.get(&(layer, half)).map(Sums::sigma)
+    }
 }
 
 /// Copies the donor's rows at the span's positions into `state`, same positions.
@@ -607,6 +671,60 @@ mod tests {
                 let c = planned(edit, &[0, 1, 2], KvPart::Both);
                 let after = edited_state(&c, &states).unwrap();
                 assert_eq!(after.serialize(), before.serialize());
+            }
+        }
+    }
+
+    /// What a shared lab relies on: an edit made from only the cells it touches (the prompt
+    /// read around the span, σ summed over pieces) writes the same bytes there as the edit of
+    /// the whole state.
+    #[test]
+    fn an_edit_made_from_the_cells_it_reads_equals_the_edit_of_the_whole_state() {
+        let around = |s: &SeqState| {
+            let mut s = s.clone();
+            s.retain_positions(|p| SPAN.positions().contains(&(p as usize)));
+            s
+        };
+        for v_trans in [false, true] {
+            let whole = [state(v_trans), donor(v_trans)];
+            let mut spreads = Spreads::default();
+            for (p0, p1) in [(0, 2), (2, 4), (4, 5)] {
+                let mut piece = whole[0].clone();
+                piece.retain_positions(|p| p >= p0 && p < p1);
+                spreads.add(&piece, &[0, 1, 2]).unwrap();
+            }
+            for layer in 0..N_LAYER as u32 {
+                for half in [Half::K, Half::V] {
+                    let in_one = spread(&whole[0], half, layer).unwrap();
+                    assert_eq!(
+                        spreads.sigma(layer, half).map(f32::to_bits),
+                        Some(in_one.to_bits())
+                    );
+                }
+            }
+            let partial = [around(&whole[0]), around(&whole[1])];
+            let edits = [
+                Edit::Zero,
+                Edit::Transplant { donor: 1 },
+                Edit::Mean { over: vec![0, 1] },
+                Edit::Noise {
+                    scale: 3.0,
+                    seed: 7,
+                },
+            ];
+            for edit in edits {
+                for heads in [None, Some((vec![1], 2))] {
+                    let c = PlannedCondition {
+                        heads: heads.clone(),
+                        ..planned(edit.clone(), &[0, 2], KvPart::Both)
+                    };
+                    let from_whole = around(&edited_state(&c, &whole).unwrap());
+                    let from_cells = edited_state_with(&c, &partial, Some(&spreads)).unwrap();
+                    assert_eq!(
+                        from_cells, from_whole,
+                        "{edit:?}, heads {heads:?}, v_trans {v_trans}"
+                    );
+                }
             }
         }
     }

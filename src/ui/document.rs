@@ -182,6 +182,7 @@ mod tests {
             tokens: Vec::new(),
             sliding_layers: Vec::new(),
             sliding_window: None,
+            shared_cache: false,
         }
     }
 

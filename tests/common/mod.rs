@@ -164,5 +164,6 @@ pub fn made_up_sweep(
         tokens: Vec::new(),
         sliding_layers: Vec::new(),
         sliding_window: None,
+        shared_cache: false,
     }
 }

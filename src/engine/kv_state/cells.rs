@@ -320,10 +320,16 @@ impl SeqState {
     /// its cells contiguous (no hole where the removed ones were, so later tokens are laid out
     /// as in any other restored cache).
     pub fn remove_positions(&mut self, p0: i32, p1: i32) {
+        self.retain_positions(|pos| pos < p0 || pos >= p1);
+    }
+
+    /// Keeps only the cells whose position `keep` accepts, with their rows, in their order
+    /// (a state of some of a sequence's cells, e.g. the edited ones a shared lab restores).
+    pub fn retain_positions(&mut self, keep: impl Fn(i32) -> bool) {
         let swa = self.swa.iter_mut().flat_map(|w| w.streams.iter_mut());
         for slot in self.streams.iter_mut().chain(swa) {
             if let Some(stream) = slot {
-                stream.retain_cells(|c| c.pos < p0 || c.pos >= p1);
+                stream.retain_cells(|c| keep(c.pos));
                 if stream.cells.is_empty() {
                     // llama.cpp writes an empty stream as its cell count alone.
                     *slot = None;

@@ -207,12 +207,15 @@ impl ExperimentSpec {
     }
 
     /// Checks the spec against the model it is about to run on, before anything is allocated:
-    /// the tokens generated must fit the model's trained context, and the KV cache of all
-    /// sequences (`kv_bytes_per_cell` per token) must fit in `memory` bytes when that is known.
+    /// the tokens generated must fit the model's trained context, and what a run holds (the
+    /// model's `weights` bytes, the KV cache of all sequences at `kv_bytes_per_cell` a token,
+    /// and the host copies of prompt caches: [`crate::experiment::memory::RunMemory`]) must fit
+    /// in `memory` bytes when that is known.
     pub fn check_fits(
         &self,
         n_ctx_train: u32,
         kv_bytes_per_cell: u64,
+        weights: u64,
         memory: Option<u64>,
     ) -> Result<(), SpecError> {
         let max = self.generation.max_tokens;
@@ -221,28 +224,23 @@ impl ExperimentSpec {
                 "max_tokens is {max}, more than the model's trained context of {n_ctx_train} tokens"
             )));
         }
-        let n_seq = (self.variants.len() + self.conditions.len()) as u64;
-        // The prompt's length is not known before tokenizing: about four characters a token.
-        let prompt: usize = self
-            .prompt
-            .turns
-            .iter()
-            .map(|t| t.content.len() + 8)
-            .sum::<usize>()
-            + self
-                .variants
-                .iter()
-                .map(|v| v.needle.len())
-                .max()
-                .unwrap_or(0);
-        let cells = crate::gguf::kv_cells_for_run(n_seq, prompt as u64 / 4, max as u64);
-        let bytes = cells.saturating_mul(kv_bytes_per_cell);
+        // The prompt's length is not known before tokenizing: guessed from its text.
+        let need = crate::experiment::memory::RunMemory::of(self, None, kv_bytes_per_cell, weights);
         if let Some(memory) = memory
-            && bytes > memory
+            && !need.fits(Some(memory))
         {
+            let mib = |b: Option<u64>| {
+                b.map_or("more than 16 EiB".into(), |b| format!("{} MiB", b >> 20))
+            };
             return Err(SpecError::Generation(format!(
-                "the KV cache for {n_seq} sequences of up to {max} generated tokens needs about {} MiB, more than this machine's {} MiB of memory: ask for fewer tokens or conditions",
-                bytes >> 20,
+                "a run of {} sequences of up to {max} generated tokens needs about {} (weights {}, \
+                 KV cache {}, prompt copies {}), more than this machine's {} MiB of memory: ask \
+                 for fewer tokens or conditions, a shorter prompt, or a q8_0 cache",
+                need.n_seq,
+                mib(need.total()),
+                mib(Some(need.weights)),
+                mib(need.kv_cache),
+                mib(need.prompt_copies),
                 memory >> 20
             )));
         }

@@ -97,14 +97,23 @@ fn hostile_specs_are_refused_with_the_cause() {
     // A byte order mark is skipped.
     assert!(ExperimentSpec::from_json(&format!("\u{feff}{seed}")).is_ok());
     let spec = ExperimentSpec::seed();
-    let e = spec.check_fits(64, 23_040, None).unwrap_err().to_string();
+    let e = spec
+        .check_fits(64, 23_040, 0, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("trained context of 64 tokens"), "{e}");
     let e = spec
-        .check_fits(8192, 23_040, Some(1 << 20))
+        .check_fits(8192, 23_040, 0, Some(1 << 20))
         .unwrap_err()
         .to_string();
     assert!(e.contains("MiB of memory"), "{e}");
-    assert!(spec.check_fits(8192, 23_040, Some(1 << 40)).is_ok());
+    assert!(spec.check_fits(8192, 23_040, 0, Some(1 << 40)).is_ok());
+    // The weights count too: a small cache beside weights that fill the memory does not fit.
+    let e = spec
+        .check_fits(8192, 23_040, 1 << 40, Some(1 << 40))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("weights 1048576 MiB"), "{e}");
 }
 
 #[test]

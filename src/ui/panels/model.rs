@@ -5,6 +5,7 @@ use egui::{RichText, Ui};
 
 use super::{BAD, ViewCtx, hint, mib, set_pref_if};
 use crate::experiment::ExperimentSpec;
+use crate::experiment::memory::RunMemory;
 use crate::gguf::GgufSummary;
 use crate::runner::Prepared;
 use crate::ui::commands::{Command, Commands};
@@ -110,7 +111,7 @@ fn path_row(ui: &mut Ui, ctx: &ViewCtx, cmds: &mut Commands) -> Option<std::path
 fn loaded_model(ui: &mut Ui, ctx: &ViewCtx, m: &ModelView, doc: &Document) {
     let info = &m.info;
     let per_cell = crate::runner::fits::kv_bytes_per_cell(info, doc.spec.cache);
-    let (kv_bytes, n_seq) = run_kv_estimate(&doc.spec, ctx.prepared, per_cell);
+    let need = run_memory(&doc.spec, ctx.prepared, per_cell, m.fingerprint.file_size);
     if let Some(why) = &m.unsupported {
         ui.label(RichText::new(format!("KV surgery: not supported. {why}")).color(BAD));
         ui.label("Loaded for inspection only (metadata and tokens): Run is disabled.");
@@ -141,16 +142,9 @@ fn loaded_model(ui: &mut Ui, ctx: &ViewCtx, m: &ModelView, doc: &Document) {
             "chat template",
             if info.has_chat_template { "yes" } else { "no" }.into(),
         );
-        row(
-            "KV cache for a run",
-            format!(
-                "≈ {} ({} sequences, {})",
-                mib_or_too_large(kv_bytes),
-                n_seq,
-                cache_words(doc.spec.cache)
-            ),
-        );
+        row("memory for a run", memory_words(&need, doc.spec.cache));
     });
+    warn_if_too_big(ui, &need);
 }
 
 /// Bytes as MiB, or "too large" where the arithmetic overflowed (a forged header).
@@ -167,40 +161,46 @@ fn cache_words(cache: crate::engine::CacheTypes) -> String {
     }
 }
 
-/// The KV cache a run of the current experiment allocates (`None`: more bytes than a `u64`
-/// holds, which only a forged header asks for), and its number of sequences (one stream per
-/// variant and per condition). Before the prompts are tokenized, their length is guessed from
-/// the text (about four characters a token; streams round up to 256 cells).
-fn run_kv_estimate(
+/// What a run of the current experiment holds: weights, KV cache, prompt copies (see
+/// [`RunMemory`]). Before the prompts are tokenized, their length is guessed from the text.
+fn run_memory(
     spec: &ExperimentSpec,
     prepared: Option<&Prepared>,
     bytes_per_cell: u64,
-) -> (Option<u64>, u64) {
-    let n_seq = (spec.variants.len() as u64).saturating_add(spec.conditions.len() as u64);
-    let prompt = match prepared {
-        Some(p) => p.prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(0) as u64,
-        None => {
-            let text = spec
-                .prompt
-                .turns
-                .iter()
-                .map(|t| t.content.len().saturating_add(8))
-                .fold(0usize, usize::saturating_add);
-            let needle = spec
-                .variants
-                .iter()
-                .map(|v| v.needle.len())
-                .max()
-                .unwrap_or(0);
-            (text.saturating_add(needle) / 4) as u64
-        }
-    };
-    let cells = crate::gguf::kv_cells_for_run(n_seq, prompt, spec.generation.max_tokens as u64);
-    // The gguf helpers saturate; a saturated count is as unknowable as an overflow.
-    let bytes = cells
-        .checked_mul(bytes_per_cell)
-        .filter(|_| cells != u64::MAX && bytes_per_cell != u64::MAX);
-    (bytes, n_seq)
+    weights: u64,
+) -> RunMemory {
+    let tokens = prepared.map(|p| p.prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(0));
+    RunMemory::of(spec, tokens, bytes_per_cell, weights)
+}
+
+/// The estimate as a row: the total and its parts.
+fn memory_words(m: &RunMemory, cache: crate::engine::CacheTypes) -> String {
+    format!(
+        "≈ {} (weights {} + KV cache {} for {} sequences, {} + prompt copies {})",
+        mib_or_too_large(m.total()),
+        mib(m.weights),
+        mib_or_too_large(m.kv_cache),
+        m.n_seq,
+        cache_words(cache),
+        mib_or_too_large(m.prompt_copies),
+    )
+}
+
+/// A warning under the estimate when the run will not fit in this machine's memory.
+fn warn_if_too_big(ui: &mut Ui, m: &RunMemory) {
+    let memory = crate::runner::fits::host_memory();
+    if !m.fits(memory) {
+        ui.label(RichText::new(too_big_text(memory)).color(BAD));
+    }
+}
+
+/// What the app says of a run that will not fit in `memory` bytes.
+pub fn too_big_text(memory: Option<u64>) -> String {
+    format!(
+        "This run will not fit in this machine's {} of memory: Run will refuse it. Fewer \
+         conditions, fewer tokens, a shorter prompt or a q8_0 cache make it smaller.",
+        memory.map_or_else(|| "?".into(), mib)
+    )
 }
 
 /// What the chosen file's header says, before (or instead of) loading it: enough to know
@@ -228,7 +228,7 @@ pub const UNSUPPORTED_BEFORE_LOADING: &str =
 /// The header's description and the memory a run would need.
 fn header_grid(ui: &mut Ui, ctx: &ViewCtx, s: &GgufSummary, doc: &Document) {
     let per_cell = s.kv_bytes_per_cell_as(doc.spec.cache);
-    let (kv_bytes, n_seq) = run_kv_estimate(&doc.spec, ctx.prepared, per_cell);
+    let need = run_memory(&doc.spec, ctx.prepared, per_cell, s.file_size);
     ui.label(RichText::new("Before loading").strong());
     egui::Grid::new("model-peek").num_columns(2).show(ui, |ui| {
         let mut row = |k: &str, v: String| {
@@ -247,19 +247,9 @@ fn header_grid(ui: &mut Ui, ctx: &ViewCtx, s: &GgufSummary, doc: &Document) {
         row("layers", s.n_layer.to_string());
         row("context", format!("{} trained", s.n_ctx_train));
 
-        let total = kv_bytes.and_then(|kv| kv.checked_add(s.file_size));
-        row(
-            "memory needed",
-            format!(
-                "≈ {} (weights {} + KV cache {} for {} sequences, {})",
-                mib_or_too_large(total),
-                mib(s.file_size),
-                mib_or_too_large(kv_bytes),
-                n_seq,
-                cache_words(doc.spec.cache)
-            ),
-        );
+        row("memory needed", memory_words(&need, doc.spec.cache));
     });
+    warn_if_too_big(ui, &need);
     if let Err(why) = s.kv_surgery_support() {
         ui.label(
             RichText::new(format!(
@@ -349,7 +339,7 @@ mod tests {
     use super::*;
 
     /// A forged header's head counts and sizes overflow a `u64` of KV bytes: the estimate says
-    /// "too large" instead of panicking (issue #13).
+    /// "too large" instead of panicking (issue #13), and such a run never "fits".
     #[test]
     fn a_forged_header_gives_too_large_not_a_panic() {
         let spec = ExperimentSpec::seed();
@@ -361,22 +351,26 @@ mod tests {
             head_dim_v: u32::MAX,
             ..GgufSummary::default()
         };
-        let (bytes, n_seq) = run_kv_estimate(&spec, None, forged.kv_bytes_per_cell());
-        assert_eq!(bytes, None);
-        assert_eq!(mib_or_too_large(bytes), "too large");
-        assert_eq!(n_seq as usize, spec.variants.len() + spec.conditions.len());
+        let need = run_memory(&spec, None, forged.kv_bytes_per_cell(), 1 << 30);
+        assert_eq!(need.kv_cache, None);
+        assert!(memory_words(&need, spec.cache).starts_with("≈ too large (weights 1024.0 MiB"));
+        assert!(!need.fits(Some(u64::MAX)));
+        assert_eq!(
+            need.n_seq as usize,
+            spec.variants.len() + spec.conditions.len()
+        );
         // Large but representable: a number, not "too large".
-        let big = run_kv_estimate(&spec, None, 1 << 40).0;
+        let big = run_memory(&spec, None, 1 << 40, 0).kv_cache;
         assert!(big.is_some_and(|b| b >= 1 << 48), "{big:?}");
-        // Each step on its own overflows too.
-        assert_eq!(run_kv_estimate(&spec, None, u64::MAX / 2).0, None);
     }
 
     #[test]
     fn the_estimate_counts_streams_of_256_cells() {
         let spec = ExperimentSpec::seed();
-        let (bytes, n_seq) = run_kv_estimate(&spec, None, 1000);
-        let cells = crate::gguf::kv_cells_for_run(n_seq, 0, 0);
-        assert!(bytes.unwrap() >= cells * 1000 && bytes.unwrap() % (256 * 1000) == 0);
+        let need = run_memory(&spec, None, 1000, 0);
+        let cells = crate::gguf::kv_cells_for_run(need.n_seq, 0, 0);
+        let kv = need.kv_cache.unwrap();
+        assert!(kv >= cells * 1000 && kv.is_multiple_of(256 * 1000));
+        assert!(too_big_text(Some(1 << 30)).contains("1024.0 MiB of memory"));
     }
 }

@@ -56,6 +56,9 @@ impl SweepsTab {
             };
             ui.label(RichText::new(why).color(WARN));
         }
+        if r.shared_cache {
+            ui.label(RichText::new(crate::experiment::sweep::SHARED_CACHE_NOTE).weak());
+        }
         // The needle the sweep was measured around: the chosen one, or (for the experiment on
         // screen) the one found where the variants differ.
         let needle = measured_on

@@ -3,6 +3,14 @@
 //! scored by [`score`] exactly as in a grid, so a sweep item and the same grid condition give
 //! the same numbers. Caches are made a wave at a time: a position × layer sweep has thousands
 //! of items, and their states do not all fit in memory at once.
+//!
+//! Where the model allows it, items are made in a shared lab (see [`shared`]): a sequence that
+//! shares the prompt's cells and holds only its edited ones, so an item costs its tokens and
+//! not a copy of the cache. Otherwise (sliding-window caches, or when asked for with
+//! [`SweepCaches::Streams`]) each item's whole state is written into a stream of its own, the
+//! grid's layout.
+
+mod shared;
 
 use std::sync::atomic::Ordering;
 
@@ -10,11 +18,13 @@ use crate::engine::{Lab, LabOptions, LoadedModel, SeqState};
 use crate::experiment::Condition;
 use crate::experiment::spec::{ExperimentSpec, Op, SpecError};
 use crate::experiment::sweep::{SweepItem, SweepPoint, SweepResults, SweepSpec};
+use shared::SharedCaches;
+pub use shared::shared_cells;
 
 use super::plan::{Plan, PlannedCondition};
 use super::prompts::{Prepared, prepare_prompts};
 use super::score::{self, Job, Scored};
-use super::{RunError, RunEvent, RunOptions, assemble, eval_prompts, run, surgery};
+use super::{RunError, RunEvent, RunOptions, SweepCaches, assemble, eval_prompts, run, surgery};
 
 /// What each item is measured by: continuations, each belonging to a variant.
 struct Measure {
@@ -66,16 +76,39 @@ pub fn run_sweep(
     let measure = what_to_measure(model, spec, options, &mut on_event)?;
     let probe_ids = score::probe_token_ids(model, &spec.probes);
 
-    // One context: the prompts first, then scoring slots.
-    let n_slots = plan.conditions.len().clamp(1, 16) as u32;
-    let mut lab = Lab::new(model, lab_options(&plan, &measure, n_slots, options))?;
-    on_event(RunEvent::Stage(super::EVALUATING_PROMPTS.into()));
+    // One context: the prompts first, then a sequence per job (item × continuation) of a wave.
+    let n_jobs = plan.conditions.len() * measure.continuations.len().max(1);
+    let n_slots = n_jobs.clamp(1, 16) as u32;
     // Sweeps measure by scores alone: no attention capture (a plain lab).
     let plain = RunOptions {
         attention: super::AttentionMode::Off,
         ..options.clone()
     };
-    let (prompt_states, _) = eval_prompts(&mut lab, &plan, &plain, &mut on_event)?;
+    let state_bytes = (plan.prompts[vi].tokens.len() as u64)
+        * super::fits::kv_bytes_per_cell(model.info(), spec.cache);
+    let share = shared::model_allows(model)
+        && match options.sweep_caches {
+            SweepCaches::Auto => state_bytes > super::SHARED_FROM_BYTES,
+            SweepCaches::Shared => true,
+            SweepCaches::Streams => false,
+        };
+    let mut caches = if share {
+        let max_cont = measure.continuations.iter().map(|c| c.1.len()).max();
+        let shared = SharedCaches::open(
+            model,
+            &plan,
+            max_cont.unwrap_or(0),
+            n_slots,
+            &plain,
+            &mut on_event,
+        )?;
+        Caches::Shared(shared)
+    } else {
+        let mut lab = Lab::new(model, lab_options(&plan, &measure, n_slots, options))?;
+        on_event(RunEvent::Stage(super::EVALUATING_PROMPTS.into()));
+        let (prompt_states, _) = eval_prompts(&mut lab, &plan, &plain, &mut on_event)?;
+        Caches::Streams { lab, prompt_states }
+    };
 
     on_event(RunEvent::Stage("sweeping".into()));
     let sweeper = Sweeper {
@@ -83,7 +116,6 @@ pub fn run_sweep(
         items: &items,
         measure: &measure,
         probe_ids: &probe_ids,
-        prompt_states: &prompt_states,
     };
     let per_wave = (n_slots as usize / measure.continuations.len().max(1)).max(1);
     let total = plan.conditions.len();
@@ -94,7 +126,7 @@ pub fn run_sweep(
             complete = false;
             break;
         }
-        points.extend(sweeper.measure_wave(&mut lab, wave)?);
+        points.extend(sweeper.measure_wave(&mut caches, wave)?);
         on_event(RunEvent::Progress {
             done: points.len(),
             total,
@@ -116,6 +148,7 @@ pub fn run_sweep(
         spec: Some(spec.clone()),
         sliding_layers: model.info().sliding_layers.clone(),
         sliding_window: model.info().sliding_window,
+        shared_cache: share,
     })
 }
 
@@ -183,6 +216,17 @@ fn lab_options(plan: &Plan<'_>, measure: &Measure, n_slots: u32, o: &RunOptions)
     }
 }
 
+/// Where a sweep's item caches are made.
+enum Caches<'m> {
+    /// A stream per item, each written whole from its variant's prompt state.
+    Streams {
+        lab: Lab<'m>,
+        prompt_states: Vec<SeqState>,
+    },
+    /// One stream all items share (see [`shared`]).
+    Shared(SharedCaches<'m>),
+}
+
 /// What measuring a wave needs.
 struct Sweeper<'a> {
     plan: &'a Plan<'a>,
@@ -190,7 +234,6 @@ struct Sweeper<'a> {
     items: &'a [SweepItem],
     measure: &'a Measure,
     probe_ids: &'a [Option<usize>],
-    prompt_states: &'a [SeqState],
 }
 
 impl Sweeper<'_> {
@@ -198,27 +241,21 @@ impl Sweeper<'_> {
     /// each in one batched evaluation, and makes each condition's point.
     fn measure_wave(
         &self,
-        lab: &mut Lab<'_>,
+        caches: &mut Caches<'_>,
         wave: &[PlannedCondition],
     ) -> Result<Vec<SweepPoint>, RunError> {
-        let caches = wave
-            .iter()
-            .map(|c| surgery::cache_bytes(c, self.prompt_states))
-            .collect::<Result<Vec<_>, _>>()?;
-        let jobs: Vec<Job<'_>> = wave
-            .iter()
-            .zip(&caches)
-            .flat_map(|(c, state)| {
-                let prompt = &self.plan.prompts[c.variant];
-                let continuations = self.measure.continuations.iter();
-                continuations.map(move |(_, tokens)| Job {
-                    state,
-                    prompt,
-                    tokens,
-                })
-            })
+        let continuations: Vec<&[i32]> = (self.measure.continuations.iter())
+            .map(|(_, t)| t.as_slice())
             .collect();
-        let mut scored = score::score_wave(lab, &jobs, self.probe_ids)?.into_iter();
+        let scored = match caches {
+            Caches::Streams { lab, prompt_states } => {
+                self.score_streams(lab, prompt_states, wave, &continuations)?
+            }
+            Caches::Shared(shared) => {
+                shared.scores(self.plan, wave, &continuations, self.probe_ids)?
+            }
+        };
+        let mut scored = scored.into_iter();
         let n_cont = self.measure.continuations.len();
         let mut points = Vec::with_capacity(wave.len());
         for c in wave {
@@ -241,5 +278,32 @@ impl Sweeper<'_> {
             ));
         }
         Ok(points)
+    }
+
+    /// Scores a wave with each item's whole state written into a stream of its own.
+    fn score_streams(
+        &self,
+        lab: &mut Lab<'_>,
+        prompt_states: &[SeqState],
+        wave: &[PlannedCondition],
+        continuations: &[&[i32]],
+    ) -> Result<Vec<Scored>, RunError> {
+        let caches = wave
+            .iter()
+            .map(|c| surgery::cache_bytes(c, prompt_states))
+            .collect::<Result<Vec<_>, _>>()?;
+        let jobs: Vec<Job<'_>> = wave
+            .iter()
+            .zip(&caches)
+            .flat_map(|(c, state)| {
+                let prompt = &self.plan.prompts[c.variant];
+                continuations.iter().map(move |tokens| Job {
+                    state,
+                    prompt,
+                    tokens,
+                })
+            })
+            .collect();
+        Ok(score::score_wave(lab, &jobs, self.probe_ids)?)
     }
 }

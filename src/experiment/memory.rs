@@ -1,0 +1,123 @@
+//! What a grid run holds in memory, estimated before it starts (the app shows it next to the
+//! model and warns when it will not fit; runs refuse before allocating). Pure arithmetic on the
+//! experiment and the model's shape, saturating rather than overflowing: a forged header can
+//! ask for more bytes than a `u64` holds, and that must read "too large", never panic.
+
+use super::spec::ExperimentSpec;
+
+/// A run's memory, in bytes (`None`: more than a `u64` holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunMemory {
+    /// The model's weights (the file's size).
+    pub weights: u64,
+    /// The KV cache: one stream per variant and per condition, each long enough for the prompt
+    /// and the generation, rounded up to 256 cells as llama.cpp does.
+    pub kv_cache: Option<u64>,
+    /// Host copies of prompt caches: a run keeps each variant's evaluated prompt as a state
+    /// (every condition starts from a copy of it), and makes one condition's cache at a time
+    /// (the edited copy and its bytes).
+    pub prompt_copies: Option<u64>,
+    /// Sequences (streams).
+    pub n_seq: u64,
+}
+
+impl RunMemory {
+    /// The estimate for `spec` on a model with `bytes_per_cell` of K and V per token and
+    /// `weights` bytes of weights; `prompt_tokens` when the prompts are tokenized (else guessed
+    /// from their text, see [`guess_prompt_tokens`]).
+    pub fn of(
+        spec: &ExperimentSpec,
+        prompt_tokens: Option<usize>,
+        bytes_per_cell: u64,
+        weights: u64,
+    ) -> RunMemory {
+        let n_seq = (spec.variants.len() as u64).saturating_add(spec.conditions.len() as u64);
+        let prompt = prompt_tokens.unwrap_or_else(|| guess_prompt_tokens(spec)) as u64;
+        let cells = crate::gguf::kv_cells_for_run(n_seq, prompt, spec.generation.max_tokens as u64);
+        let copies = (spec.variants.len() as u64)
+            .saturating_add(2)
+            .saturating_mul(prompt);
+        RunMemory {
+            weights,
+            kv_cache: bytes(cells, bytes_per_cell),
+            prompt_copies: bytes(copies, bytes_per_cell),
+            n_seq,
+        }
+    }
+
+    /// Everything together.
+    pub fn total(&self) -> Option<u64> {
+        self.kv_cache?
+            .checked_add(self.prompt_copies?)?
+            .checked_add(self.weights)
+    }
+
+    /// Whether the run fits in `memory` bytes (`None`, unknown: assumed to fit).
+    pub fn fits(&self, memory: Option<u64>) -> bool {
+        match (memory, self.total()) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(m), Some(t)) => t <= m,
+        }
+    }
+}
+
+/// `cells × per_cell`, `None` where it overflows or a count saturated (as unknowable).
+fn bytes(cells: u64, per_cell: u64) -> Option<u64> {
+    cells
+        .checked_mul(per_cell)
+        .filter(|_| cells != u64::MAX && per_cell != u64::MAX)
+}
+
+/// The longest prompt's tokens guessed from its text before tokenizing: about four characters
+/// a token, plus a few tokens of template per turn.
+pub fn guess_prompt_tokens(spec: &ExperimentSpec) -> usize {
+    let text = (spec.prompt.turns.iter())
+        .map(|t| t.content.len().saturating_add(8))
+        .fold(0usize, usize::saturating_add);
+    let needle = spec.variants.iter().map(|v| v.needle.len()).max();
+    text.saturating_add(needle.unwrap_or(0)) / 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed grid on a model of Llama 3.1 8B's shape (128 KiB a token, 16 GiB of f16
+    /// weights) with a 2,000-token prompt, by hand: 2 variants + 8 conditions = 10 streams of
+    /// 2,000 + 100 + 8 → 2,304 cells; 4 prompt copies of 2,000 tokens.
+    #[test]
+    fn an_8b_seed_grid_by_hand() {
+        let spec = ExperimentSpec::seed();
+        assert_eq!((spec.variants.len(), spec.conditions.len()), (2, 8));
+        let per_cell = 128 << 10;
+        let m = RunMemory::of(&spec, Some(2000), per_cell, 16 << 30);
+        assert_eq!(m.n_seq, 10);
+        assert_eq!(m.kv_cache, Some(10 * 2304 * per_cell));
+        assert_eq!(m.prompt_copies, Some(4 * 2000 * per_cell));
+        let total = (16u64 << 30) + 10 * 2304 * per_cell + 4 * 2000 * per_cell;
+        assert_eq!(m.total(), Some(total));
+        assert!(m.fits(Some(total)) && m.fits(None));
+        assert!(!m.fits(Some(total - 1)), "one byte short does not fit");
+    }
+
+    /// A forged header's sizes overflow: "too large", never a panic, and never "fits".
+    #[test]
+    fn overflow_is_too_large_and_does_not_fit() {
+        let spec = ExperimentSpec::seed();
+        let m = RunMemory::of(&spec, None, u64::MAX / 2, 0);
+        assert_eq!(m.kv_cache, None);
+        assert_eq!(m.total(), None);
+        assert!(!m.fits(Some(u64::MAX)));
+        let big = RunMemory::of(&spec, Some(usize::MAX), 1, 0);
+        assert_eq!(big.total(), None);
+    }
+
+    #[test]
+    fn a_prompt_is_guessed_at_four_characters_a_token() {
+        let spec = ExperimentSpec::seed();
+        let text: usize = spec.prompt.turns.iter().map(|t| t.content.len() + 8).sum();
+        let needle = spec.variants.iter().map(|v| v.needle.len()).max().unwrap();
+        assert_eq!(guess_prompt_tokens(&spec), (text + needle) / 4);
+    }
+}
