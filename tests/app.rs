@@ -161,17 +161,17 @@ fn a_model_is_described_before_it_loads_and_the_devices_are_listed() {
         "{:.1} MiB",
         (n_seq * 256 * 23_040) as f64 / (1 << 20) as f64
     );
-    h.get_by_label_contains(&format!("KV cache {kv} for {n_seq} sequences"));
-    h.get_by_label_contains("(weights 93.8 MiB + ");
+    h.get_by_label(&format!("{kv} ({n_seq} sequences, f16)"));
+    h.get_by_label("93.8 MiB");
+    h.get_by_label_contains("prompt copies");
 
     // Loading replaces the estimate with llama.cpp's metadata; both count the same KV cache.
     h.get_by_label("Load").click();
     h.step();
     wait_for(&mut h, "the load", |a| a.busy == Busy::Idle);
     assert!(h.query_by_label("Before loading").is_none());
-    h.get_by_label_contains(&format!(
-        "KV cache {kv} for {n_seq} sequences, f16 + prompt copies"
-    ));
+    h.get_by_label(&format!("{kv} ({n_seq} sequences, f16)"));
+    h.get_by_label("memory for a run");
     assert!(h.query_by_label_contains("will not fit").is_none());
 
     // A q8_0 cache takes 34 bytes per 32 values where f16 takes 64: the estimate follows the
@@ -185,7 +185,7 @@ fn a_model_is_described_before_it_loads_and_the_devices_are_listed() {
         "{:.1} MiB",
         (n_seq * 256 * 23_040 * 34 / 64) as f64 / (1 << 20) as f64
     );
-    h.get_by_label_contains(&format!("KV cache {kv} for {n_seq} sequences, q8_0"));
+    h.get_by_label(&format!("{kv} ({n_seq} sequences, q8_0)"));
 
     // A run far beyond this machine's memory (1,000 conditions of 8,192 tokens: ~100 GB of
     // cache) is flagged before Run is pressed.

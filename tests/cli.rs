@@ -247,6 +247,10 @@ fn the_benchmark_runs_in_quick_mode_and_its_output_parses() {
         ("attention capture ratio", r.attention_ratio),
         ("grid scoring", r.grid_score_s),
         ("grid scoring from scratch", r.grid_score_scratch_s),
+        ("grid prompt phase", r.grid_prompt_s),
+        ("bare prompt loop", r.bare_prompt_s),
+        ("grid generation phase", r.grid_generate_s),
+        ("bare generation loop", r.bare_generate_s),
     ] {
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
     }

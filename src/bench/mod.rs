@@ -2,6 +2,7 @@
 
 mod attention;
 mod dataset;
+mod phases;
 pub mod scale;
 
 use std::time::Instant;
@@ -89,6 +90,18 @@ pub struct BenchReport {
     /// capture / plain: what `--attention` costs (target: at most 1.5).
     #[serde(default)]
     pub attention_ratio: f64,
+    /// The seed grid's prompt phase, seconds.
+    #[serde(default)]
+    pub grid_prompt_s: f64,
+    /// The same prompts by a bare llama.cpp loop, seconds.
+    #[serde(default)]
+    pub bare_prompt_s: f64,
+    /// The seed grid's generation phase, seconds.
+    #[serde(default)]
+    pub grid_generate_s: f64,
+    /// The same rows and tokens by a bare argmax loop, seconds.
+    #[serde(default)]
+    pub bare_generate_s: f64,
     /// Peak resident memory of the process, MiB (Linux).
     pub peak_memory_mib: Option<f64>,
 }
@@ -277,6 +290,8 @@ pub fn run(
     let t0 = Instant::now();
     let grid_run = runner::run(model, &spec, &options, |_| {})?;
     let batched = t0.elapsed().as_secs_f64();
+    progress("seed grid phases vs bare loops");
+    let phases = phases::grid_vs_bare(model, &spec, &grid_run, threads)?;
     progress("seed grid scores from scratch");
     let scratch = runner::score_teacher_forced(model, &grid_run, &options)?;
     let score_difference = max_score_difference(&grid_run, &scratch);
@@ -339,6 +354,10 @@ pub fn run(
         attention_idle_s: att_idle,
         attention_capture_s: att_capture,
         attention_ratio: att_capture / att_plain,
+        grid_prompt_s: phases.prompt_s,
+        bare_prompt_s: phases.bare_prompt_s,
+        grid_generate_s: phases.generate_s,
+        bare_generate_s: phases.bare_generate_s,
         peak_memory_mib: peak_memory_mib(),
     })
 }
@@ -444,12 +463,14 @@ pub fn to_table(r: &BenchReport) -> String {
          seed grid, batched               {:>9.2} s\n\
          seed grid, one at a time         {:>9.2} s   → batched is {:.1}× faster\n\
          seed grid scoring                {:>9.2} s   (from scratch {:.2} s → {:.1}× faster; max difference {:.1e})\n\
+         \x20 prompt phase                   {:>9.2} s   (bare loop {:.2} s → {:+.1} %)\n\
+         \x20 generation phase               {:>9.2} s   (bare argmax loop {:.2} s → {:+.1} %)\n\
          generation loop vs bare argmax   {:>+8.1} %\n\
          one intervention                 {:>9.2} ms  = {:.2} decode steps ({:.2} ms each)\n\
          position sweep                   {:>9.2} positions/s\n\
          same positions as grid cells     {:>9.2} positions/s → sweep is {:.1}× faster\n\
          large session (10 × 1000 tokens) {:>9.2} s save, {:.2} s open, {:.1} MiB\n\
-           shown in the app               {:>9.1} ms first frame, then at most {:.1} ms\n\
+         \x20 shown in the app               {:>9.1} ms first frame, then at most {:.1} ms\n\
          dataset ({} items), batched      {:>9.2} items/s\n\
          same items, one grid each        {:>9.2} items/s → batched is {:.1}× faster\n\
          seed grid, attention captured    {:>9.2} s   = {:.2}× without ({:.2} s; capture lab idle {:.2} s)\n\
@@ -463,6 +484,12 @@ pub fn to_table(r: &BenchReport) -> String {
         r.grid_score_scratch_s,
         r.grid_score_speedup,
         r.grid_score_max_difference,
+        r.grid_prompt_s,
+        r.bare_prompt_s,
+        (r.grid_prompt_s / r.bare_prompt_s.max(1e-12) - 1.0) * 100.0,
+        r.grid_generate_s,
+        r.bare_generate_s,
+        (r.grid_generate_s / r.bare_generate_s.max(1e-12) - 1.0) * 100.0,
         r.generation_loop_overhead * 100.0,
         r.intervention_s * 1000.0,
         r.intervention_per_decode_step,

@@ -142,7 +142,9 @@ fn loaded_model(ui: &mut Ui, ctx: &ViewCtx, m: &ModelView, doc: &Document) {
             "chat template",
             if info.has_chat_template { "yes" } else { "no" }.into(),
         );
-        row("memory for a run", memory_words(&need, doc.spec.cache));
+        for (k, v) in memory_rows("memory for a run", &need, doc.spec.cache) {
+            row(&k, v);
+        }
     });
     warn_if_too_big(ui, &need);
 }
@@ -173,17 +175,26 @@ fn run_memory(
     RunMemory::of(spec, tokens, bytes_per_cell, weights)
 }
 
-/// The estimate as a row: the total and its parts.
-fn memory_words(m: &RunMemory, cache: crate::engine::CacheTypes) -> String {
-    format!(
-        "≈ {} (weights {} + KV cache {} for {} sequences, {} + prompt copies {})",
-        mib_or_too_large(m.total()),
-        mib(m.weights),
-        mib_or_too_large(m.kv_cache),
-        m.n_seq,
-        cache_words(cache),
-        mib_or_too_large(m.prompt_copies),
-    )
+/// The estimate as rows (label, value): the total under `title`, then its parts.
+fn memory_rows(
+    title: &str,
+    m: &RunMemory,
+    cache: crate::engine::CacheTypes,
+) -> [(String, String); 4] {
+    [
+        (title.into(), format!("≈ {}", mib_or_too_large(m.total()))),
+        ("   weights".into(), mib(m.weights)),
+        (
+            "   KV cache".into(),
+            format!(
+                "{} ({} sequences, {})",
+                mib_or_too_large(m.kv_cache),
+                m.n_seq,
+                cache_words(cache)
+            ),
+        ),
+        ("   prompt copies".into(), mib_or_too_large(m.prompt_copies)),
+    ]
 }
 
 /// A warning under the estimate when the run will not fit in this machine's memory.
@@ -247,7 +258,9 @@ fn header_grid(ui: &mut Ui, ctx: &ViewCtx, s: &GgufSummary, doc: &Document) {
         row("layers", s.n_layer.to_string());
         row("context", format!("{} trained", s.n_ctx_train));
 
-        row("memory needed", memory_words(&need, doc.spec.cache));
+        for (k, v) in memory_rows("memory needed", &need, doc.spec.cache) {
+            row(&k, v);
+        }
     });
     warn_if_too_big(ui, &need);
     if let Err(why) = s.kv_surgery_support() {
@@ -353,7 +366,10 @@ mod tests {
         };
         let need = run_memory(&spec, None, forged.kv_bytes_per_cell(), 1 << 30);
         assert_eq!(need.kv_cache, None);
-        assert!(memory_words(&need, spec.cache).starts_with("≈ too large (weights 1024.0 MiB"));
+        let rows = memory_rows("memory", &need, spec.cache);
+        assert_eq!(rows[0].1, "≈ too large");
+        assert_eq!(rows[1].1, "1024.0 MiB");
+        assert!(rows[2].1.starts_with("too large ("), "{rows:?}");
         assert!(!need.fits(Some(u64::MAX)));
         assert_eq!(
             need.n_seq as usize,
