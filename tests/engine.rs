@@ -3,6 +3,7 @@
 mod common;
 
 use common::{asset_spec, model};
+use kvlab::engine::kv_state::CellRef;
 use kvlab::engine::lab::BatchItem;
 use kvlab::engine::{KvPart, Lab, LabOptions, SeqState};
 use kvlab::experiment::metrics::argmax;
@@ -203,15 +204,8 @@ fn transplant_copies_the_donor_bytes() {
     lab.set_state(2, &edited).unwrap();
     let back = lab.state(2).unwrap();
     let got = back.cells_at(6)[0];
+    assert_same_rows(&back, got, &donor, src);
     for layer in 0..a.n_layer() {
-        assert_eq!(
-            back.k_row_bytes(layer, got).unwrap(),
-            donor.k_row_bytes(layer, src).unwrap()
-        );
-        assert_eq!(
-            back.v_row_bytes(layer, got).unwrap(),
-            donor.v_row_bytes(layer, src).unwrap()
-        );
         assert_ne!(
             a.k_row_bytes(layer, dst).unwrap(),
             donor.k_row_bytes(layer, src).unwrap()
@@ -434,34 +428,25 @@ fn a_shared_lab_reads_some_cells_and_shares_the_rest() {
         n_batch: 512,
         cache: Default::default(),
     };
-    let mut lab = Lab::shared(model(), options).expect("context");
-    assert!(lab.is_shared());
+    let mut shared_lab = Lab::shared(model(), options).expect("context");
+    assert!(shared_lab.is_shared());
     let tokens = seed_tokens(0);
-    eval_prompt(&mut lab, 0, &tokens);
-    let whole = lab.state(0).unwrap();
+    eval_prompt(&mut shared_lab, 0, &tokens);
+    let whole = shared_lab.state(0).unwrap();
 
-    let piece = lab.state_of_positions(0, 2, 3, 7).unwrap();
+    let piece = shared_lab.state_of_positions(0, 2, 3, 7).unwrap();
     assert_eq!(piece.positions(), [3, 4, 5, 6]);
     for (cell, meta) in piece.cells() {
         let at = whole.cells_at(meta.pos)[0];
-        for layer in 0..lab.n_kv_layer() {
-            assert_eq!(
-                piece.k_row_bytes(layer, cell).unwrap(),
-                whole.k_row_bytes(layer, at).unwrap()
-            );
-            assert_eq!(
-                piece.v_row_bytes(layer, cell).unwrap(),
-                whole.v_row_bytes(layer, at).unwrap()
-            );
-        }
+        assert_same_rows(&piece, cell, &whole, at);
     }
     assert!(
-        lab.state(2).unwrap().positions().is_empty(),
+        shared_lab.state(2).unwrap().positions().is_empty(),
         "the scratch sequence is left empty"
     );
 
-    lab.share(0, 1, 0, None).unwrap();
-    let mut shared = lab.state(1).unwrap();
+    shared_lab.share(0, 1, 0, None).unwrap();
+    let mut shared = shared_lab.state(1).unwrap();
     for stream in shared.streams.iter_mut().flatten() {
         stream.cells.iter_mut().for_each(|c| c.seq_ids = vec![0]);
     }
@@ -470,10 +455,21 @@ fn a_shared_lab_reads_some_cells_and_shares_the_rest() {
         "sharing gives the same cells"
     );
 
-    let mut per_seq = lab_with_streams();
-    assert!(per_seq.share(0, 1, 0, None).is_err());
+    assert!(lab(2).share(0, 1, 0, None).is_err());
 }
 
-fn lab_with_streams() -> Lab<'static> {
-    lab(2)
+/// Cell `ca` of `a` holds the same K and V bytes as cell `cb` of `b`, in every layer.
+fn assert_same_rows(a: &SeqState, ca: CellRef, b: &SeqState, cb: CellRef) {
+    for layer in 0..a.n_layer() {
+        let k = (
+            a.k_row_bytes(layer, ca).unwrap(),
+            b.k_row_bytes(layer, cb).unwrap(),
+        );
+        assert_eq!(k.0, k.1, "K of layer {layer}");
+        let v = (
+            a.v_row_bytes(layer, ca).unwrap(),
+            b.v_row_bytes(layer, cb).unwrap(),
+        );
+        assert_eq!(v.0, v.1, "V of layer {layer}");
+    }
 }
