@@ -11,6 +11,9 @@ MODEL ?= $(KVLAB_CACHE)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 # The sliding-window test model (Gemma 3 270M): fetched for `make test` only.
 GEMMA ?= $(KVLAB_CACHE)/models/gemma-3-270m-q4_k_m.gguf
 FEATURES ?=
+# The cargo profile `make package` packages: release, or dev for CI's package check (the binary
+# the test build already compiled; see packaging/package.sh).
+PACKAGE_PROFILE ?= release
 KVLAB_RUNTIME_DIR := $(CURDIR)/target/runtime
 CARGO_FLAGS := $(if $(FEATURES),--features $(FEATURES),)
 
@@ -26,8 +29,7 @@ test: deps model gemma
 	@# Mesa's Vulkan driver (UI snapshots) complains on every start without a runtime dir.
 	@mkdir -p -m 700 "$(KVLAB_RUNTIME_DIR)"
 	XDG_RUNTIME_DIR="$${XDG_RUNTIME_DIR:-$(KVLAB_RUNTIME_DIR)}" KVLAB_TEST_MODEL="$(MODEL)" KVLAB_TEST_GEMMA="$(GEMMA)" $(CARGO) test $(CARGO_FLAGS) --all-targets
-	@# `cargo test` built target/debug/kvlab for the CLI tests; a plain `cargo build` here would
-	@# build llama.cpp a second time (the test dependencies change a build-script dependency).
+	@# `cargo test` built target/debug/kvlab for the CLI tests: the window check runs that one.
 	bash packaging/window-check.sh "$(MODEL)" target/window-check.png
 
 ## Runs the seed experiment in the terminal (no window).
@@ -42,7 +44,7 @@ screenshot: deps model
 ## Builds the Linux packages into target/package/: the .deb (cargo-deb), the AppDir, and the
 ## AppImage where appimagetool is installed (packaging/package.sh).
 package: deps
-	CARGO="$(CARGO)" bash packaging/package.sh $(CARGO_FLAGS)
+	CARGO="$(CARGO)" PACKAGE_PROFILE="$(PACKAGE_PROFILE)" bash packaging/package.sh $(CARGO_FLAGS)
 
 ## Builds the packages, then unpacks the .deb into a scratch root and checks its layout and
 ## metadata and that the unpacked kvlab runs on the demo model (packaging/check-deb.sh).

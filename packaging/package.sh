@@ -5,7 +5,10 @@
 #   - kvlab.AppDir, and kvlab-VERSION-ARCH.AppImage from it when appimagetool is on PATH (or
 #     $APPIMAGETOOL names it; $APPIMAGE_RUNTIME may name a runtime file for offline builds).
 # Usage: package.sh [CARGO BUILD FLAGS...]   e.g. package.sh --features vulkan (make package FEATURES=vulkan)
-# The version comes from Cargo.toml.
+# The version comes from Cargo.toml. PACKAGE_PROFILE (default release) names the cargo profile
+# whose binary is packaged: CI packages the dev build its tests already compiled
+# (PACKAGE_PROFILE=dev, make package-check PACKAGE_PROFILE=dev), which checks the packaging
+# without a second full build of llama.cpp and egui; releases are always built with release.
 set -euo pipefail
 
 CARGO_DEB_VERSION=3.8.0   # builds with rustc >= 1.85
@@ -42,10 +45,15 @@ if ! "$cargo" deb --version >/dev/null 2>&1; then
   timed "installing cargo-deb" "$cargo" install cargo-deb --version "$CARGO_DEB_VERSION" --locked
 fi
 
-# 2. The release binary
-timed "the release build" "$cargo" build --release "$@"
-bin="$target_dir/release/kvlab"
-[ -x "$bin" ] || die "the release build did not produce $bin"
+# 2. The binary (the release build unless PACKAGE_PROFILE says otherwise)
+profile="${PACKAGE_PROFILE:-release}"
+case "$profile" in
+  release) timed "the release build" "$cargo" build --release "$@"; profile_dir=release ;;
+  dev) timed "the dev build" "$cargo" build "$@"; profile_dir=debug ;;
+  *) timed "the $profile build" "$cargo" build --profile "$profile" "$@"; profile_dir="$profile" ;;
+esac
+bin="$target_dir/$profile_dir/kvlab"
+[ -x "$bin" ] || die "the $profile build did not produce $bin"
 
 # 3. Icons (hicolor PNGs and the SVG)
 step="rendering icons"
@@ -66,9 +74,10 @@ step="writing the Debian copyright file"
 } >"$out/copyright"
 step="building the .deb"
 rm -f "$out"/kvlab_*.deb
-cargo_deb() { "$cargo" deb --no-build --output "$out/" >"$out/cargo-deb.log" 2>&1; }
+cargo_deb() { "$cargo" deb --no-build --profile "$profile" --output "$out/" >"$out/cargo-deb.log" 2>&1; }
 timed "cargo deb" cargo_deb || { cat "$out/cargo-deb.log" >&2; die "cargo deb failed"; }
-grep -i warning "$out/cargo-deb.log" >&2 || true
+# cargo-deb warns that the dev profile is not for releases: that is what PACKAGE_PROFILE=dev says.
+grep -i warning "$out/cargo-deb.log" | grep -v "dev profile is not supported" >&2 || true
 debs=("$out"/kvlab_*.deb)
 deb="${debs[0]}"
 [ -f "$deb" ] || die "cargo deb did not write a .deb into $out"

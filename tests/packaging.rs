@@ -106,10 +106,13 @@ fn deb_assets() -> Vec<(String, String)> {
 fn every_deb_asset_is_in_the_repo_or_made_by_package_sh() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let package_sh = read("packaging/package.sh");
-    // package.sh renders the icons into target/package/icons and builds target/release/kvlab.
+    // package.sh renders the icons into target/package/icons and builds target/release/kvlab
+    // (or, with PACKAGE_PROFILE, that profile's binary, which cargo deb --profile packages in its
+    // place).
     assert!(package_sh.contains("out=\"target/package\""));
     assert!(package_sh.contains("make-icons.sh \"$out/icons\""));
     assert!(package_sh.contains("build --release \"$@\""));
+    assert!(package_sh.contains("deb --no-build --profile \"$profile\""));
     let icons = rendered_icons();
 
     let assets = deb_assets();
