@@ -187,11 +187,18 @@ fn a_model_is_described_before_it_loads_and_the_devices_are_listed() {
     );
     h.get_by_label(&format!("{kv} ({n_seq} sequences, q8_0)"));
 
-    // A run far beyond this machine's memory (1,000 conditions of 8,192 tokens: ~100 GB of
-    // cache) is flagged before Run is pressed.
+    // A run far beyond this machine's memory (1,000 distinct conditions of 8,192 tokens:
+    // ~100 GB of cache) is flagged before Run is pressed.
     let mut spec = h.state().doc.spec.clone();
     spec.generation.max_tokens = 8192;
-    spec.conditions = std::iter::repeat_n(spec.conditions[0].clone(), 1000).collect();
+    spec.conditions = (0..1000)
+        .map(|seed| {
+            kvlab::experiment::Condition::new(
+                "SF",
+                kvlab::experiment::Op::Noise { scale: 3.0, seed },
+            )
+        })
+        .collect();
     h.state_mut().doc.spec = spec;
     h.run_steps(2);
     h.get_by_label_contains("will not fit in this machine's");

@@ -486,15 +486,32 @@ fn cases() -> Vec<(&'static str, Input, Expect)> {
             Fails("top_k is 4294967296"),
         ),
         (
-            "300 conditions",
+            "300 distinct conditions",
             Spec(
                 |v| {
                     let c = v["conditions"][0].clone();
-                    v["conditions"] = Value::Array(vec![c; 300]);
+                    v["conditions"] = (0..300)
+                        .map(|seed| {
+                            let mut c = c.clone();
+                            c["op"] = serde_json::json!({"kind": "noise", "seed": seed});
+                            c
+                        })
+                        .collect();
                 },
                 &[],
             ),
             Fails("at most 256"),
+        ),
+        (
+            "5000 conditions",
+            Spec(
+                |v| {
+                    let c = v["conditions"][0].clone();
+                    v["conditions"] = Value::Array(vec![c; 5000]);
+                },
+                &[],
+            ),
+            Fails("a grid holds at most 4096"),
         ),
         (
             "no needle",

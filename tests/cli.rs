@@ -244,6 +244,11 @@ fn the_benchmark_runs_in_quick_mode_and_its_output_parses() {
         ("grid positions", r.grid_positions_per_s),
         ("dataset batched", r.dataset_items_per_s),
         ("dataset one grid per item", r.dataset_separate_items_per_s),
+        ("all-pairs dataset batched", r.all_pairs_items_per_s),
+        (
+            "all-pairs dataset one grid per item",
+            r.all_pairs_separate_items_per_s,
+        ),
         ("attention capture ratio", r.attention_ratio),
         ("grid scoring", r.grid_score_s),
         ("grid scoring from scratch", r.grid_score_scratch_s),
@@ -255,7 +260,7 @@ fn the_benchmark_runs_in_quick_mode_and_its_output_parses() {
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
     }
     assert!(r.generation_loop_overhead.is_finite());
-    assert_eq!(r.dataset_items, 4);
+    assert_eq!((r.dataset_items, r.all_pairs_items), (4, 6));
     // Reused scores are the scores from scratch (bit for bit on the CPU).
     assert_eq!(r.grid_score_max_difference, 0.0);
 }
@@ -293,6 +298,36 @@ fn a_small_dataset_end_to_end() {
     );
     assert!(
         stdout.contains("reproduces its 4 dataset items exactly"),
+        "{stdout}"
+    );
+    // A session whose waves the re-run packs otherwise (as sessions written before cells shared
+    // runs are) verifies item by item, and a changed item is named.
+    let mut s = kvlab::session::Session::load(std::path::Path::new(session)).unwrap();
+    s.dataset.as_mut().unwrap().max_sequences = 5; // one item per wave
+    s.save(std::path::Path::new(session)).unwrap();
+    let out = kvlab(&["verify", session, "--model", m]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("comparing item by item"), "{stderr}");
+    assert!(
+        stdout.contains("reproduces its 4 dataset items exactly"),
+        "{stdout}"
+    );
+    let d = s.dataset.as_mut().unwrap();
+    let item = d.waves[0].items[1];
+    d.waves[0].results.conditions[3]
+        .generation
+        .text
+        .push_str(" (edited)");
+    s.save(std::path::Path::new(session)).unwrap();
+    let out = kvlab(&["verify", session, "--model", m]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("differs: item {item}: [0].generation.text")),
         "{stdout}"
     );
     // The HTML report shows the dataset (it used to say the session had no results).

@@ -1,6 +1,7 @@
 //! Datasets on the real model: the shipped places are one token wherever the templates put
-//! them, items give the same numbers however they are packed into waves, a stopped dataset
-//! keeps its finished items, and a dataset session reads back as written.
+//! them, items give the same numbers however they are packed into waves (and whichever cells
+//! share a run), a stopped dataset keeps its finished items, and a dataset session reads back
+//! as written.
 
 mod common;
 
@@ -98,4 +99,80 @@ fn items_do_not_depend_on_their_wave_and_a_stop_keeps_finished_ones() {
     let back = Session::load(&path).unwrap();
     assert_eq!(back.dataset.as_ref(), Some(&part));
     assert_eq!(aggregates(back.dataset.as_ref().unwrap()), a);
+}
+
+#[test]
+fn items_of_one_needle_share_its_runs_and_read_what_they_would_alone() {
+    // Every ordered pair of three needles, one template: a needle's two items edit it the same
+    // way under none and zero, and differ only in the transplant's donor.
+    let mut v = tiny_dataset_json();
+    v["dataset"]["pairs"] = "all".into();
+    v["dataset"]["templates"]
+        .as_array_mut()
+        .unwrap()
+        .truncate(1);
+    let spec = ExperimentSpec::from_json(&v.to_string()).unwrap();
+    let mut stages = Vec::new();
+    let shared = runner::run_dataset(model(), &spec, &DatasetOptions::default(), |e| {
+        if let RunEvent::Stage(s) = e {
+            stages.push(s);
+        }
+    })
+    .unwrap();
+    assert_eq!(shared.waves.len(), 1);
+    assert_eq!(stages[0], "wave 1 of 1 (6 items, 18 cells in 15 sequences)");
+    let grid = &shared.waves[0].results;
+    assert_eq!(
+        grid.conditions.len(),
+        6 * 3,
+        "a cell per item and condition"
+    );
+    // 3 needles, and per needle none, zero and two transplants (not 6 × 3 cells).
+    assert_eq!(grid.settings.n_seq, 3 + 3 * 4);
+
+    // One item per wave: nothing to share.
+    let alone_options = DatasetOptions {
+        max_sequences: 5,
+        ..DatasetOptions::default()
+    };
+    let alone = runner::run_dataset(model(), &spec, &alone_options, |_| {}).unwrap();
+    assert_eq!(alone.waves.len(), 6);
+    for item in &shared.items {
+        let (a, b) = (
+            shared.item_conditions(item.index).unwrap(),
+            alone.item_conditions(item.index).unwrap(),
+        );
+        for (x, y) in a.iter().zip(b) {
+            let what = format!("{} vs {}: {}", item.needle, item.partner, x.label);
+            assert_eq!(x.generation.tokens, y.generation.tokens, "{what}");
+            assert_same_score(x.preference, y.preference, &what);
+            assert_eq!(x.verdict, y.verdict, "{what}");
+            // A shared cell keeps only its own pair's answers.
+            let mut judged: Vec<&str> = x.expected.iter().map(|e| e.variant.as_str()).collect();
+            judged.sort();
+            let mut pair = [item.needle.as_str(), item.partner.as_str()];
+            pair.sort();
+            assert_eq!(judged, pair, "{what}");
+            assert_eq!(x.expected.len(), y.expected.len(), "{what}");
+            for (e, f) in x.expected.iter().zip(&y.expected) {
+                assert_eq!(e.variant, f.variant, "{what}");
+                assert_same_score(Some(e.sum), Some(f.sum), &what);
+            }
+        }
+    }
+
+    // Tokens stream into every cell of a shared run, as into a cell of its own.
+    let wave = &dataset::expand(&spec, 256).unwrap()[0];
+    let mut streamed = vec![0; wave.spec.conditions.len()];
+    runner::run(model(), &wave.spec, &Default::default(), |e| {
+        if let RunEvent::Token {
+            row: runner::RowRef::Condition(i),
+            ..
+        } = e
+        {
+            streamed[i] += 1;
+        }
+    })
+    .unwrap();
+    assert!(streamed.iter().all(|&n| n == 4), "{streamed:?}");
 }

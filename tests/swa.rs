@@ -311,8 +311,26 @@ fn the_layer_sweep_covers_every_layer_and_marks_the_sliding_ones() {
         layers: LayerSet::All,
         part: KvPart::Both,
     };
-    let r = kvlab::runner::run_sweep(m, &spec, &sweep, &RunOptions::default(), |_| {}).unwrap();
+    // Shared caches asked for: a sliding-window cache cannot share cells, and the run says so.
+    let options = RunOptions {
+        sweep_caches: kvlab::runner::SweepCaches::Shared,
+        ..RunOptions::default()
+    };
+    let mut stages = Vec::new();
+    let r = kvlab::runner::run_sweep(m, &spec, &sweep, &options, |e| {
+        if let kvlab::runner::RunEvent::Stage(s) = e {
+            stages.push(s);
+        }
+    })
+    .unwrap();
     assert!(r.complete);
+    assert!(!r.shared_cache);
+    assert!(
+        stages
+            .iter()
+            .any(|s| s.contains("sliding-window cache, which cannot share cells")),
+        "{stages:?}"
+    );
     let singles: Vec<u32> = r.points.iter().filter_map(|p| p.layer).collect();
     assert_eq!(singles, (0..18).collect::<Vec<_>>());
     assert_eq!(

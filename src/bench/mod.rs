@@ -78,6 +78,19 @@ pub struct BenchReport {
     pub dataset_speedup: f64,
     /// Items in the dataset measured.
     pub dataset_items: usize,
+    /// A dataset of every ordered pair of a few needles, batched: items per second (a needle's
+    /// items share the runs that do not name their partner).
+    #[serde(default)]
+    pub all_pairs_items_per_s: f64,
+    /// The same items, one grid each: items per second.
+    #[serde(default)]
+    pub all_pairs_separate_items_per_s: f64,
+    /// batched / separate, per item.
+    #[serde(default)]
+    pub all_pairs_speedup: f64,
+    /// Items in the all-pairs dataset.
+    #[serde(default)]
+    pub all_pairs_items: usize,
     /// The seed grid without attention capture (fastest of the repeats), seconds.
     #[serde(default)]
     pub attention_plain_s: f64,
@@ -312,8 +325,7 @@ pub fn run(
     let (sweep_s, swept_points, grid_s) = sweep_vs_grid(model, &spec, &options, n_pos)?;
 
     progress("dataset batched vs one grid per item");
-    let (dataset_batched, dataset_separate, dataset_items) =
-        dataset::dataset_vs_grids(model, &options, quick)?;
+    let (listed, all_pairs) = dataset::dataset_vs_grids(model, &options, quick)?;
 
     progress("seed grid with and without attention capture");
     let [att_plain, att_idle, att_capture] =
@@ -346,10 +358,14 @@ pub fn run(
         large_session_mib: large_mib,
         large_session_first_frame_ms: large_first,
         large_session_frame_ms: large_frame,
-        dataset_items_per_s: dataset_batched,
-        dataset_separate_items_per_s: dataset_separate,
-        dataset_speedup: dataset_batched / dataset_separate,
-        dataset_items,
+        dataset_items_per_s: listed.batched,
+        dataset_separate_items_per_s: listed.separate,
+        dataset_speedup: listed.batched / listed.separate,
+        dataset_items: listed.items,
+        all_pairs_items_per_s: all_pairs.batched,
+        all_pairs_separate_items_per_s: all_pairs.separate,
+        all_pairs_speedup: all_pairs.batched / all_pairs.separate,
+        all_pairs_items: all_pairs.items,
         attention_plain_s: att_plain,
         attention_idle_s: att_idle,
         attention_capture_s: att_capture,
@@ -471,7 +487,9 @@ pub fn to_table(r: &BenchReport) -> String {
          same positions as grid cells     {:>9.2} positions/s → sweep is {:.1}× faster\n\
          large session (10 × 1000 tokens) {:>9.2} s save, {:.2} s open, {:.1} MiB\n\
          \x20 shown in the app               {:>9.1} ms first frame, then at most {:.1} ms\n\
-         dataset ({} items), batched      {:>9.2} items/s\n\
+         dataset, {:>3} listed pairs       {:>9.2} items/s batched\n\
+         same items, one grid each        {:>9.2} items/s → batched is {:.1}× faster\n\
+         dataset, {:>3} items of all pairs {:>9.2} items/s batched\n\
          same items, one grid each        {:>9.2} items/s → batched is {:.1}× faster\n\
          seed grid, attention captured    {:>9.2} s   = {:.2}× without ({:.2} s; capture lab idle {:.2} s)\n\
          peak memory                      {}\n\
@@ -506,6 +524,10 @@ pub fn to_table(r: &BenchReport) -> String {
         r.dataset_items_per_s,
         r.dataset_separate_items_per_s,
         r.dataset_speedup,
+        r.all_pairs_items,
+        r.all_pairs_items_per_s,
+        r.all_pairs_separate_items_per_s,
+        r.all_pairs_speedup,
         r.attention_capture_s,
         r.attention_ratio,
         r.attention_plain_s,

@@ -24,6 +24,15 @@ pub fn differences(saved: &RunResults, fresh: &RunResults) -> Vec<String> {
     out
 }
 
+/// Where two values differ (any serializable part of results, e.g. a dataset item's cells),
+/// as [`differences`] says it.
+pub fn value_differences<T: serde::Serialize + ?Sized>(saved: &T, fresh: &T) -> Vec<String> {
+    let value = |x: &T| serde_json::to_value(x).unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    diff(&value(saved), &value(fresh), "", &mut out);
+    out
+}
+
 fn short(v: &Value) -> String {
     let s = v.to_string();
     if s.chars().count() > 60 {

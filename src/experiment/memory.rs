@@ -31,7 +31,7 @@ impl RunMemory {
         bytes_per_cell: u64,
         weights: u64,
     ) -> RunMemory {
-        let n_seq = (spec.variants.len() as u64).saturating_add(spec.conditions.len() as u64);
+        let n_seq = spec.n_sequences() as u64;
         let prompt = prompt_tokens.unwrap_or_else(|| guess_prompt_tokens(spec)) as u64;
         let cells = crate::gguf::kv_cells_for_run(n_seq, prompt, spec.generation.max_tokens as u64);
         let copies = (spec.variants.len() as u64)

@@ -327,10 +327,13 @@ impl RunResults {
                 ));
             }
         }
-        let n_seq = self.variants.len() + self.conditions.len();
-        if self.settings.n_seq as usize != n_seq {
+        // Conditions that run as one share a sequence; results written before kvlab shared
+        // them gave every condition its own.
+        let shared = self.spec.n_sequences();
+        let own = self.variants.len() + self.conditions.len();
+        if ![shared, own].contains(&(self.settings.n_seq as usize)) {
             return Err(format!(
-                "results.settings.n_seq is {}, but the results have {n_seq} sequences",
+                "results.settings.n_seq is {}, but the results have {shared} sequences",
                 self.settings.n_seq
             ));
         }

@@ -83,7 +83,13 @@ pub fn run_dataset(
         if options.run.cancel.load(Ordering::Relaxed) {
             break;
         }
-        let prefix = format!("wave {} of {n_waves} ({} items)", i + 1, wave.items.len());
+        let prefix = format!(
+            "wave {} of {n_waves} ({} items, {} cells in {} sequences)",
+            i + 1,
+            wave.items.len(),
+            wave.spec.conditions.len(),
+            wave.spec.n_sequences()
+        );
         on_event(RunEvent::Stage(prefix.clone()));
         let result = super::run(model, &wave.spec, &options.run, |e| {
             if let RunEvent::Stage(s) = e {

@@ -138,7 +138,8 @@ fn read_follows(follows: &mut [Follow], slots: &[Slot], logits: &[(usize, Vec<f3
     }
 }
 
-/// A grid's slots: each variant's baseline (in sequence i), then each condition.
+/// A grid's slots: each variant's baseline (in sequence i), then each computed condition; slot
+/// k generates in sequence k.
 fn slots(plan: &Plan<'_>) -> Vec<Slot> {
     let seed = plan.sampling_seed();
     let baselines = plan
@@ -146,11 +147,24 @@ fn slots(plan: &Plan<'_>) -> Vec<Slot> {
         .iter()
         .enumerate()
         .map(|(vi, p)| Slot::new(RowRef::Baseline(vi), vi as i32, p, plan.needle, seed));
-    let conditions = plan.conditions.iter().map(|c| {
+    let conditions = plan.computed().map(|c| {
         let p = &plan.prompts[c.variant];
         Slot::new(RowRef::Condition(c.index), c.seq, p, plan.needle, seed)
     });
     baselines.chain(conditions).collect()
+}
+
+/// Per slot (baselines, then computed conditions) to per row (baselines, then every planned
+/// condition, each given its computed condition's).
+fn per_row<T: Clone>(plan: &Plan<'_>, mut per_slot: Vec<T>) -> Vec<T> {
+    let n_var = plan.prompts.len();
+    let computed = per_slot.split_off(n_var.min(per_slot.len()));
+    per_slot.extend(
+        (plan.conditions.iter())
+            .filter_map(|c| computed.get(c.seq as usize - n_var))
+            .cloned(),
+    );
+    per_slot
 }
 
 /// What every step needs besides the slots: how to choose, what to record, and token texts.
@@ -331,6 +345,23 @@ pub(crate) fn generate(
 ) -> Result<Generated, EngineError> {
     let mut slots = slots(plan);
     let mut stepper = Stepper::new(lab.model(), plan.spec);
+    // A computed condition's tokens are also those of the conditions that run as it.
+    let on_event = &mut |e: RunEvent| match e {
+        RunEvent::Token {
+            row: RowRef::Condition(first),
+            step,
+            piece,
+        } => {
+            for c in plan.sharing(first) {
+                on_event(RunEvent::Token {
+                    row: RowRef::Condition(c.index),
+                    step,
+                    piece: piece.clone(),
+                });
+            }
+        }
+        e => on_event(e),
+    };
     let max_tokens = plan.spec.generation.max_tokens;
     let (mut n_tokens, mut complete) = (0, true);
     for i in 0..max_tokens {
@@ -349,10 +380,13 @@ pub(crate) fn generate(
         });
     }
     let attention = if capture.is_some_and(|c| c.on) {
-        slots
-            .iter_mut()
-            .map(|s| std::mem::take(&mut s.attention))
-            .collect()
+        per_row(
+            plan,
+            slots
+                .iter_mut()
+                .map(|s| std::mem::take(&mut s.attention))
+                .collect(),
+        )
     } else {
         Vec::new()
     };
@@ -364,6 +398,7 @@ pub(crate) fn generate(
             g
         })
         .collect();
+    let generations = per_row(plan, generations);
     Ok(Generated {
         generations,
         attention,

@@ -6,7 +6,9 @@
 
 use crate::engine::{KvPart, LabOptions, LoadedModel};
 use crate::experiment::needle::check_span_in_cache;
-use crate::experiment::spec::{Condition, ExperimentSpec, Op, Sampling, Span, SpecError};
+use crate::experiment::spec::{
+    Condition, ExperimentSpec, Op, Sampling, Span, SpecError, shared_runs,
+};
 
 use super::prompts::{Prepared, PreparedPrompt, prepare_prompts};
 use super::{RunError, RunOptions};
@@ -65,8 +67,13 @@ pub(crate) struct PlannedCondition {
     pub part: KvPart,
     /// The KV heads touched (`None`: all) and how many a row holds.
     pub heads: Option<(Vec<u32>, u32)>,
-    /// The sequence it generates in (grid runs: after the variants' baselines).
+    /// The sequence it generates in (grid runs: after the variants' baselines), shared with
+    /// the conditions it runs as.
     pub seq: i32,
+    /// The index of the first condition it runs as (its own when it is the first): only first
+    /// conditions are made, generated and scored; the others read their results (see
+    /// [`Condition::runs_as`]).
+    pub runs_as: usize,
 }
 
 /// Everything a grid run needs, resolved (see the module docs).
@@ -123,15 +130,25 @@ impl<'s> Plan<'s> {
         not_a_dataset(spec)?;
         check_prompts(spec, &prompts)?;
         let n_var = prompts.len();
+        let runs = shared_runs(&spec.conditions);
+        // A first condition's sequence follows the baselines and the first conditions before it.
+        let mut seqs = vec![0i32; runs.len()];
+        let mut next = n_var as i32;
+        for (i, &first) in runs.iter().enumerate() {
+            seqs[i] = if first == i { next } else { seqs[first] };
+            next += i32::from(first == i);
+        }
         let conditions = spec
             .conditions
             .iter()
             .enumerate()
             .map(|(index, c)| {
-                let seq = (n_var + index) as i32;
-                resolve_condition(spec, &prompts, needle, shape, index, c, seq)
+                let mut planned =
+                    resolve_condition(spec, &prompts, needle, shape, index, c, seqs[index])?;
+                planned.runs_as = runs[index];
+                Ok(planned)
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, SpecError>>()?;
         let max_prompt = prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(0);
         // A sequence holds its prompt, then either its generation or an expected answer being
         // scored (an answer has at most one token per byte).
@@ -145,7 +162,7 @@ impl<'s> Plan<'s> {
         let continuation = spec.generation.max_tokens.max(longest_answer);
         Ok(Plan {
             spec,
-            n_seq: (n_var + conditions.len()) as u32,
+            n_seq: spec.n_sequences() as u32,
             n_ctx_per_seq: (max_prompt + continuation + 8) as u32,
             prompts,
             needle,
@@ -163,6 +180,17 @@ impl<'s> Plan<'s> {
             n_batch: options.n_batch,
             cache: self.spec.cache,
         }
+    }
+
+    /// The conditions a run makes, generates and scores: the first of each kind (in spec order;
+    /// the others run as one of these).
+    pub fn computed(&self) -> impl Iterator<Item = &PlannedCondition> {
+        self.conditions.iter().filter(|c| c.runs_as == c.index)
+    }
+
+    /// The conditions that run as first condition `first` (itself included), in spec order.
+    pub fn sharing(&self, first: usize) -> impl Iterator<Item = &PlannedCondition> {
+        self.conditions.iter().filter(move |c| c.runs_as == first)
     }
 
     /// The spec's condition behind a planned one.
@@ -303,6 +331,7 @@ fn resolve_condition(
         part: c.site.part,
         heads,
         seq,
+        runs_as: index,
     })
 }
 
@@ -364,6 +393,33 @@ mod tests {
     fn resolve(spec: &ExperimentSpec, sf_len: usize) -> Result<Plan<'_>, SpecError> {
         let prompts = vec![prompt("SF", sf_len, 1), prompt("NY", 10, 2)];
         Plan::resolve(spec, prompts, NEEDLE, SHAPE)
+    }
+
+    #[test]
+    fn conditions_that_run_as_one_share_a_sequence() {
+        let against = |c: Condition, v: &str| Condition {
+            against: vec![v.into()],
+            ..c
+        };
+        let s = spec(vec![
+            against(condition("SF", Op::Zero), "NY"),
+            condition("SF", Op::Remove),
+            condition("SF", Op::Zero).labelled("zeroed again"),
+            condition("NY", Op::Zero),
+            condition("SF", Op::Remove),
+        ]);
+        let plan = resolve(&s, 10).unwrap();
+        assert_eq!(plan.n_seq, 2 + 3);
+        let c = &plan.conditions;
+        assert_eq!(c.iter().map(|c| c.seq).collect::<Vec<_>>(), [2, 3, 2, 4, 3]);
+        assert_eq!(
+            c.iter().map(|c| c.runs_as).collect::<Vec<_>>(),
+            [0, 1, 0, 3, 1]
+        );
+        let computed: Vec<usize> = plan.computed().map(|c| c.index).collect();
+        assert_eq!(computed, [0, 1, 3]);
+        let sharing: Vec<usize> = plan.sharing(1).map(|c| c.index).collect();
+        assert_eq!(sharing, [1, 4]);
     }
 
     /// The error is about condition `index` and says `what`.

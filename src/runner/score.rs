@@ -194,6 +194,26 @@ impl GridScores {
             expected: vec![Vec::new(); n],
         }
     }
+
+    /// Every planned condition's scores from those of the condition it runs as (computed ones
+    /// were scored for all variants their sharers are judged between): each keeps the variants
+    /// it is judged between, in the order scoring it alone gives.
+    fn shared(self, plan: &Plan<'_>) -> GridScores {
+        let names: Vec<&str> = plan.spec.variants.iter().map(|v| v.name.as_str()).collect();
+        let mut out = GridScores::empty(plan.conditions.len());
+        for (i, c) in plan.conditions.iter().enumerate() {
+            let judged = plan.condition(c).judged(&names);
+            out.scores[i] = (self.scores[c.runs_as].iter())
+                .filter(|s| judged.contains(&s.of_variant.as_str()))
+                .cloned()
+                .collect();
+            out.expected[i] = (self.expected[c.runs_as].iter())
+                .filter(|s| judged.contains(&s.variant.as_str()))
+                .cloned()
+                .collect();
+        }
+        out
+    }
 }
 
 /// Every grid job, condition by condition: the baseline continuation (unless the spec turns
@@ -212,8 +232,13 @@ pub(crate) fn grid_jobs(model: &LoadedModel, plan: &Plan<'_>) -> Result<Vec<Grid
     }
     let names: Vec<&str> = plan.spec.variants.iter().map(|v| v.name.as_str()).collect();
     let mut jobs = Vec::new();
-    for (condition, planned) in plan.conditions.iter().enumerate() {
-        let judged = plan.condition(planned).judged(&names);
+    // A computed condition is scored for every variant any condition running as it is judged
+    // between; [`GridScores::shared`] gives each its own.
+    for planned in plan.computed() {
+        let condition = planned.index;
+        let judged: Vec<&str> = (plan.sharing(condition))
+            .flat_map(|c| plan.condition(c).judged(&names))
+            .collect();
         let scored = |vi: usize| judged.contains(&names[vi]);
         if plan.spec.score_baselines {
             for vi in (0..plan.prompts.len()).filter(|&vi| scored(vi)) {
@@ -238,16 +263,16 @@ pub(crate) fn grid_jobs(model: &LoadedModel, plan: &Plan<'_>) -> Result<Vec<Grid
 }
 
 /// What generation reads for each job (in job order): the job's continuation followed along
-/// its condition's own generation (generation's slots: the baselines, then the conditions).
+/// its condition's own generation (generation's slot k generates in sequence k: the baselines,
+/// then the computed conditions).
 pub(crate) fn follows(plan: &Plan<'_>, jobs: &[GridJob]) -> Vec<Follow> {
-    let n_baselines = plan.prompts.len();
     jobs.iter()
         .map(|job| {
             let tokens = match job.target {
                 Target::Baseline(vi) => Followed::Slot(vi),
                 Target::Expected(..) => Followed::Tokens(job.tokens.clone()),
             };
-            Follow::new(n_baselines + job.condition, tokens)
+            Follow::new(plan.conditions[job.condition].seq as usize, tokens)
         })
         .collect()
 }
@@ -288,7 +313,7 @@ pub(crate) fn score_teacher_forced(
     Ok(grid_scores(plan, jobs, per_token))
 }
 
-/// Each job's log-probs (in job order) as a grid's scores.
+/// Each job's log-probs (in job order) as a grid's scores, for every planned condition.
 fn grid_scores(plan: &Plan<'_>, jobs: &[GridJob], per_token: Vec<Vec<f32>>) -> GridScores {
     let mut out = GridScores::empty(plan.conditions.len());
     for (job, scored) in jobs.iter().zip(per_token) {
@@ -302,7 +327,7 @@ fn grid_scores(plan: &Plan<'_>, jobs: &[GridJob], per_token: Vec<Vec<f32>>) -> G
             }
         }
     }
-    out
+    out.shared(plan)
 }
 
 /// A job's continuation still to evaluate teacher-forced: everything after what its

@@ -349,13 +349,14 @@ pub(crate) fn load(
     lab.set_state(seq, &edited_state(c, prompt_states)?)
 }
 
-/// Loads every planned condition's starting cache into its sequence.
+/// Loads every computed condition's starting cache into its sequence (conditions that run as
+/// one share it).
 pub(crate) fn load_all(
     lab: &mut Lab<'_>,
     plan: &Plan<'_>,
     prompt_states: &[SeqState],
 ) -> Result<(), EngineError> {
-    for c in &plan.conditions {
+    for c in plan.computed() {
         load(lab, c.seq, c, prompt_states)?;
     }
     Ok(())
@@ -413,6 +414,7 @@ mod tests {
             part,
             heads: None,
             seq: 2,
+            runs_as: 0,
         }
     }
 

@@ -1,17 +1,21 @@
 //! A dataset as ordinary grids. Per prompt template, items are packed into waves: one grid
 //! whose variants are the needles the wave's items use and whose conditions are, per item and
 //! condition template, the op on the item's needle, judged against its partner only. A wave
-//! holds at most `max_sequences` sequences (variants + conditions), so it fits one context;
-//! every sequence of a wave shares each decode step, which is where a dataset's speed comes
-//! from. Condition `k` of a wave belongs to item `items[k / n]`, condition template `k % n`
-//! (`n` condition templates): the map back from grid cells to items is arithmetic.
+//! holds at most `max_sequences` sequences (variants + distinct conditions), so it fits one
+//! context; every sequence of a wave shares each decode step, and the items of one needle share
+//! the sequences of the edits that do not name their partner (none, zero, remove, mean, noise):
+//! that is where a dataset's speed comes from. Condition `k` of a wave belongs to item
+//! `items[k / n]`, condition template `k % n` (`n` condition templates): the map back from grid
+//! cells to items is arithmetic, whichever cells share a sequence.
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
 use super::{DatasetSpec, PARTNER, RANDOM};
-use crate::experiment::spec::{Condition, ExperimentSpec, Op, PromptSpec, SpecError, Variant};
+use crate::experiment::spec::{
+    Condition, ExperimentSpec, MAX_CONDITIONS, Op, PromptSpec, SpecError, Variant,
+};
 
 /// One item: a prompt template and an ordered pair of needles.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,54 +95,108 @@ pub fn random_donor(data: &DatasetSpec, item: &DatasetItem) -> String {
 }
 
 /// Splits the dataset of `spec` (which must have one) into waves of at most `max_sequences`
-/// sequences each, template by template, items in order.
+/// sequences each, template by template, items in order. Conditions that run as one (the same
+/// edit of the same needle for several partners, see [`Condition::runs_as`]) count once: a
+/// needle's items share a wave's sequences, so consecutive items of one needle pack densely.
 pub fn expand(spec: &ExperimentSpec, max_sequences: usize) -> Result<Vec<Wave>, SpecError> {
     let data = spec
         .dataset
         .as_ref()
         .ok_or_else(|| SpecError::Dataset("the experiment has no dataset".into()))?;
-    let n_cond = data.conditions.len();
     let extra = extra_needles(data);
     let all = items(data);
+    let too_big = |size: usize| {
+        SpecError::Dataset(format!(
+            "one item needs {size} sequences, more than the {max_sequences} a context runs"
+        ))
+    };
     let mut waves = Vec::new();
     for template in 0..data.templates.len() {
-        let mut current: Vec<&super::DatasetItem> = Vec::new();
+        let mut wave_items: Vec<&DatasetItem> = Vec::new();
+        let mut cells: Vec<Condition> = Vec::new();
         let mut needles = extra.clone();
+        // The wave's first conditions: one sequence each.
+        let mut runs: Vec<Condition> = Vec::new();
         for item in all.iter().filter(|i| i.template == template) {
-            let mut grown = needles.clone();
-            grown.insert(item.needle.clone());
-            grown.insert(item.partner.clone());
-            if grown.len() + (current.len() + 1) * n_cond > max_sequences {
-                if current.is_empty() {
-                    return Err(SpecError::Dataset(format!(
-                        "one item needs {} sequences, more than the {max_sequences} a context runs",
-                        grown.len() + n_cond
-                    )));
+            let own = item_conditions(data, item);
+            let mut pair = BTreeSet::from([item.needle.clone(), item.partner.clone()]);
+            let new_runs = |runs: &[Condition]| {
+                let mut added: Vec<&Condition> = Vec::new();
+                for c in &own {
+                    if !runs
+                        .iter()
+                        .chain(added.iter().copied())
+                        .any(|r| r.runs_as(c))
+                    {
+                        added.push(c);
+                    }
                 }
-                waves.push(wave(spec, data, template, &current, &needles));
-                current.clear();
+                added.into_iter().cloned().collect::<Vec<_>>()
+            };
+            let mut added = new_runs(&runs);
+            let size = needles.union(&pair).count() + runs.len() + added.len();
+            if size > max_sequences || cells.len() + own.len() > MAX_CONDITIONS {
+                if wave_items.is_empty() {
+                    return Err(too_big(size));
+                }
+                let done = std::mem::take(&mut cells);
+                waves.push(wave(spec, data, template, &wave_items, &needles, done));
+                wave_items.clear();
+                runs.clear();
                 needles = extra.clone();
-                grown = needles.clone();
-                grown.insert(item.needle.clone());
-                grown.insert(item.partner.clone());
+                added = new_runs(&runs);
+                let size = needles.union(&pair).count() + added.len();
+                if size > max_sequences {
+                    return Err(too_big(size));
+                }
             }
-            needles = grown;
-            current.push(item);
+            needles.append(&mut pair);
+            runs.extend(added);
+            cells.extend(own);
+            wave_items.push(item);
         }
-        if !current.is_empty() {
-            waves.push(wave(spec, data, template, &current, &needles));
+        if !wave_items.is_empty() {
+            waves.push(wave(spec, data, template, &wave_items, &needles, cells));
         }
     }
     Ok(waves)
 }
 
-/// The grid of one wave.
+/// An item's grid cells, one per condition template: the op on the item's needle (a
+/// transplant from `{partner}` or `{random}` with its donor named), judged against its partner
+/// only.
+fn item_conditions(data: &DatasetSpec, item: &DatasetItem) -> Vec<Condition> {
+    data.conditions
+        .iter()
+        .map(|c| {
+            let op = match &c.op {
+                Op::Transplant { from } if from == PARTNER => Op::Transplant {
+                    from: item.partner.clone(),
+                },
+                Op::Transplant { from } if from == RANDOM => Op::Transplant {
+                    from: random_donor(data, item),
+                },
+                op => op.clone(),
+            };
+            Condition {
+                label: Some(c.row_label()),
+                variant: item.needle.clone(),
+                op,
+                site: c.site.clone(),
+                against: vec![item.partner.clone()],
+            }
+        })
+        .collect()
+}
+
+/// The grid of one wave (`conditions`: its items' cells, item by item).
 fn wave(
     spec: &ExperimentSpec,
     data: &DatasetSpec,
     template: usize,
     items: &[&DatasetItem],
     needles: &BTreeSet<String>,
+    conditions: Vec<Condition>,
 ) -> Wave {
     let variants = data
         .needles
@@ -149,29 +207,6 @@ fn wave(
             needle: n.needle.clone(),
             expected: data.expected.iter().map(|t| n.fill(t)).collect(),
             keywords: data.keywords.iter().map(|t| n.fill(t)).collect(),
-        })
-        .collect();
-    let conditions = items
-        .iter()
-        .flat_map(|item| {
-            data.conditions.iter().map(|c| {
-                let op = match &c.op {
-                    Op::Transplant { from } if from == PARTNER => Op::Transplant {
-                        from: item.partner.clone(),
-                    },
-                    Op::Transplant { from } if from == RANDOM => Op::Transplant {
-                        from: random_donor(data, item),
-                    },
-                    op => op.clone(),
-                };
-                Condition {
-                    label: Some(c.row_label()),
-                    variant: item.needle.clone(),
-                    op,
-                    site: c.site.clone(),
-                    against: vec![item.partner.clone()],
-                }
-            })
         })
         .collect();
     let t = &data.templates[template];

@@ -96,6 +96,23 @@ impl DatasetResults {
         })
     }
 
+    /// A finished item's cells as the item alone makes them, whatever wave held it: keyword
+    /// counts of its needle and partner only (a cell counts the keywords of every variant of its
+    /// wave, and which needles a wave holds depends on how items were packed). What `kvlab
+    /// verify` compares when a re-run packs items into other waves.
+    pub fn item_cells(
+        &self,
+        item: usize,
+    ) -> Option<Vec<crate::experiment::results::ConditionResult>> {
+        let it = self.items.get(item)?;
+        let mut cells = self.item_conditions(item)?.to_vec();
+        for c in &mut cells {
+            c.keywords
+                .retain(|k| k.variant == it.needle || k.variant == it.partner);
+        }
+        Some(cells)
+    }
+
     /// One row per finished item × condition template, item by item.
     pub fn rows(&self) -> Vec<ItemRow> {
         let n = self.n_conditions();

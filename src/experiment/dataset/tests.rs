@@ -90,12 +90,26 @@ fn items_are_template_major_ordered_pairs() {
 #[test]
 fn waves_pack_items_and_judge_each_cell_against_its_partner() {
     let s = spec();
-    // The mean needs every needle: 3 variants, then 4 conditions per item.
-    let waves = expand(&s, 3 + 4 * 4).unwrap();
+    // The mean needs every needle: 3 variants. A needle's first item adds its 4 conditions,
+    // its second only the transplant from its own partner (none, zero and the mean of the
+    // needle run once for both): 3 + 5 + 5 + 5 = 18 sequences hold a template's 6 items.
+    let waves = expand(&s, 18).unwrap();
     assert_eq!(
         waves.iter().map(|w| w.items.clone()).collect::<Vec<_>>(),
-        [vec![0, 1, 2, 3], vec![4, 5], vec![6, 7, 8, 9], vec![10, 11]]
+        [vec![0, 1, 2, 3, 4, 5], vec![6, 7, 8, 9, 10, 11]]
     );
+    assert_eq!(
+        waves[0].spec.conditions.len(),
+        6 * 4,
+        "a cell per item and condition"
+    );
+    assert_eq!(waves[0].spec.n_sequences(), 18);
+    let waves = expand(&s, 17).unwrap();
+    assert_eq!(
+        waves.iter().map(|w| w.items.clone()).collect::<Vec<_>>(),
+        [vec![0, 1, 2, 3, 4], vec![5], vec![6, 7, 8, 9, 10], vec![11]]
+    );
+    assert!(waves.iter().all(|w| w.spec.n_sequences() <= 17));
     let w = &waves[0];
     assert_eq!(w.spec.variants.len(), 3);
     assert_eq!(
@@ -214,6 +228,28 @@ fn rows_map_cells_back_to_items_with_their_change_against_none() {
     assert_eq!(row.delta, Some(-5.0));
     assert!(row.flips());
     assert_eq!(rows[0].delta, Some(0.0));
+}
+
+#[test]
+fn an_items_cells_count_only_its_own_needles_keywords() {
+    use crate::experiment::outcome::KeywordCount;
+    let mut r = hand_results();
+    let count = |variant: &str| KeywordCount {
+        variant: variant.into(),
+        count: 1,
+    };
+    // Item 1 is SF judged against Paris; its wave also holds NY.
+    r.waves[0].results.conditions[4].keywords = vec![count("SF"), count("NY"), count("Paris")];
+    let cells = r.item_cells(1).unwrap();
+    let kept: Vec<&str> = cells[0]
+        .keywords
+        .iter()
+        .map(|k| k.variant.as_str())
+        .collect();
+    assert_eq!(kept, ["SF", "Paris"]);
+    assert_eq!(cells.len(), 4);
+    assert_eq!(cells[0].label, r.item_conditions(1).unwrap()[0].label);
+    assert!(r.item_cells(99).is_none());
 }
 
 #[test]

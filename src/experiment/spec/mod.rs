@@ -17,7 +17,7 @@ mod tests;
 pub use crate::engine::KvPart;
 pub use file::read_text_file;
 pub use legacy::{upgrade_condition, upgrade_conditions};
-pub use op::{Condition, DEFAULT_NOISE_SCALE, Op};
+pub use op::{Condition, DEFAULT_NOISE_SCALE, Op, distinct_runs, shared_runs};
 pub use prompt::{PromptMode, PromptSpec, Turn, Variant};
 pub use site::{LayerSet, Site, Span};
 
@@ -25,8 +25,12 @@ pub use site::{LayerSet, Site, Span};
 /// that context sizes computed from it never overflow.
 pub const MAX_TOKENS_LIMIT: usize = 1 << 20;
 /// The most sequences llama.cpp runs in one context (`LLAMA_MAX_SEQ`): a grid runs one per
-/// variant and one per condition.
+/// variant and one per distinct condition.
 pub const MAX_SEQUENCES: usize = 256;
+/// The most conditions (grid cells) a grid holds, distinct or not: cells that share a run
+/// still each keep a generation and scores (a dataset's wave of all pairs holds a few
+/// thousand).
+pub const MAX_CONDITIONS: usize = 4096;
 /// The most alternatives recorded per step.
 pub const MAX_TOP_K: usize = 1000;
 /// The largest experiment file read (a spec is a few KiB; this keeps `/dev/zero` and friends
@@ -247,6 +251,12 @@ impl ExperimentSpec {
         Ok(())
     }
 
+    /// The sequences a grid run of this spec uses: one baseline per variant, one per distinct
+    /// condition (conditions that run as one share a sequence, see [`shared_runs`]).
+    pub fn n_sequences(&self) -> usize {
+        self.variants.len() + distinct_runs(&self.conditions)
+    }
+
     /// Checks what can be checked without a model.
     pub fn validate(&self) -> Result<(), SpecError> {
         if let Some(data) = &self.dataset {
@@ -358,12 +368,18 @@ impl ExperimentSpec {
                 self.generation.max_tokens
             )));
         }
-        let n_seq = self.variants.len() + self.conditions.len();
+        if self.conditions.len() > MAX_CONDITIONS {
+            return Err(SpecError::Variants(format!(
+                "{} conditions; a grid holds at most {MAX_CONDITIONS}",
+                self.conditions.len()
+            )));
+        }
+        let n_seq = self.n_sequences();
         if n_seq > MAX_SEQUENCES {
             return Err(SpecError::Variants(format!(
-                "{} variants and {} conditions make {n_seq} sequences; llama.cpp runs at most {MAX_SEQUENCES}",
+                "{} variants and {} distinct conditions make {n_seq} sequences; llama.cpp runs at most {MAX_SEQUENCES}",
                 self.variants.len(),
-                self.conditions.len()
+                distinct_runs(&self.conditions)
             )));
         }
         if self.top_k > MAX_TOP_K {

@@ -192,6 +192,16 @@ impl Condition {
             .collect()
     }
 
+    /// Whether `other` starts from the same cache as this one and so generates the same
+    /// tokens: the same op on the same variant at the same site (`none` at any site). Labels
+    /// and whom a condition is judged against only change how its scores are read, so a run
+    /// computes such conditions once (see [`shared_runs`]).
+    pub fn runs_as(&self, other: &Condition) -> bool {
+        self.variant == other.variant
+            && self.op == other.op
+            && (self.op == Op::None || self.site == other.site)
+    }
+
     /// The row label: the explicit one, or one derived from the op and its site.
     pub fn row_label(&self) -> String {
         if let Some(l) = &self.label {
@@ -203,4 +213,29 @@ impl Condition {
         }
         s
     }
+}
+
+/// Per condition, the index of the first condition it runs as ([`Condition::runs_as`]): its
+/// own index when it is the first of its kind. A grid runs one sequence per first condition, so
+/// a dataset's items that edit the same needle the same way (one needle, many partners) share
+/// one generation.
+pub fn shared_runs(conditions: &[Condition]) -> Vec<usize> {
+    let mut firsts: Vec<usize> = Vec::new();
+    let mut out = Vec::with_capacity(conditions.len());
+    for (i, c) in conditions.iter().enumerate() {
+        match firsts.iter().find(|&&f| conditions[f].runs_as(c)) {
+            Some(&f) => out.push(f),
+            None => {
+                firsts.push(i);
+                out.push(i);
+            }
+        }
+    }
+    out
+}
+
+/// How many sequences `conditions` run in (their first conditions, see [`shared_runs`]).
+pub fn distinct_runs(conditions: &[Condition]) -> usize {
+    let runs = shared_runs(conditions);
+    runs.iter().enumerate().filter(|&(i, &f)| i == f).count()
 }

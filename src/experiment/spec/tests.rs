@@ -195,3 +195,51 @@ fn the_shipped_experiments_are_in_the_current_shape() {
         assert!(ExperimentSpec::from_json(text).is_ok());
     }
 }
+
+#[test]
+fn conditions_that_start_from_the_same_cache_run_as_one() {
+    let zero = Condition::new("SF", Op::Zero);
+    let against_ny = Condition {
+        against: vec!["NY".into()],
+        label: Some("zero it".into()),
+        ..zero.clone()
+    };
+    assert!(
+        zero.runs_as(&against_ny),
+        "label and against only change how it is read"
+    );
+    let v_only = zero.clone().at(Site {
+        part: KvPart::V,
+        ..Site::default()
+    });
+    assert!(!zero.runs_as(&v_only), "another site is another cache");
+    assert!(
+        !zero.runs_as(&Condition::new("NY", Op::Zero)),
+        "another variant"
+    );
+    assert!(
+        !zero.runs_as(&Condition::new("SF", Op::Remove)),
+        "another op"
+    );
+    let none = Condition::new("SF", Op::None);
+    assert!(
+        none.runs_as(&none.clone().at(v_only.site.clone())),
+        "none at any site"
+    );
+    let from = |d: &str| Condition::new("SF", Op::Transplant { from: d.into() });
+    assert!(!from("NY").runs_as(&from("LA")), "another donor");
+
+    let all = [
+        zero.clone(),
+        from("NY"),
+        against_ny,
+        v_only,
+        from("NY"),
+        none,
+    ];
+    assert_eq!(shared_runs(&all), [0, 1, 0, 3, 1, 5]);
+    assert_eq!(distinct_runs(&all), 4);
+    let mut s = two_variant_spec();
+    s.conditions = all.to_vec();
+    assert_eq!(s.n_sequences(), 2 + 4);
+}

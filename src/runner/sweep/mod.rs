@@ -92,6 +92,14 @@ pub fn run_sweep(
             SweepCaches::Shared => true,
             SweepCaches::Streams => false,
         };
+    if options.sweep_caches == SweepCaches::Shared && !share {
+        // Asked for, not possible: say so rather than quietly measure another layout.
+        on_event(RunEvent::Stage(
+            "shared caches asked for, but this model has a sliding-window cache, which cannot \
+             share cells: each item gets a stream of its own"
+                .into(),
+        ));
+    }
     let mut caches = if share {
         let max_cont = measure.continuations.iter().map(|c| c.1.len()).max();
         let shared = SharedCaches::open(
