@@ -1056,6 +1056,9 @@ fn a_dataset_runs_in_the_app_and_shows_its_aggregates() {
     assert!(d.complete);
     assert_eq!(h.state().prefs.tab, kvlab::ui::prefs::AnalysisTab::Dataset);
     h.get_by_label(&dataset::title(&d));
+    // Two waves (one per template) of two items of three cells; no two cells of a wave edit the
+    // same needle, so every cell is a run of its own.
+    h.get_by_label_contains("2 wave(s): 12 cells in 12 condition runs");
     let a = dataset::aggregates(&d);
     assert_eq!(a.items, (4, 4));
     for g in &a.overall {

@@ -67,11 +67,21 @@ impl DatasetTab {
 
 /// How to read the numbers.
 fn reading(d: &DatasetResults) -> String {
+    let (cells, runs, baselines) = d.waves.iter().fold((0, 0, 0), |(c, r, b), w| {
+        let variants = w.results.variants.len();
+        let sequences = w.results.settings.n_seq as usize;
+        (
+            c + w.results.conditions.len(),
+            r + sequences.saturating_sub(variants),
+            b + variants,
+        )
+    });
     format!(
         "Each item is one prompt template with one pair of needles; a flip means the edited cache \
          prefers the partner's expected answers. Flip rates carry Wilson 95 % intervals; Δpref is the \
          change of preference against the same item's none row, with a bootstrap 95 % interval over \
-         items (fixed seed). {} wave(s), {:.0} s.",
+         items (fixed seed). {} wave(s): {cells} cells in {runs} condition runs (cells that start \
+         from the same cache run once) and {baselines} baselines, {:.0} s.",
         d.waves.len(),
         d.seconds
     )
