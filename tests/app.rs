@@ -1046,6 +1046,8 @@ fn a_dataset_runs_in_the_app_and_shows_its_aggregates() {
             .unwrap();
     h.run_steps(2);
     h.get_by_label_contains("3 needles, 2 prompt templates, 4 items");
+    // The memory estimate is a wave's: 3 needles and 6 cells (no two edit one needle alike).
+    h.get_by_label_contains("(9 sequences, f16)");
     h.get_by_label("Run").click();
     h.step();
     wait_for(&mut h, "the dataset", |a| {

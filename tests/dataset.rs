@@ -130,6 +130,18 @@ fn items_of_one_needle_share_its_runs_and_read_what_they_would_alone() {
     // 3 needles, and per needle none, zero and two transplants (not 6 × 3 cells).
     assert_eq!(grid.settings.n_seq, 3 + 3 * 4);
 
+    // A session keeps the shared wave and reads back as written (its grid has fewer sequences
+    // than cells).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("all-pairs.kvlab");
+    let mut s = Session::new(spec.clone());
+    s.dataset = Some(shared.clone());
+    s.save(&path).unwrap();
+    assert_eq!(
+        Session::load(&path).unwrap().dataset.as_ref(),
+        Some(&shared)
+    );
+
     // One item per wave: nothing to share.
     let alone_options = DatasetOptions {
         max_sequences: 5,

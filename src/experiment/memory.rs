@@ -3,7 +3,7 @@
 //! experiment and the model's shape, saturating rather than overflowing: a forged header can
 //! ask for more bytes than a `u64` holds, and that must read "too large", never panic.
 
-use super::spec::ExperimentSpec;
+use super::spec::{ExperimentSpec, MAX_SEQUENCES};
 
 /// A run's memory, in bytes (`None`: more than a `u64` holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,19 +24,22 @@ pub struct RunMemory {
 impl RunMemory {
     /// The estimate for `spec` on a model with `bytes_per_cell` of K and V per token and
     /// `weights` bytes of weights; `prompt_tokens` when the prompts are tokenized (else guessed
-    /// from their text, see [`guess_prompt_tokens`]).
+    /// from their text, see [`guess_prompt_tokens`]). A dataset's is its largest wave's.
     pub fn of(
         spec: &ExperimentSpec,
         prompt_tokens: Option<usize>,
         bytes_per_cell: u64,
         weights: u64,
     ) -> RunMemory {
-        let n_seq = spec.n_sequences() as u64;
+        // A dataset runs as waves of grids: its estimate is its largest wave's.
+        let (n_var, n_seq) = match &spec.dataset {
+            Some(d) => crate::experiment::dataset::largest_wave(d, MAX_SEQUENCES),
+            None => (spec.variants.len(), spec.n_sequences()),
+        };
+        let (n_var, n_seq) = (n_var as u64, n_seq as u64);
         let prompt = prompt_tokens.unwrap_or_else(|| guess_prompt_tokens(spec)) as u64;
         let cells = crate::gguf::kv_cells_for_run(n_seq, prompt, spec.generation.max_tokens as u64);
-        let copies = (spec.variants.len() as u64)
-            .saturating_add(2)
-            .saturating_mul(prompt);
+        let copies = n_var.saturating_add(2).saturating_mul(prompt);
         RunMemory {
             weights,
             kv_cache: bytes(cells, bytes_per_cell),
@@ -72,10 +75,26 @@ fn bytes(cells: u64, per_cell: u64) -> Option<u64> {
 /// The longest prompt's tokens guessed from its text before tokenizing: about four characters
 /// a token, plus a few tokens of template per turn.
 pub fn guess_prompt_tokens(spec: &ExperimentSpec) -> usize {
-    let text = (spec.prompt.turns.iter())
-        .map(|t| t.content.len().saturating_add(8))
-        .fold(0usize, usize::saturating_add);
-    let needle = spec.variants.iter().map(|v| v.needle.len()).max();
+    let chars = |turns: &[crate::experiment::spec::Turn]| {
+        (turns.iter())
+            .map(|t| t.content.len().saturating_add(8))
+            .fold(0usize, usize::saturating_add)
+    };
+    let (text, needle) = match &spec.dataset {
+        // A dataset's longest template with its longest needle.
+        Some(d) => (
+            d.templates
+                .iter()
+                .map(|t| chars(&t.turns))
+                .max()
+                .unwrap_or(0),
+            d.needles.iter().map(|n| n.needle.len()).max(),
+        ),
+        None => (
+            chars(&spec.prompt.turns),
+            spec.variants.iter().map(|v| v.needle.len()).max(),
+        ),
+    };
     text.saturating_add(needle.unwrap_or(0)) / 4
 }
 

@@ -162,6 +162,31 @@ pub fn expand(spec: &ExperimentSpec, max_sequences: usize) -> Result<Vec<Wave>, 
     Ok(waves)
 }
 
+/// The shape of a dataset's largest wave, (variants, sequences), as [`expand`] packs waves of
+/// at most `max_sequences` sequences, without expanding it (the app estimates memory every
+/// frame). Every template has the same pairs, so the same shape: a wave holds the needles its
+/// items use (every needle when a condition needs them all) and one run per distinct cell — a
+/// transplant from the partner or a random donor once per item, any other condition once per
+/// edited needle. A dataset larger than one wave fills its waves up to `max_sequences`.
+pub fn largest_wave(data: &DatasetSpec, max_sequences: usize) -> (usize, usize) {
+    let pairs = data.pair_indices();
+    let mut needles = extra_needles(data);
+    let mut edited = BTreeSet::new();
+    for &(a, b) in &pairs {
+        needles.insert(data.needles[a].name().to_string());
+        needles.insert(data.needles[b].name().to_string());
+        edited.insert(a);
+    }
+    let runs: usize = (data.conditions.iter())
+        .map(|c| match &c.op {
+            Op::Transplant { from } if from == PARTNER || from == RANDOM => pairs.len(),
+            _ => edited.len(),
+        })
+        .sum();
+    let sequences = (needles.len() + runs).min(max_sequences);
+    (needles.len().min(sequences), sequences)
+}
+
 /// An item's grid cells, one per condition template: the op on the item's needle (a
 /// transplant from `{partner}` or `{random}` with its donor named), judged against its partner
 /// only.

@@ -23,7 +23,7 @@ pub use aggregate::{
     Aggregate, Aggregates, HEADER, aggregate, aggregates, cells, title, to_csv, to_markdown,
     to_table,
 };
-pub use expand::{DatasetItem, Wave, expand, items};
+pub use expand::{DatasetItem, Wave, expand, items, largest_wave};
 pub use results::{DatasetResults, DatasetWave, ItemRow};
 
 /// The placeholder a transplant's `from` names the item's partner with.

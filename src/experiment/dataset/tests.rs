@@ -135,6 +135,38 @@ fn waves_pack_items_and_judge_each_cell_against_its_partner() {
 }
 
 #[test]
+fn the_largest_wave_is_estimated_without_expanding() {
+    let largest = |s: &ExperimentSpec, max: usize| {
+        let waves = expand(s, max).unwrap();
+        let seqs = waves.iter().map(|w| w.spec.n_sequences()).max().unwrap();
+        let vars = waves.iter().map(|w| w.spec.variants.len()).max().unwrap();
+        (vars, seqs)
+    };
+    let s = spec();
+    let data = s.dataset.as_ref().unwrap();
+    // All pairs of 3 with a mean: 3 needles; none, zero and the mean once per needle, the
+    // transplant once per item.
+    assert_eq!(largest_wave(data, 256), (3, 3 + 3 + 3 + 6 + 3));
+    assert_eq!(largest_wave(data, 256), largest(&s, 256));
+    assert_eq!(
+        largest_wave(data, 10),
+        (3, 10),
+        "waves fill up to the most sequences"
+    );
+    let mut v = spec_json();
+    v["dataset"]["conditions"].as_array_mut().unwrap().pop();
+    v["dataset"]["pairs"] = serde_json::json!({"listed": [["SF", "NY"], ["NY", "Paris"]]});
+    let s = ExperimentSpec::from_json(&v.to_string()).unwrap();
+    assert_eq!(largest_wave(s.dataset.as_ref().unwrap(), 256), (3, 9));
+    assert_eq!(largest(&s, 256), (3, 9));
+    // The app's memory estimate of a dataset is its largest wave's.
+    let m = crate::experiment::memory::RunMemory::of(&s, Some(10), 1000, 0);
+    assert_eq!(m.n_seq, 9);
+    assert_eq!(m.prompt_copies, Some((3 + 2) * 10 * 1000));
+    assert!(crate::experiment::memory::guess_prompt_tokens(&s) > 0);
+}
+
+#[test]
 fn without_a_mean_a_wave_holds_only_the_needles_it_uses() {
     let mut v = spec_json();
     v["dataset"]["conditions"].as_array_mut().unwrap().pop();
