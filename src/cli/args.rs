@@ -139,7 +139,8 @@ pub struct SweepArgs {
     /// How items get their caches: shared (the prompt's cells shared, only edited cells
     /// written: fast at large caches, results move slightly against a grid), streams (each
     /// item's whole cache copied: equals a grid bit for bit on the CPU), or auto (shared from
-    /// 64 MiB of prompt state).
+    /// 64 MiB of prompt state). A model with a sliding-window cache always uses streams (a
+    /// shared sweep asked of one says so).
     #[arg(long, value_enum, default_value_t = SweepCachesArg::Auto)]
     pub caches: SweepCachesArg,
     /// Write the sweep results (JSON) here.
