@@ -162,7 +162,8 @@ impl<'s> Plan<'s> {
         let continuation = spec.generation.max_tokens.max(longest_answer);
         Ok(Plan {
             spec,
-            n_seq: spec.n_sequences() as u32,
+            // The baselines and one sequence per first condition (`spec.n_sequences()`).
+            n_seq: next as u32,
             n_ctx_per_seq: (max_prompt + continuation + 8) as u32,
             prompts,
             needle,
