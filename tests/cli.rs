@@ -263,6 +263,12 @@ fn the_benchmark_runs_in_quick_mode_and_its_output_parses() {
     assert_eq!((r.dataset_items, r.all_pairs_items), (4, 6));
     // Reused scores are the scores from scratch (bit for bit on the CPU).
     assert_eq!(r.grid_score_max_difference, 0.0);
+    assert!(
+        0 < r.grid_score_tokens && r.grid_score_tokens < r.grid_score_scratch_tokens,
+        "scoring evaluated {} tokens, from scratch {}",
+        r.grid_score_tokens,
+        r.grid_score_scratch_tokens
+    );
 }
 
 #[test]

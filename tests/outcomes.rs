@@ -309,4 +309,47 @@ fn reused_scores_equal_scoring_from_scratch() {
     }
     // 8 conditions, each judged on both variants' baselines and answers.
     assert_eq!(compared, 8 * 4);
+    assert!(
+        results.timings.score_tokens < fresh.tokens,
+        "reusing generation evaluated {} tokens, from scratch {}",
+        results.timings.score_tokens,
+        fresh.tokens
+    );
+}
+
+/// A control (`none`) starts from its baseline's very cache, so generating on its own would
+/// repeat the baseline: its row shows the baseline's generation and its sequence feeds the
+/// other variant's baseline continuation instead. Scored on the baselines alone, a grid of
+/// controls leaves scoring nothing to evaluate, and every score is the score from scratch.
+#[test]
+fn controls_are_scored_while_the_baselines_generate() {
+    use kvlab::experiment::Condition;
+    let mut spec = asset_spec("seed-short");
+    spec.generation.max_tokens = 12;
+    spec.conditions = vec![
+        Condition::new("SF", Op::None),
+        Condition::new("NY", Op::None),
+    ];
+    for v in &mut spec.variants {
+        v.expected.clear();
+    }
+    let results = runner::run(model(), &spec, &RunOptions::default(), |_| {}).unwrap();
+    let fresh = runner::score_teacher_forced(model(), &results, &RunOptions::default()).unwrap();
+    assert_eq!(results.timings.score_tokens, 0);
+    assert_eq!(
+        fresh.tokens,
+        2 * 2 * 12,
+        "two controls, two baselines, 12 tokens"
+    );
+    for (i, c) in results.conditions.iter().enumerate() {
+        let base = &results.variant(&c.variant).unwrap().baseline;
+        assert_eq!(c.generation.tokens, base.tokens, "{}", c.label);
+        assert_eq!(c.generation.steps, base.steps, "{}", c.label);
+        assert_eq!(c.scores.len(), 2);
+        for (a, b) in c.scores.iter().zip(&fresh.scores[i]) {
+            let what = format!("{}: {}'s baseline continuation", c.label, a.of_variant);
+            assert_eq!(a.n_tokens, 12, "{what}");
+            common::assert_same_score(Some(a.sum), Some(b.sum), &what);
+        }
+    }
 }

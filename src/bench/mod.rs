@@ -45,6 +45,12 @@ pub struct BenchReport {
     /// The largest difference between a reused and a from-scratch score (0 on the CPU).
     #[serde(default)]
     pub grid_score_max_difference: f64,
+    /// Tokens the batched seed grid's scoring evaluated (what generation had not given).
+    #[serde(default)]
+    pub grid_score_tokens: usize,
+    /// Tokens scoring from scratch evaluated (every token of every scored continuation).
+    #[serde(default)]
+    pub grid_score_scratch_tokens: usize,
     /// kvlab's generation loop (logprobs, top-k, probes) per step against a bare argmax loop on
     /// the same sequences, as a fraction (0.03 = 3 % slower).
     pub generation_loop_overhead: f64,
@@ -346,6 +352,8 @@ pub fn run(
         grid_score_scratch_s: scratch.score_s,
         grid_score_speedup: scratch.score_s / grid_run.timings.score_s,
         grid_score_max_difference: score_difference,
+        grid_score_tokens: grid_run.timings.score_tokens,
+        grid_score_scratch_tokens: scratch.tokens,
         generation_loop_overhead: overhead,
         intervention_s: intervention,
         decode_step_s: step,
@@ -479,6 +487,7 @@ pub fn to_table(r: &BenchReport) -> String {
          seed grid, batched               {:>9.2} s\n\
          seed grid, one at a time         {:>9.2} s   → batched is {:.1}× faster\n\
          seed grid scoring                {:>9.2} s   (from scratch {:.2} s → {:.1}× faster; max difference {:.1e})\n\
+         \x20 tokens evaluated               {:>9}     (from scratch {})\n\
          \x20 prompt phase                   {:>9.2} s   (bare loop {:.2} s → {:+.1} %)\n\
          \x20 generation phase               {:>9.2} s   (bare argmax loop {:.2} s → {:+.1} %)\n\
          generation loop vs bare argmax   {:>+8.1} %\n\
@@ -502,6 +511,8 @@ pub fn to_table(r: &BenchReport) -> String {
         r.grid_score_scratch_s,
         r.grid_score_speedup,
         r.grid_score_max_difference,
+        r.grid_score_tokens,
+        r.grid_score_scratch_tokens,
         r.grid_prompt_s,
         r.bare_prompt_s,
         (r.grid_prompt_s / r.bare_prompt_s.max(1e-12) - 1.0) * 100.0,

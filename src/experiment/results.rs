@@ -252,6 +252,9 @@ pub struct Timings {
     /// Seconds scoring continuations.
     #[serde(with = "crate::experiment::floats")]
     pub score_s: f64,
+    /// Tokens scoring evaluated teacher-forced: what generation had not already given.
+    #[serde(default)]
+    pub score_tokens: usize,
 }
 
 /// Everything a run produced.

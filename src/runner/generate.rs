@@ -16,7 +16,7 @@ use crate::experiment::spec::Span;
 use crate::experiment::spec::{ExperimentSpec, Sampling};
 
 use super::attention::{StepCapture, eval_step, row_sums};
-use super::plan::Plan;
+use super::plan::{Edit, Plan};
 use super::prompts::PreparedPrompt;
 use super::score::probe_token_ids;
 use super::{RowRef, RunEvent};
@@ -44,6 +44,28 @@ pub(crate) struct Slot {
     pub last_prompt_pos: usize,
     /// What its tokens attended to, when captured.
     pub attention: RowAttention,
+    /// Whether it shows a baseline's generation and feeds another continuation.
+    mirror: Mirror,
+}
+
+/// How a `none` condition's slot spends its steps. Its cache is its variant's prompt cache, so
+/// generating on its own would repeat its baseline token for token, log-prob for log-prob. Once
+/// its first step's logits are seen to equal the baseline's bit for bit (the same cache gives
+/// the same logits: the check that the restored cache is the baseline's), the row shows the
+/// baseline's generation, and the slot feeds another variant's baseline continuation, on which
+/// the condition is scored: generation then reads that whole continuation's log-probs, from the
+/// very cache a teacher-forced evaluation uses, and scoring has nothing left of it to evaluate.
+/// The condition's own baseline continuation is read from the baseline's slot (the same logits).
+/// A control whose first step differs generates on its own, as any condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mirror {
+    /// A slot that generates its own tokens.
+    No,
+    /// A control that will mirror slot `baseline` and feed slot `path`'s tokens if its first
+    /// step's logits equal the baseline's.
+    Candidate { baseline: usize, path: usize },
+    /// A control that mirrors slot `baseline` and feeds slot `path`'s tokens.
+    Active { baseline: usize, path: usize },
 }
 
 impl Slot {
@@ -63,6 +85,20 @@ impl Slot {
             generation: Generation::default(),
             rng: Rng::new(seed),
             done: false,
+            mirror: Mirror::No,
+        }
+    }
+
+    /// Whether it feeds another slot's tokens (and its own choices are not needed).
+    fn feeds(&self) -> bool {
+        matches!(self.mirror, Mirror::Active { .. })
+    }
+
+    /// The slot whose generation this slot's row shows, when it mirrors one.
+    fn mirror_of(&self) -> Option<usize> {
+        match self.mirror {
+            Mirror::Active { baseline, .. } => Some(baseline),
+            _ => None,
         }
     }
 }
@@ -139,8 +175,9 @@ fn read_follows(follows: &mut [Follow], slots: &[Slot], logits: &[(usize, Vec<f3
 }
 
 /// A grid's slots: each variant's baseline (in sequence i), then each computed condition; slot
-/// k generates in sequence k.
-fn slots(plan: &Plan<'_>) -> Vec<Slot> {
+/// k generates in sequence k. A `none` condition scored on another variant's baseline
+/// continuation (the first such in `follows`) is a [`Mirror`] candidate.
+fn slots(plan: &Plan<'_>, follows: &[Follow]) -> Vec<Slot> {
     let seed = plan.sampling_seed();
     let baselines = plan
         .prompts
@@ -149,9 +186,57 @@ fn slots(plan: &Plan<'_>) -> Vec<Slot> {
         .map(|(vi, p)| Slot::new(RowRef::Baseline(vi), vi as i32, p, plan.needle, seed));
     let conditions = plan.computed().map(|c| {
         let p = &plan.prompts[c.variant];
-        Slot::new(RowRef::Condition(c.index), c.seq, p, plan.needle, seed)
+        let mut slot = Slot::new(RowRef::Condition(c.index), c.seq, p, plan.needle, seed);
+        if c.edit == Edit::None {
+            let other_baseline = follows.iter().find_map(|f| match f.tokens {
+                Followed::Slot(path) if f.slot == c.seq as usize && path != c.variant => Some(path),
+                _ => None,
+            });
+            if let Some(path) = other_baseline {
+                slot.mirror = Mirror::Candidate {
+                    baseline: c.variant,
+                    path,
+                };
+            }
+        }
+        slot
     });
     baselines.chain(conditions).collect()
+}
+
+/// At the first step, turns each [`Mirror`] candidate whose logits equal its baseline's bit for
+/// bit into a slot that feeds its path (its first token is the path's, not its own choice), and
+/// moves its follows of the baseline's continuation to the baseline's slot (`logits`: the
+/// step's logits of the candidates and their baselines, by slot).
+fn start_mirrors(slots: &mut [Slot], follows: &mut [Follow], logits: &[(usize, Vec<f32>)]) {
+    let row = |slot: usize| logits.iter().find(|(s, _)| *s == slot).map(|(_, l)| l);
+    for k in 0..slots.len() {
+        let Mirror::Candidate { baseline, path } = slots[k].mirror else {
+            continue;
+        };
+        let same = match (row(k), row(baseline)) {
+            (Some(a), Some(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            _ => false,
+        };
+        let first = slots[path].generation.tokens.first().copied();
+        let (Some(first), true) = (first, same) else {
+            slots[k].mirror = Mirror::No;
+            continue;
+        };
+        let path_done = slots[path].done;
+        let s = &mut slots[k];
+        s.mirror = Mirror::Active { baseline, path };
+        s.generation.tokens = vec![first];
+        s.next_token = first;
+        s.done = path_done;
+        for f in follows.iter_mut().filter(|f| f.slot == k) {
+            if matches!(f.tokens, Followed::Slot(b) if b == baseline) {
+                f.slot = baseline;
+            }
+        }
+    }
 }
 
 /// Per slot (baselines, then computed conditions) to per row (baselines, then every planned
@@ -272,13 +357,23 @@ pub(crate) fn step(
     for f in follows.iter().filter(|f| f.following) {
         followed[f.slot] = true;
     }
+    // A mirror candidate's first step is compared with its baseline's.
+    for (k, s) in slots.iter().enumerate() {
+        if let Mirror::Candidate { baseline, .. } = s.mirror {
+            followed[k] = true;
+            followed[baseline] = true;
+        }
+    }
+    let feeding: Vec<bool> = slots.iter().map(Slot::feeds).collect();
     let mut kept_logits: Vec<(usize, Vec<f32>)> = Vec::new();
     let on_logits = |k: usize, logits: &[f32]| {
         let slot = active[k];
         if followed[slot] {
             kept_logits.push((slot, logits.to_vec()));
         }
-        chosen.push((slot, choose(logits, spec, probe_ids, &mut slots[slot].rng)));
+        if !feeding[slot] {
+            chosen.push((slot, choose(logits, spec, probe_ids, &mut slots[slot].rng)));
+        }
     };
     match capture {
         None => lab.eval(&items, on_logits)?,
@@ -301,6 +396,14 @@ pub(crate) fn step(
         for a in &mut st.top {
             a.piece = stepper.piece(a.id);
         }
+        // Rows that mirror this slot show its tokens.
+        for mirror in slots.iter().filter(|s| s.mirror_of() == Some(i)) {
+            on_event(RunEvent::Token {
+                row: mirror.row,
+                step: at,
+                piece: st.token.piece.clone(),
+            });
+        }
         let s = &mut slots[i];
         s.generation.tokens.push(st.token.id);
         on_event(RunEvent::Token {
@@ -314,6 +417,29 @@ pub(crate) fn step(
         s.next_token = st.token.id;
         s.next_pos += 1;
         s.generation.steps.push(st);
+    }
+    // Slots that feed a path take its token of this step (chosen above).
+    for i in active.iter().copied().filter(|&i| feeding[i]) {
+        let Mirror::Active { path, .. } = slots[i].mirror else {
+            continue;
+        };
+        let (token, path_done) = (
+            slots[path].generation.tokens.get(at).copied(),
+            slots[path].done,
+        );
+        let s = &mut slots[i];
+        s.next_pos += 1;
+        match token {
+            Some(t) => {
+                s.generation.tokens.push(t);
+                s.next_token = t;
+                s.done = path_done;
+            }
+            None => s.done = true,
+        }
+    }
+    if at == 0 {
+        start_mirrors(slots, follows, &kept_logits);
     }
     if !follows.is_empty() {
         read_follows(follows, slots, &kept_logits, at);
@@ -343,7 +469,7 @@ pub(crate) fn generate(
     capture: Option<&StepCapture>,
     on_event: &mut impl FnMut(RunEvent),
 ) -> Result<Generated, EngineError> {
-    let mut slots = slots(plan);
+    let mut slots = slots(plan, follows);
     let mut stepper = Stepper::new(lab.model(), plan.spec);
     // A computed condition's tokens are also those of the conditions that run as it.
     let on_event = &mut |e: RunEvent| match e {
@@ -379,6 +505,13 @@ pub(crate) fn generate(
             total: 2 * max_tokens,
         });
     }
+    // A mirroring row shows its baseline's generation (and attention).
+    for k in 0..slots.len() {
+        if let Some(b) = slots[k].mirror_of() {
+            slots[k].generation = slots[b].generation.clone();
+            slots[k].attention = slots[b].attention.clone();
+        }
+    }
     let attention = if capture.is_some_and(|c| c.on) {
         per_row(
             plan,
@@ -405,4 +538,86 @@ pub(crate) fn generate(
         n_tokens,
         complete,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::TokenPiece;
+
+    /// Three slots after step 0: baselines SF (slot 0, chose 7) and NY (slot 1, chose 9), and a
+    /// control of SF (slot 2, chose 7) that is a mirror candidate, with follows of both
+    /// baselines and of an answer.
+    fn after_first_step() -> (Vec<Slot>, Vec<Follow>) {
+        let prompt = PreparedPrompt {
+            name: "SF".into(),
+            text: String::new(),
+            tokens: (0..5)
+                .map(|i| TokenPiece {
+                    id: i + 100,
+                    piece: String::new(),
+                })
+                .collect(),
+        };
+        let needle = Span { start: 2, end: 3 };
+        let mut slots: Vec<Slot> = [
+            RowRef::Baseline(0),
+            RowRef::Baseline(1),
+            RowRef::Condition(0),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(k, row)| Slot::new(row, k as i32, &prompt, needle, 0))
+        .collect();
+        for (slot, token) in [(0, 7), (1, 9), (2, 7)] {
+            slots[slot].generation.tokens.push(token);
+            slots[slot].next_token = token;
+        }
+        slots[2].mirror = Mirror::Candidate {
+            baseline: 0,
+            path: 1,
+        };
+        let follows = vec![
+            Follow::new(2, Followed::Slot(0)),
+            Follow::new(2, Followed::Slot(1)),
+            Follow::new(2, Followed::Tokens(vec![7, 8])),
+        ];
+        (slots, follows)
+    }
+
+    #[test]
+    fn a_control_whose_first_step_is_its_baselines_feeds_the_other_baseline() {
+        let (mut slots, mut follows) = after_first_step();
+        let logits = vec![(0, vec![0.5, -1.0]), (2, vec![0.5, -1.0])];
+        start_mirrors(&mut slots, &mut follows, &logits);
+        assert_eq!(
+            slots[2].mirror,
+            Mirror::Active {
+                baseline: 0,
+                path: 1
+            }
+        );
+        assert_eq!(slots[2].mirror_of(), Some(0));
+        // It feeds NY's first token, not its own choice.
+        assert_eq!(
+            (slots[2].generation.tokens.clone(), slots[2].next_token),
+            (vec![9], 9)
+        );
+        // Its own baseline's continuation is read from the baseline's slot; the others stay.
+        let read_from: Vec<usize> = follows.iter().map(|f| f.slot).collect();
+        assert_eq!(read_from, [0, 2, 2]);
+    }
+
+    #[test]
+    fn a_control_whose_first_step_differs_generates_on_its_own() {
+        let (mut slots, mut follows) = after_first_step();
+        let logits = vec![
+            (0, vec![0.5, -1.0]),
+            (2, vec![0.5, f32::from_bits((-1.0f32).to_bits() + 1)]),
+        ];
+        start_mirrors(&mut slots, &mut follows, &logits);
+        assert_eq!(slots[2].mirror, Mirror::No);
+        assert_eq!(slots[2].generation.tokens, [7]);
+        assert!(follows.iter().all(|f| f.slot == 2));
+    }
 }

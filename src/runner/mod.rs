@@ -243,6 +243,7 @@ pub fn run(
         None
     };
     timings.score_s = t.elapsed().as_secs_f64();
+    timings.score_tokens = scores.as_ref().map_or(0, |s| s.evaluated);
     // Complete when neither generating nor scoring was stopped.
     let complete = scores.is_some();
     let scores = scores.unwrap_or_else(|| GridScores::empty(plan.conditions.len()));
@@ -311,6 +312,8 @@ pub struct TeacherForced {
     pub expected: Vec<Vec<crate::experiment::outcome::ExpectedScore>>,
     /// Seconds spent scoring (restoring states and evaluating), prompts and surgery not counted.
     pub score_s: f64,
+    /// Tokens evaluated.
+    pub tokens: usize,
 }
 
 /// Scores `results`' grid again, teacher-forced from scratch (see [`TeacherForced`]): the
@@ -341,6 +344,7 @@ pub fn score_teacher_forced(
         scores: scores.scores,
         expected: scores.expected,
         score_s: t.elapsed().as_secs_f64(),
+        tokens: scores.evaluated,
     })
 }
 

@@ -184,6 +184,8 @@ pub(crate) struct GridScores {
     pub scores: Vec<Vec<ContinuationScore>>,
     /// Each expected answer.
     pub expected: Vec<Vec<ExpectedScore>>,
+    /// Tokens evaluated to get them.
+    pub evaluated: usize,
 }
 
 impl GridScores {
@@ -192,6 +194,7 @@ impl GridScores {
         GridScores {
             scores: vec![Vec::new(); n],
             expected: vec![Vec::new(); n],
+            evaluated: 0,
         }
     }
 
@@ -201,6 +204,7 @@ impl GridScores {
     fn shared(self, plan: &Plan<'_>) -> GridScores {
         let names: Vec<&str> = plan.spec.variants.iter().map(|v| v.name.as_str()).collect();
         let mut out = GridScores::empty(plan.conditions.len());
+        out.evaluated = self.evaluated;
         for (i, c) in plan.conditions.iter().enumerate() {
             let judged = plan.condition(c).judged(&names);
             out.scores[i] = (self.scores[c.runs_as].iter())
@@ -310,12 +314,19 @@ pub(crate) fn score_teacher_forced(
                 .map(|s| s.per_token),
         );
     }
-    Ok(grid_scores(plan, jobs, per_token))
+    let evaluated = jobs.iter().map(|j| j.tokens.len()).sum();
+    Ok(grid_scores(plan, jobs, per_token, evaluated))
 }
 
 /// Each job's log-probs (in job order) as a grid's scores, for every planned condition.
-fn grid_scores(plan: &Plan<'_>, jobs: &[GridJob], per_token: Vec<Vec<f32>>) -> GridScores {
+fn grid_scores(
+    plan: &Plan<'_>,
+    jobs: &[GridJob],
+    per_token: Vec<Vec<f32>>,
+    evaluated: usize,
+) -> GridScores {
     let mut out = GridScores::empty(plan.conditions.len());
+    out.evaluated = evaluated;
     for (job, scored) in jobs.iter().zip(per_token) {
         match job.target {
             Target::Baseline(vi) => {
@@ -375,6 +386,7 @@ pub(crate) fn score_grid(
     for r in &mut rests {
         r.sort_by_key(|r| r.known.len());
     }
+    let mut evaluated = 0;
     let mut done = per_token.iter().filter(|p| p.is_some()).count();
     if done > 0 {
         on_wave(done);
@@ -411,13 +423,14 @@ pub(crate) fn score_grid(
                 targets.push((w, i));
             }
         }
-        let mut evaluated: Vec<Vec<f32>> = vec![Vec::new(); wave.len()];
+        let mut read: Vec<Vec<f32>> = vec![Vec::new(); wave.len()];
+        evaluated += items.len();
         lab.eval(&items, |k, logits| {
             let (w, i) = targets[k];
             let (c, rest) = &wave[w];
             let path = &jobs[rest.job].tokens;
             let lp = LogProbs::new(logits);
-            evaluated[w].push(lp.of(logits, path[i] as usize));
+            read[w].push(lp.of(logits, path[i] as usize));
             // The condition's other jobs read along while their tokens are the path's: the
             // same cache and the same inputs give the same logits.
             for other in &mut rests[*c] {
@@ -430,7 +443,7 @@ pub(crate) fn score_grid(
                 }
             }
         })?;
-        for ((_, rest), more) in wave.into_iter().zip(evaluated) {
+        for ((_, rest), more) in wave.into_iter().zip(read) {
             let mut all = rest.known;
             all.extend(more);
             per_token[rest.job] = Some(all);
@@ -446,7 +459,7 @@ pub(crate) fn score_grid(
     }
     let per_token = per_token.into_iter().flatten().collect::<Vec<_>>();
     debug_assert_eq!(per_token.len(), jobs.len(), "every job was scored");
-    Ok(Some(grid_scores(plan, jobs, per_token)))
+    Ok(Some(grid_scores(plan, jobs, per_token, evaluated)))
 }
 
 #[cfg(test)]
