@@ -271,6 +271,65 @@ fn the_benchmark_runs_in_quick_mode_and_its_output_parses() {
     );
 }
 
+/// `kvlab bench --scale` on a short prompt: it writes its random-weight model with Llama 3.1
+/// 8B's cache shape next to the demo model (a link in a temporary folder here) and reports every
+/// figure, the seed grid's phases included.
+#[test]
+fn the_scale_benchmark_runs_on_a_short_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo.gguf");
+    std::os::unix::fs::symlink(model_path(), &demo).unwrap();
+    let out = kvlab(&[
+        "bench",
+        "--scale",
+        "--json",
+        "--prompt-tokens",
+        "128",
+        "--items",
+        "2",
+        "--threads",
+        "2",
+        "--model",
+        demo.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: kvlab::bench::scale::ScaleReport =
+        serde_json::from_slice(&out.stdout).expect("the scale bench prints its report as JSON");
+    assert!(
+        dir.path()
+            .join(kvlab::bench::scale::SCALE_MODEL_FILE)
+            .is_file()
+    );
+    assert_eq!(
+        r.kv_bytes_per_token,
+        32 * 8 * 128 * 2 * 2,
+        "Llama 3.1 8B's cache at f16"
+    );
+    assert!(
+        (100..=160).contains(&r.prompt_tokens),
+        "{}",
+        r.prompt_tokens
+    );
+    assert_eq!(r.items, 3, "two items and the reference");
+    assert_eq!((r.grid.conditions, r.grid.tokens), (8, 8));
+    for (name, v) in [
+        ("state", r.state_mib),
+        ("sweep", r.sweep_items_per_s),
+        ("bare loops", r.bare_items_per_s),
+        ("grid prompts", r.grid.prompt_s),
+        ("grid surgery", r.grid.surgery_s),
+        ("grid generation", r.grid.generate_s),
+        ("grid scoring", r.grid.score_s),
+        ("grid KV cache", r.grid.kv_mib),
+    ] {
+        assert!(v.is_finite() && v > 0.0, "{name} = {v}");
+    }
+}
+
 #[test]
 fn a_small_dataset_end_to_end() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::lab::BatchItem;
 use crate::engine::{Lab, LabOptions, LoadOptions, LoadedModel};
@@ -24,7 +24,7 @@ use crate::runner::{self, RunError, RunEvent, RunOptions};
 pub const SCALE_MODEL_FILE: &str = "random-llama-8b-cache-shape.gguf";
 
 /// The figures of one scale run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScaleReport {
     /// Prompt tokens.
     pub prompt_tokens: usize,
@@ -50,7 +50,36 @@ pub struct ScaleReport {
     pub model_mib: f64,
     /// The sweep's KV cache (all its sequences), MiB.
     pub sweep_kv_mib: f64,
+    /// The seed grid on the same prompt.
+    pub grid: GridFigures,
 }
+
+/// The seed grid (its 8 conditions, [`GRID_TOKENS`] tokens each) on the long prompt: a grid
+/// keeps one KV stream per sequence (so a copy has the original's cell layout and the control
+/// is the baseline bit for bit), and each condition's starting cache is written whole.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GridFigures {
+    /// Conditions made (the seed's 8).
+    pub conditions: usize,
+    /// Tokens generated per row.
+    pub tokens: usize,
+    /// Seconds evaluating both prompts.
+    pub prompt_s: f64,
+    /// Seconds making the conditions' starting caches (edits and whole-state writes).
+    pub surgery_s: f64,
+    /// Seconds generating.
+    pub generate_s: f64,
+    /// Seconds scoring.
+    pub score_s: f64,
+    /// The grid run's own peak resident memory, MiB (Linux; `None` where the peak could not
+    /// be reset before the run).
+    pub peak_memory_mib: Option<f64>,
+    /// The grid's KV cache (every sequence's stream), MiB.
+    pub kv_mib: f64,
+}
+
+/// Tokens each row of the scale grid generates.
+pub const GRID_TOKENS: usize = 8;
 
 /// Writes the scale model next to the demo model (once) and returns its path.
 pub fn scale_model(tokenizer: &Path) -> Result<std::path::PathBuf, String> {
@@ -206,6 +235,10 @@ pub fn run(
         done += wave;
     }
     let bare_s = t0.elapsed().as_secs_f64();
+    drop(lab);
+
+    stage("seed grid");
+    let grid = seed_grid(&model, &spec, threads, kv_bytes_per_token)?;
 
     let sweep_items_per_s = items as f64 / sweep_s.max(1e-9);
     let bare_items_per_s = items as f64 / bare_s.max(1e-9);
@@ -222,6 +255,38 @@ pub fn run(
         peak_memory_mib,
         model_mib: std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64),
         sweep_kv_mib,
+        grid,
+    })
+}
+
+/// Runs the seed grid's conditions on `prompt_spec`'s prompt (see [`GridFigures`]).
+fn seed_grid(
+    model: &LoadedModel,
+    prompt_spec: &ExperimentSpec,
+    threads: i32,
+    kv_bytes_per_token: u64,
+) -> Result<GridFigures, RunError> {
+    let mut spec = prompt_spec.clone();
+    spec.conditions = ExperimentSpec::seed().conditions;
+    spec.generation.max_tokens = GRID_TOKENS;
+    let options = RunOptions {
+        threads,
+        ..RunOptions::default()
+    };
+    // Linux resets the high-water mark to the current size (see proc(5), clear_refs).
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let r = runner::run(model, &spec, &options, |_| {})?;
+    let peak_memory_mib = super::peak_memory_mib().filter(|_| reset);
+    let cells = r.settings.n_seq as u64 * r.settings.n_ctx_per_seq as u64;
+    Ok(GridFigures {
+        conditions: r.conditions.len(),
+        tokens: GRID_TOKENS,
+        prompt_s: r.timings.prompt_s,
+        surgery_s: r.timings.surgery_s,
+        generate_s: r.timings.generate_s,
+        score_s: r.timings.score_s,
+        peak_memory_mib,
+        kv_mib: (cells * kv_bytes_per_token) as f64 / (1 << 20) as f64,
     })
 }
 
@@ -276,6 +341,24 @@ pub fn to_table(r: &ScaleReport) -> String {
                 "{peak:.0} MiB ({:.1}× model + the sweep's KV cache of {:.0} MiB; target ≤ 1.2×)",
                 peak / (r.model_mib + r.sweep_kv_mib).max(1e-9),
                 r.sweep_kv_mib
+            ),
+        );
+    }
+    let g = &r.grid;
+    row(
+        "seed grid",
+        format!(
+            "{} conditions, {} tokens: prompts {:.2} s, surgery {:.2} s, generation {:.2} s, scoring {:.2} s",
+            g.conditions, g.tokens, g.prompt_s, g.surgery_s, g.generate_s, g.score_s
+        ),
+    );
+    if let Some(peak) = g.peak_memory_mib {
+        row(
+            "  its peak host memory",
+            format!(
+                "{peak:.0} MiB ({:.1}× model + its KV cache of {:.0} MiB)",
+                peak / (r.model_mib + g.kv_mib).max(1e-9),
+                g.kv_mib
             ),
         );
     }

@@ -386,15 +386,23 @@ impl<'m> Lab<'m> {
         )?)
     }
 
-    /// Replaces everything `seq` holds with `state`.
+    /// Replaces everything `seq` holds with `state`. The codec writes a well-formed state, so
+    /// the bytes are not parsed again (a second copy of a whole state in host memory: 254 MiB
+    /// at 2k tokens of Llama 3.1 8B's cache).
     pub fn set_state(&mut self, seq: i32, state: &SeqState) -> Result<(), EngineError> {
-        self.set_state_bytes(seq, &state.serialize())
+        self.write_state(seq, &state.serialize())
     }
 
-    /// Replaces everything `seq` holds with raw state bytes (which must have parsed).
+    /// Replaces everything `seq` holds with raw state bytes (which must parse).
     pub fn set_state_bytes(&mut self, seq: i32, bytes: &[u8]) -> Result<(), EngineError> {
-        self.cell_maps.remove(&seq);
         SeqState::parse(bytes, self.hints.clone())?;
+        self.write_state(seq, bytes)
+    }
+
+    /// Hands well-formed state bytes to llama.cpp, which checks them against its own layout
+    /// (layers, types, row sizes) and reads within the buffer.
+    fn write_state(&mut self, seq: i32, bytes: &[u8]) -> Result<(), EngineError> {
+        self.cell_maps.remove(&seq);
         if seq < 0 || seq as u32 >= self.options.n_seq {
             return Err(EngineError::State {
                 seq,
@@ -402,7 +410,8 @@ impl<'m> Lab<'m> {
             });
         }
         log::clear_recent();
-        // SAFETY: the bytes parsed as a state of this model's layout.
+        // SAFETY: the bytes are a well-formed state (parsed, or written by the codec);
+        // llama.cpp refuses a layout other than its own and reads within the slice.
         let ok = unsafe {
             self.ctx
                 .state_seq_set_data_ext(bytes, seq, LlamaStateSeqFlags::empty())

@@ -243,6 +243,9 @@ pub struct Timings {
     /// Seconds evaluating prompts.
     #[serde(with = "crate::experiment::floats")]
     pub prompt_s: f64,
+    /// Seconds making the conditions' starting caches (the edits and their state writes).
+    #[serde(default, with = "crate::experiment::floats")]
+    pub surgery_s: f64,
     /// Seconds generating.
     #[serde(with = "crate::experiment::floats")]
     pub generate_s: f64,

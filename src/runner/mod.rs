@@ -189,11 +189,17 @@ pub fn run(
 
     on_event(RunEvent::Stage(EVALUATING_PROMPTS.into()));
     let t = Instant::now();
-    let (prompt_states, prompt_attention) = eval_prompts(&mut lab, &plan, options, &mut on_event)?;
+    let (mut prompt_states, prompt_attention) =
+        eval_prompts(&mut lab, &plan, options, &mut on_event)?;
     timings.prompt_s = t.elapsed().as_secs_f64();
 
     on_event(RunEvent::Stage("applying interventions".into()));
-    surgery::load_all(&mut lab, &plan, &prompt_states)?;
+    let t = Instant::now();
+    surgery::load_all(&mut lab, &plan, &mut prompt_states)?;
+    timings.surgery_s = t.elapsed().as_secs_f64();
+    // The prompt states are not needed past here: none is held while the grid runs.
+    let kv_delta = delta::first_two(&plan.prompts, &prompt_states, options.delta_layer)?;
+    drop(prompt_states);
     let mut jobs = score::grid_jobs(model, &plan)?;
     let mut follows = score::follows(&plan, &jobs);
 
@@ -247,7 +253,6 @@ pub fn run(
     // Complete when neither generating nor scoring was stopped.
     let complete = scores.is_some();
     let scores = scores.unwrap_or_else(|| GridScores::empty(plan.conditions.len()));
-    let kv_delta = delta::first_two(&plan.prompts, &prompt_states, options.delta_layer)?;
     Ok(RunResults {
         kvlab_version: env!("CARGO_PKG_VERSION").into(),
         llama_cpp_2_version: crate::engine::LLAMA_CPP_2_VERSION.into(),
@@ -288,8 +293,8 @@ pub fn starting_caches(
 ) -> Result<StartingCaches, RunError> {
     let plan = Plan::new(model, spec)?;
     let mut lab = Lab::new(model, plan.lab_options(options))?;
-    let (prompts, _) = eval_prompts(&mut lab, &plan, options, &mut |_| {})?;
-    surgery::load_all(&mut lab, &plan, &prompts)?;
+    let (mut prompts, _) = eval_prompts(&mut lab, &plan, options, &mut |_| {})?;
+    surgery::load_all(&mut lab, &plan, &mut prompts)?;
     let conditions = (plan.conditions.iter())
         .map(|c| lab.state(c.seq))
         .collect::<Result<_, _>>()?;

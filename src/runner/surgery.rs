@@ -31,7 +31,18 @@ pub(crate) fn edited_state_with(
     prompt_states: &[SeqState],
     spreads: Option<&Spreads>,
 ) -> Result<SeqState, KvStateError> {
-    let mut state = prompt_states[c.variant].clone();
+    edit(prompt_states[c.variant].clone(), c, prompt_states, spreads)
+}
+
+/// Applies `c`'s edit to `state`: its variant's prompt state, or any part of it holding the
+/// span's cells (the edit reads everything else from `prompt_states` and `spreads`, so a part
+/// is edited exactly as the whole would be there).
+fn edit(
+    mut state: SeqState,
+    c: &PlannedCondition,
+    prompt_states: &[SeqState],
+    spreads: Option<&Spreads>,
+) -> Result<SeqState, KvStateError> {
     match (&c.edit, &c.heads) {
         (Edit::None, _) => {}
         (Edit::Remove, _) => state.remove_positions(c.span.start as i32, c.span.end as i32),
@@ -339,22 +350,48 @@ fn span_positions(span: Span) -> impl Iterator<Item = i32> {
     span.positions().map(|p| p as i32)
 }
 
+/// Hands `with` condition `c`'s starting cache, made without a copy of the whole prompt state
+/// (254 MiB at 2k tokens of Llama 3.1 8B's cache): the span's cells are copied out, edited,
+/// written over the variant's prompt state, and put back after `with` returns, so
+/// `prompt_states` is left as it was. Remove changes the cells themselves and is made on a
+/// copy; none is the prompt state itself.
+pub(crate) fn with_edit<R>(
+    c: &PlannedCondition,
+    prompt_states: &mut [SeqState],
+    with: impl FnOnce(&SeqState) -> R,
+) -> Result<R, KvStateError> {
+    match c.edit {
+        Edit::None => return Ok(with(&prompt_states[c.variant])),
+        Edit::Remove => return Ok(with(&edited_state(c, prompt_states)?)),
+        _ => {}
+    }
+    let in_span = |p: i32| p >= c.span.start as i32 && p < c.span.end as i32;
+    let original = prompt_states[c.variant].with_positions(in_span);
+    let edited = edit(original.clone(), c, prompt_states, None)?;
+    let own = &mut prompt_states[c.variant];
+    let made = own.overwrite_positions_from(&edited).map(|()| with(own));
+    // Put back even after a failed write: a half-edited prompt would spoil every later
+    // condition of the variant.
+    own.overwrite_positions_from(&original)?;
+    made
+}
+
 /// Puts condition `c`'s starting cache into sequence `seq` of `lab`.
 pub(crate) fn load(
     lab: &mut Lab<'_>,
     seq: i32,
     c: &PlannedCondition,
-    prompt_states: &[SeqState],
+    prompt_states: &mut [SeqState],
 ) -> Result<(), EngineError> {
-    lab.set_state(seq, &edited_state(c, prompt_states)?)
+    with_edit(c, prompt_states, |state| lab.set_state(seq, state))?
 }
 
 /// Loads every computed condition's starting cache into its sequence (conditions that run as
-/// one share it).
+/// one share it). `prompt_states` is edited in place and put back (see [`with_edit`]).
 pub(crate) fn load_all(
     lab: &mut Lab<'_>,
     plan: &Plan<'_>,
-    prompt_states: &[SeqState],
+    prompt_states: &mut [SeqState],
 ) -> Result<(), EngineError> {
     for c in plan.computed() {
         load(lab, c.seq, c, prompt_states)?;
@@ -729,5 +766,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// What grids and sweeps rely on: the cache handed over by the in-place edit is the
+    /// copied-and-edited one byte for byte, for every edit, and the prompt states are exactly
+    /// as they were afterwards (the next condition starts from the same prompt).
+    #[test]
+    fn an_edit_made_in_place_hands_over_the_edited_copy_and_leaves_the_prompt_as_it_was() {
+        for v_trans in [false, true] {
+            let whole = [state(v_trans), numeric_donor(v_trans)];
+            let edits = [
+                Edit::None,
+                Edit::Remove,
+                Edit::Zero,
+                Edit::Transplant { donor: 1 },
+                Edit::Mean { over: vec![0, 1] },
+                Edit::Noise {
+                    scale: 3.0,
+                    seed: 7,
+                },
+            ];
+            for edit in edits {
+                for heads in [None, Some((vec![1], 2))] {
+                    for part in [KvPart::K, KvPart::V, KvPart::Both] {
+                        let c = PlannedCondition {
+                            heads: heads.clone(),
+                            ..planned(edit.clone(), &[0, 2], part)
+                        };
+                        let copied = edited_state(&c, &whole).unwrap().serialize();
+                        let mut states = whole.clone();
+                        let handed = with_edit(&c, &mut states, |s| s.serialize()).unwrap();
+                        let what =
+                            format!("{edit:?}, heads {heads:?}, {part:?}, v_trans {v_trans}");
+                        assert_eq!(handed, copied, "{what}");
+                        assert_eq!(states, whole, "{what}: prompt states changed");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_edit_that_cannot_be_made_in_place_fails_and_leaves_the_prompt_as_it_was() {
+        let whole = [state(false), {
+            let mut d = state(false);
+            d.retain_positions(|p| p != 2);
+            d
+        }];
+        let c = planned(Edit::Transplant { donor: 1 }, &[0], KvPart::Both);
+        let mut states = whole.clone();
+        let mut called = false;
+        assert!(with_edit(&c, &mut states, |_| called = true).is_err());
+        assert!(!called);
+        assert_eq!(states, whole);
     }
 }

@@ -2,7 +2,10 @@
 //! keeps byte lengths and structure, so an edited state serializes to bytes llama.cpp accepts.
 
 use super::values::{decode_values, encode_values, ggml_type_name};
-use super::{CellMeta, CellRef, KvPart, KvStateError, SeqState, Stream, VBlock};
+use super::{
+    CellMeta, CellRef, KvPart, KvStateError, RowBlock, SeqState, Stream, SwaPart, TransposedBlock,
+    VBlock,
+};
 
 /// Where one model layer's rows of one cell are: which cache (base or sliding), that cache's
 /// own layer index, and the cell's index in the stream.
@@ -339,26 +342,87 @@ impl SeqState {
     }
 }
 
-impl Stream {
-    /// Keeps the cells `keep` accepts, with their rows, in their order.
-    fn retain_cells(&mut self, keep: impl Fn(&CellMeta) -> bool) {
-        let n = self.cells.len();
-        let kept: Vec<usize> = (0..n).filter(|&i| keep(&self.cells[i])).collect();
-        if kept.len() == n {
-            return;
-        }
-        let rows = |data: &[u8], size: usize| -> Vec<u8> {
-            kept.iter()
-                .flat_map(|&i| &data[i * size..(i + 1) * size])
-                .copied()
+impl SeqState {
+    /// A new state of the cells whose position `keep` accepts, with their rows, in their
+    /// order: [`retain_positions`](Self::retain_positions) on a copy, except that only the kept
+    /// rows are ever copied (a needle's cells are kilobytes of a 2k-token Llama 3.1 8B state's
+    /// 254 MiB).
+    pub fn with_positions(&self, keep: impl Fn(i32) -> bool) -> SeqState {
+        let pick = |streams: &[Option<Stream>]| -> Vec<Option<Stream>> {
+            (streams.iter())
+                .map(|slot| {
+                    let kept = slot.as_ref()?.with_cells(|c| keep(c.pos));
+                    // llama.cpp writes an empty stream as its cell count alone.
+                    (!kept.cells.is_empty()).then_some(kept)
+                })
                 .collect()
         };
-        for b in &mut self.k {
-            b.data = rows(&b.data, b.row_size);
+        SeqState {
+            seq_id: self.seq_id,
+            streams: pick(&self.streams),
+            swa: self.swa.as_ref().map(|w| SwaPart {
+                streams: pick(&w.streams),
+                split: w.split.clone(),
+            }),
         }
-        for v in &mut self.v {
-            match v {
-                VBlock::Rows(b) => b.data = rows(&b.data, b.row_size),
+    }
+
+    /// Writes every row of `src`'s cells over this state's cells at the same positions, in
+    /// every layer, K and V: `src` is a state of some of this one's positions (from
+    /// [`with_positions`](Self::with_positions), edited or not). Cells at one position pair up
+    /// in order. Only rows are written: cells, their order and their metadata stay as they are.
+    pub fn overwrite_positions_from(&mut self, src: &SeqState) -> Result<(), KvStateError> {
+        let n_layer = self.n_layer();
+        if src.n_layer() != n_layer {
+            return Err(KvStateError::Mismatch(format!(
+                "{} layers here and {} in the source",
+                n_layer,
+                src.n_layer()
+            )));
+        }
+        for pos in src.positions() {
+            let (to, from) = (self.cells_at(pos), src.cells_at(pos));
+            if to.len() != from.len() {
+                return Err(KvStateError::Mismatch(format!(
+                    "position {pos} has {} cells here and {} in the source",
+                    to.len(),
+                    from.len()
+                )));
+            }
+            for (&dst, &cell) in to.iter().zip(&from) {
+                for layer in 0..n_layer {
+                    self.copy_cell_from(src, layer, dst, cell, KvPart::Both)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Stream {
+    /// A copy of the cells `keep` accepts, with their rows, in their order.
+    fn with_cells(&self, keep: impl Fn(&CellMeta) -> bool) -> Stream {
+        let n = self.cells.len();
+        let kept: Vec<usize> = (0..n).filter(|&i| keep(&self.cells[i])).collect();
+        let rows = |data: &[u8], size: usize| -> Vec<u8> {
+            let mut out = Vec::with_capacity(kept.len() * size);
+            for &i in &kept {
+                out.extend_from_slice(&data[i * size..(i + 1) * size]);
+            }
+            out
+        };
+        let k = (self.k.iter())
+            .map(|b| RowBlock {
+                data: rows(&b.data, b.row_size),
+                ..*b
+            })
+            .collect();
+        let v = (self.v.iter())
+            .map(|v| match v {
+                VBlock::Rows(b) => VBlock::Rows(RowBlock {
+                    data: rows(&b.data, b.row_size),
+                    ..*b
+                }),
                 VBlock::Transposed(b) => {
                     let mut data = Vec::with_capacity(b.n_embd * kept.len() * b.el_size);
                     for j in 0..b.n_embd {
@@ -367,11 +431,25 @@ impl Stream {
                             data.extend_from_slice(&b.data[at..at + b.el_size]);
                         }
                     }
-                    b.data = data;
+                    VBlock::Transposed(TransposedBlock { data, ..*b })
                 }
-            }
+            })
+            .collect();
+        Stream {
+            cells: kept.iter().map(|&i| self.cells[i].clone()).collect(),
+            v_trans: self.v_trans,
+            n_rot_k: self.n_rot_k,
+            n_rot_v: self.n_rot_v,
+            k,
+            v,
         }
-        self.cells = kept.iter().map(|&i| self.cells[i].clone()).collect();
+    }
+
+    /// Keeps the cells `keep` accepts, with their rows, in their order.
+    fn retain_cells(&mut self, keep: impl Fn(&CellMeta) -> bool) {
+        if !self.cells.iter().all(&keep) {
+            *self = self.with_cells(keep);
+        }
     }
 }
 

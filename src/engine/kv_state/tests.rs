@@ -253,3 +253,80 @@ fn an_iswa_split_that_does_not_match_the_caches_is_refused() {
         Err(KvStateError::TrailingBytes(_))
     ));
 }
+
+/// The states of the codec's layouts: plain with V as rows and transposed, and iSWA (whose
+/// position 0 is outside the sliding window).
+fn every_layout() -> Vec<SeqState> {
+    let mut all: Vec<SeqState> = [false, true]
+        .iter()
+        .map(|&t| {
+            SeqState::parse(
+                &synthetic(&[0, 1, 2, 3, 4], 3, 4, t),
+                LayoutHints::default(),
+            )
+            .unwrap()
+        })
+        .collect();
+    all.push(SeqState::parse(&iswa_bytes(), iswa_hints(vec![true, false, true])).unwrap());
+    all
+}
+
+#[test]
+fn a_part_copied_out_is_the_state_with_the_other_cells_removed() {
+    for st in every_layout() {
+        for keep in [
+            |p: i32| p == 0,
+            |p: i32| (1..3).contains(&p),
+            |_| true,
+            |_| false,
+        ] {
+            let mut removed = st.clone();
+            removed.retain_positions(keep);
+            let part = st.with_positions(keep);
+            assert_eq!(part, removed);
+            assert_eq!(part.serialize(), removed.serialize());
+        }
+    }
+}
+
+#[test]
+fn a_part_written_back_changes_exactly_its_rows_and_putting_it_back_restores_every_byte() {
+    for st in every_layout() {
+        let n_layer = st.n_layer();
+        let original = st.with_positions(|p| p == 2);
+        let mut edited = original.clone();
+        let cell = edited.cells_at(2)[0];
+        for layer in 0..n_layer {
+            edited.zero_cell(layer, cell, KvPart::Both).unwrap();
+        }
+        let mut whole = st.clone();
+        whole.overwrite_positions_from(&edited).unwrap();
+        // The same as zeroing position 2 in the whole state.
+        let mut zeroed = st.clone();
+        let at = zeroed.cells_at(2)[0];
+        for layer in 0..n_layer {
+            zeroed.zero_cell(layer, at, KvPart::Both).unwrap();
+        }
+        assert_eq!(whole.serialize(), zeroed.serialize());
+        assert_ne!(whole.serialize(), st.serialize());
+        whole.overwrite_positions_from(&original).unwrap();
+        assert_eq!(whole.serialize(), st.serialize());
+    }
+}
+
+#[test]
+fn a_part_of_another_shape_is_refused_rather_than_written_anywhere() {
+    let st = &every_layout()[0];
+    let other = SeqState::parse(&synthetic(&[2], 2, 4, false), LayoutHints::default()).unwrap();
+    let mut whole = st.clone();
+    assert!(matches!(
+        whole.overwrite_positions_from(&other),
+        Err(KvStateError::Mismatch(_))
+    ));
+    let beyond = SeqState::parse(&synthetic(&[9], 3, 4, false), LayoutHints::default()).unwrap();
+    assert!(matches!(
+        whole.overwrite_positions_from(&beyond),
+        Err(KvStateError::Mismatch(_))
+    ));
+    assert_eq!(&whole, st);
+}
