@@ -316,18 +316,37 @@ fn the_scale_benchmark_runs_on_a_short_prompt() {
     );
     assert_eq!(r.items, 3, "two items and the reference");
     assert_eq!((r.grid.conditions, r.grid.tokens), (8, 8));
+    // Scoring reuses generation: it evaluates fewer tokens than scoring from scratch.
+    assert!(
+        r.grid.score_tokens < r.grid.scratch_tokens,
+        "{} of {}",
+        r.grid.score_tokens,
+        r.grid.scratch_tokens
+    );
     for (name, v) in [
         ("state", r.state_mib),
         ("sweep", r.sweep_items_per_s),
         ("bare loops", r.bare_items_per_s),
         ("grid prompts", r.grid.prompt_s),
+        ("bare prompts", r.grid.bare_prompt_s),
         ("grid surgery", r.grid.surgery_s),
         ("grid generation", r.grid.generate_s),
+        ("bare generation", r.grid.bare_generate_s),
         ("grid scoring", r.grid.score_s),
+        ("scoring from scratch", r.grid.scratch_score_s),
         ("grid KV cache", r.grid.kv_mib),
     ] {
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
     }
+    // The app's estimate before such a run counts at least the weights and the KV cache the
+    // run allocated (its "will not fit" warning relies on it).
+    assert!(
+        r.grid.estimate_mib + 0.5 >= r.model_mib + r.grid.kv_mib,
+        "estimate {} MiB, weights {} + KV {} MiB",
+        r.grid.estimate_mib,
+        r.model_mib,
+        r.grid.kv_mib
+    );
 }
 
 #[test]

@@ -27,7 +27,7 @@ use super::attention::assemble::{self, Rows};
 use super::attention::hook::{self, Hook};
 use super::attention::{AttentionCapture, CaptureRequest};
 use super::cache_type::CacheTypes;
-use super::kv_state::{LayoutHints, SeqState};
+use super::kv_state::{LayoutHints, SeqState, StateBytes};
 use super::{EngineError, LoadedModel, backend, log};
 
 /// The shape of a [`Lab`].
@@ -384,6 +384,19 @@ impl<'m> Lab<'m> {
             &self.state_bytes(seq)?,
             self.hints.clone(),
         )?)
+    }
+
+    /// The state of a sequence as llama.cpp wrote it, scanned but not parsed: its rows can be
+    /// read out and written over where they lie (see [`StateBytes`]), with no second copy of
+    /// the whole state in host memory.
+    pub fn scanned_state(&self, seq: i32) -> Result<StateBytes, EngineError> {
+        Ok(StateBytes::new(self.state_bytes(seq)?, self.hints.clone())?)
+    }
+
+    /// Replaces everything `seq` holds with `state` (well-formed by construction: not parsed
+    /// again).
+    pub fn set_scanned_state(&mut self, seq: i32, state: &StateBytes) -> Result<(), EngineError> {
+        self.write_state(seq, state.as_bytes())
     }
 
     /// Replaces everything `seq` holds with `state`. The codec writes a well-formed state, so

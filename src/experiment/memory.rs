@@ -11,11 +11,14 @@ pub struct RunMemory {
     /// The model's weights (the file's size).
     pub weights: u64,
     /// The KV cache: one stream per variant and per condition, each long enough for the prompt
-    /// and the generation, rounded up to 256 cells as llama.cpp does.
+    /// and the generation or the longest scored answer (as the run sizes it), rounded up to
+    /// 256 cells as llama.cpp does.
     pub kv_cache: Option<u64>,
-    /// Host copies of prompt caches: a run keeps each variant's evaluated prompt as a state
-    /// (every condition starts from a copy of it), and makes one condition's cache at a time
-    /// (the edited copy and its bytes).
+    /// Host copies of prompt caches: a run holds no prompt's state for long. It reads one
+    /// variant's evaluated prompt as bytes at a time, edits each condition's rows where they
+    /// lie and writes them into the condition's sequence; a variant's second remove works on
+    /// one copy of those bytes. So at most two prompts' bytes (the edited cells and the K/V
+    /// delta's pieces are far smaller).
     pub prompt_copies: Option<u64>,
     /// Sequences (streams).
     pub n_seq: u64,
@@ -38,8 +41,12 @@ impl RunMemory {
         };
         let (n_var, n_seq) = (n_var as u64, n_seq as u64);
         let prompt = prompt_tokens.unwrap_or_else(|| guess_prompt_tokens(spec)) as u64;
-        let cells = crate::gguf::kv_cells_for_run(n_seq, prompt, spec.generation.max_tokens as u64);
-        let copies = n_var.saturating_add(2).saturating_mul(prompt);
+        let cells = crate::gguf::kv_cells_for_run(n_seq, prompt, spec.continuation_cells() as u64);
+        let copies = if n_var == 0 {
+            0
+        } else {
+            2u64.saturating_mul(prompt)
+        };
         RunMemory {
             weights,
             kv_cache: bytes(cells, bytes_per_cell),
@@ -104,7 +111,8 @@ mod tests {
 
     /// The seed grid on a model of Llama 3.1 8B's shape (128 KiB a token, 16 GiB of f16
     /// weights) with a 2,000-token prompt, by hand: 2 variants + 8 conditions = 10 streams of
-    /// 2,000 + 100 + 8 → 2,304 cells; 4 prompt copies of 2,000 tokens.
+    /// 2,000 + 100 + 8 → 2,304 cells; 2 prompt copies of 2,000 tokens (one variant's prompt
+    /// bytes and a copy for a second remove).
     #[test]
     fn an_8b_seed_grid_by_hand() {
         let spec = ExperimentSpec::seed();
@@ -113,11 +121,30 @@ mod tests {
         let m = RunMemory::of(&spec, Some(2000), per_cell, 16 << 30);
         assert_eq!(m.n_seq, 10);
         assert_eq!(m.kv_cache, Some(10 * 2304 * per_cell));
-        assert_eq!(m.prompt_copies, Some(4 * 2000 * per_cell));
-        let total = (16u64 << 30) + 10 * 2304 * per_cell + 4 * 2000 * per_cell;
+        assert_eq!(m.prompt_copies, Some(2 * 2000 * per_cell));
+        let total = (16u64 << 30) + 10 * 2304 * per_cell + 2 * 2000 * per_cell;
         assert_eq!(m.total(), Some(total));
         assert!(m.fits(Some(total)) && m.fits(None));
         assert!(!m.fits(Some(total - 1)), "one byte short does not fit");
+    }
+
+    /// Short generations still leave room for the scored answers: the seed's answers are
+    /// longer than 8 tokens' worth, and the estimate sizes each stream as the run does (a
+    /// 2,031-token prompt with 8 generated tokens overflows 2,048 cells).
+    #[test]
+    fn streams_hold_the_longest_answer_when_generation_is_shorter() {
+        let mut spec = ExperimentSpec::seed();
+        spec.generation.max_tokens = 8;
+        let answer = (spec.variants.iter().flat_map(|v| &v.expected))
+            .map(String::len)
+            .max()
+            .unwrap();
+        assert!(answer + 1 > 8, "the seed's answers outgrow 8 tokens");
+        assert_eq!(spec.continuation_cells(), answer + 1);
+        let m = RunMemory::of(&spec, Some(2031), 1, 0);
+        assert_eq!(m.kv_cache, Some(10 * 2304), "not 10 × 2,048 cells");
+        spec.generation.max_tokens = 500;
+        assert_eq!(spec.continuation_cells(), 500);
     }
 
     /// A forged header's sizes overflow: "too large", never a panic, and never "fits".

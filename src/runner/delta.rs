@@ -1,6 +1,7 @@
 //! How far apart two variants' caches are, layer by layer and position by position: where the
 //! needle's information has spread before any intervention (the seed's heatmaps).
 
+use crate::engine::kv_state::StateBytes;
 use crate::engine::{EngineError, KvStateError, SeqState};
 use crate::experiment::metrics;
 use crate::experiment::results::{KvDelta, LayerDelta};
@@ -67,17 +68,69 @@ pub fn kv_delta(
     })
 }
 
-/// The delta between the first two variants, when there are two and their prompts align.
+/// Sequence-state bytes above which the delta reads its two prompts in pieces (each read
+/// taking one piece of positions) rather than holding both whole.
+const WHOLE_BELOW: usize = 64 << 20;
+
+/// The K/V delta between the first two variants when their prompts have the same length (the
+/// seed's SF/NY pair), reading each prompt's state with `read` (variant index → its bytes):
+/// in up to 4 pieces of positions, so that at most one whole state and two pieces are in host
+/// memory (a 2k-token Llama 3.1 8B state is 254 MiB). The same figures as [`kv_delta`] on the
+/// whole states.
 pub(crate) fn first_two(
     prompts: &[PreparedPrompt],
-    states: &[SeqState],
     full_layer: Option<usize>,
+    read: impl FnMut(usize) -> Result<StateBytes, EngineError>,
 ) -> Result<Option<KvDelta>, EngineError> {
-    match (prompts, states) {
-        ([a, b, ..], [sa, sb, ..]) if a.tokens.len() == b.tokens.len() => {
-            Ok(Some(kv_delta(sa, sb, &a.name, &b.name, full_layer)?))
+    first_two_in_pieces(prompts, full_layer, WHOLE_BELOW, read)
+}
+
+/// [`first_two`], read in pieces when a state is `whole_below` bytes or more.
+fn first_two_in_pieces(
+    prompts: &[PreparedPrompt],
+    full_layer: Option<usize>,
+    whole_below: usize,
+    mut read: impl FnMut(usize) -> Result<StateBytes, EngineError>,
+) -> Result<Option<KvDelta>, EngineError> {
+    let [a, b, ..] = prompts else {
+        return Ok(None);
+    };
+    if a.tokens.len() != b.tokens.len() {
+        return Ok(None);
+    }
+    let mut first = Some(read(0)?);
+    let size = first.as_ref().map_or(0, |s| s.as_bytes().len());
+    let pieces = size.div_ceil(whole_below.max(1)).clamp(1, 4);
+    let cached = a.tokens.len().saturating_sub(1).max(1);
+    let step = cached.div_ceil(pieces) as i32;
+    let mut total: Option<KvDelta> = None;
+    for p0 in (0..cached as i32).step_by(step as usize) {
+        let in_piece = |p: i32| p >= p0 && p < p0 + step;
+        let pa = match first.take() {
+            Some(bytes) => bytes.part(in_piece),
+            None => read(0)?.part(in_piece),
+        };
+        let pb = read(1)?.part(in_piece);
+        let piece = kv_delta(&pa, &pb, &a.name, &b.name, full_layer)?;
+        match total.as_mut() {
+            None => total = Some(piece),
+            Some(t) => append(t, piece),
         }
-        _ => Ok(None),
+    }
+    Ok(total)
+}
+
+/// Appends the positions of `piece` (later positions) to `total`.
+fn append(total: &mut KvDelta, piece: KvDelta) {
+    for (t, p) in total.k_l2.iter_mut().zip(piece.k_l2) {
+        t.extend(p);
+    }
+    for (t, p) in total.v_l2.iter_mut().zip(piece.v_l2) {
+        t.extend(p);
+    }
+    if let (Some(t), Some(p)) = (total.layer_rows.as_mut(), piece.layer_rows) {
+        t.k.extend(p.k);
+        t.v.extend(p.v);
     }
 }
 
@@ -110,5 +163,48 @@ mod tests {
             })
             .to_string()
         );
+    }
+
+    #[test]
+    fn the_delta_read_in_pieces_is_the_delta_of_the_whole_states() {
+        use crate::engine::TokenPiece;
+        let positions: Vec<i32> = (0..8).collect();
+        let a_bytes = synthetic(&positions, 3, 4, false);
+        let mut b = SeqState::parse(&a_bytes, LayoutHints::default()).unwrap();
+        for p in [0, 4, 7] {
+            b.zero_cell(p as usize % 3, b.cells_at(p)[0], KvPart::Both)
+                .unwrap();
+        }
+        let a = SeqState::parse(&a_bytes, LayoutHints::default()).unwrap();
+        let whole = kv_delta(&a, &b, "A", "B", Some(1)).unwrap();
+        let prompt = |name: &str| PreparedPrompt {
+            name: name.into(),
+            text: String::new(),
+            // One token more than the cache holds: the last is fed after the edit.
+            tokens: (0..9)
+                .map(|id| TokenPiece {
+                    id,
+                    piece: String::new(),
+                })
+                .collect(),
+        };
+        let prompts = [prompt("A"), prompt("B")];
+        for whole_below in [1, usize::MAX] {
+            let mut reads = 0;
+            let pieced = first_two_in_pieces(&prompts, Some(1), whole_below, |v| {
+                reads += 1;
+                let bytes = if v == 0 {
+                    a_bytes.clone()
+                } else {
+                    b.serialize()
+                };
+                Ok(StateBytes::new(bytes, LayoutHints::default())?)
+            })
+            .unwrap()
+            .unwrap();
+            assert_eq!(pieced, whole, "whole below {whole_below}");
+            // Four pieces read each prompt four times; one piece, once.
+            assert_eq!(reads, if whole_below == 1 { 8 } else { 2 });
+        }
     }
 }

@@ -189,17 +189,18 @@ pub fn run(
 
     on_event(RunEvent::Stage(EVALUATING_PROMPTS.into()));
     let t = Instant::now();
-    let (mut prompt_states, prompt_attention) =
-        eval_prompts(&mut lab, &plan, options, &mut on_event)?;
+    let all: Vec<usize> = (0..plan.prompts.len()).collect();
+    let prompt_attention = eval_prompt_tokens(&mut lab, &plan, &all, options, &mut on_event)?;
     timings.prompt_s = t.elapsed().as_secs_f64();
 
+    // No prompt's state is held past here: each is read from the lab when an edit needs it.
     on_event(RunEvent::Stage("applying interventions".into()));
     let t = Instant::now();
-    surgery::load_all(&mut lab, &plan, &mut prompt_states)?;
+    surgery::load_all(&mut lab, &plan)?;
+    let kv_delta = delta::first_two(&plan.prompts, options.delta_layer, |v| {
+        lab.scanned_state(v as i32)
+    })?;
     timings.surgery_s = t.elapsed().as_secs_f64();
-    // The prompt states are not needed past here: none is held while the grid runs.
-    let kv_delta = delta::first_two(&plan.prompts, &prompt_states, options.delta_layer)?;
-    drop(prompt_states);
     let mut jobs = score::grid_jobs(model, &plan)?;
     let mut follows = score::follows(&plan, &jobs);
 
@@ -293,8 +294,12 @@ pub fn starting_caches(
 ) -> Result<StartingCaches, RunError> {
     let plan = Plan::new(model, spec)?;
     let mut lab = Lab::new(model, plan.lab_options(options))?;
-    let (mut prompts, _) = eval_prompts(&mut lab, &plan, options, &mut |_| {})?;
-    surgery::load_all(&mut lab, &plan, &mut prompts)?;
+    let all: Vec<usize> = (0..plan.prompts.len()).collect();
+    eval_prompt_tokens(&mut lab, &plan, &all, options, &mut |_| {})?;
+    surgery::load_all(&mut lab, &plan)?;
+    let prompts = (0..plan.prompts.len())
+        .map(|v| lab.state(v as i32))
+        .collect::<Result<_, _>>()?;
     let conditions = (plan.conditions.iter())
         .map(|c| lab.state(c.seq))
         .collect::<Result<_, _>>()?;

@@ -150,16 +150,8 @@ impl<'s> Plan<'s> {
             })
             .collect::<Result<Vec<_>, SpecError>>()?;
         let max_prompt = prompts.iter().map(|p| p.tokens.len()).max().unwrap_or(0);
-        // A sequence holds its prompt, then either its generation or an expected answer being
-        // scored (an answer has at most one token per byte).
-        let longest_answer = spec
-            .variants
-            .iter()
-            .flat_map(|v| &v.expected)
-            .map(|a| a.len() + 1)
-            .max()
-            .unwrap_or(0);
-        let continuation = spec.generation.max_tokens.max(longest_answer);
+        // A sequence holds its prompt, then either its generation or an expected answer.
+        let continuation = spec.continuation_cells();
         Ok(Plan {
             spec,
             // The baselines and one sequence per first condition (`spec.n_sequences()`).

@@ -6,7 +6,7 @@
 //! where the needle was, laid out like every other condition's, so the tokens generated after
 //! it sit where a later teacher-forced evaluation puts them too.
 
-use crate::engine::kv_state::CellRef;
+use crate::engine::kv_state::{CellRef, StateBytes};
 use crate::engine::{EngineError, KvPart, KvStateError, Lab, SeqState};
 use crate::experiment::spec::Span;
 use crate::experiment::stats::SplitMix64;
@@ -350,51 +350,121 @@ fn span_positions(span: Span) -> impl Iterator<Item = i32> {
     span.positions().map(|p| p as i32)
 }
 
-/// Hands `with` condition `c`'s starting cache, made without a copy of the whole prompt state
-/// (254 MiB at 2k tokens of Llama 3.1 8B's cache): the span's cells are copied out, edited,
-/// written over the variant's prompt state, and put back after `with` returns, so
-/// `prompt_states` is left as it was. Remove changes the cells themselves and is made on a
-/// copy; none is the prompt state itself.
+/// What a grid's edits read from the prompts, gathered once: every variant's cells at the
+/// positions any condition edits (a transplant's donor rows, a mean's rows, the edited rows
+/// themselves), and for each variant a noise condition starts from, the noise op's σ over its
+/// whole prompt. A few cells per variant, where the prompts' states are 254 MiB each at 2k
+/// tokens of Llama 3.1 8B's cache.
+#[derive(Debug, Default)]
+pub(crate) struct EditInputs {
+    /// Per variant, its prompt's cells at the edited positions.
+    pub parts: Vec<SeqState>,
+    /// Per variant a noise condition starts from, its σ.
+    pub spreads: std::collections::HashMap<usize, Spreads>,
+}
+
+/// Positions of a prompt's σ summed at a time (a piece of a Llama 3.1 8B state is 32 MiB).
+const SPREAD_PIECE: i32 = 256;
+
+impl EditInputs {
+    /// Reads what `conditions`' edits need from each variant's prompt state (`prompts`, one
+    /// per variant, in order, each dropped before the next is asked for).
+    pub(crate) fn gather(
+        conditions: &[&PlannedCondition],
+        n_variants: usize,
+        mut prompts: impl FnMut(usize) -> Result<StateBytes, EngineError>,
+    ) -> Result<EditInputs, EngineError> {
+        let spans: Vec<Span> = conditions.iter().map(|c| c.span).collect();
+        let edited = |p: i32| (spans.iter()).any(|s| p >= s.start as i32 && p < s.end as i32);
+        let mut noise_layers: std::collections::HashMap<usize, Vec<u32>> = Default::default();
+        for c in (conditions.iter()).filter(|c| matches!(c.edit, Edit::Noise { .. })) {
+            noise_layers.entry(c.variant).or_default().extend(&c.layers);
+        }
+        let mut inputs = EditInputs::default();
+        for v in 0..n_variants {
+            let bytes = prompts(v)?;
+            inputs.parts.push(bytes.part(edited));
+            if let Some(layers) = noise_layers.get_mut(&v) {
+                layers.sort_unstable();
+                layers.dedup();
+                let last = bytes.positions().last().copied();
+                let mut spreads = Spreads::default();
+                for p0 in (0..last.map_or(0, |p| p + 1)).step_by(SPREAD_PIECE as usize) {
+                    let piece = bytes.part(|p| p >= p0 && p < p0 + SPREAD_PIECE);
+                    spreads.add(&piece, layers)?;
+                }
+                inputs.spreads.insert(v, spreads);
+            }
+        }
+        Ok(inputs)
+    }
+}
+
+/// Makes condition `c`'s starting cache in `prompt`, its variant's prompt state as bytes, and
+/// hands it to `with`: the edited cells' rows are written where they lie and put back after
+/// `with` returns (even when the write failed), so `prompt` is the prompt again for the next
+/// condition. None hands the prompt as it is. Remove takes the span's cells out of `prompt`
+/// itself, which then is no longer the prompt: make a variant's removes last.
+/// Equal, byte for byte, to [`edited_state`] on whole prompt states, serialized.
 pub(crate) fn with_edit<R>(
     c: &PlannedCondition,
-    prompt_states: &mut [SeqState],
-    with: impl FnOnce(&SeqState) -> R,
+    prompt: &mut StateBytes,
+    inputs: &EditInputs,
+    with: impl FnOnce(&StateBytes) -> R,
 ) -> Result<R, KvStateError> {
     match c.edit {
-        Edit::None => return Ok(with(&prompt_states[c.variant])),
-        Edit::Remove => return Ok(with(&edited_state(c, prompt_states)?)),
+        Edit::None => return Ok(with(prompt)),
+        Edit::Remove => {
+            prompt.remove_positions(c.span.start as i32, c.span.end as i32)?;
+            return Ok(with(prompt));
+        }
         _ => {}
     }
-    let in_span = |p: i32| p >= c.span.start as i32 && p < c.span.end as i32;
-    let original = prompt_states[c.variant].with_positions(in_span);
-    let edited = edit(original.clone(), c, prompt_states, None)?;
-    let own = &mut prompt_states[c.variant];
-    let made = own.overwrite_positions_from(&edited).map(|()| with(own));
+    let own = &inputs.parts[c.variant];
+    let edited = edit(
+        own.clone(),
+        c,
+        &inputs.parts,
+        inputs.spreads.get(&c.variant),
+    )?;
+    let made = prompt.write_part(&edited).map(|()| with(prompt));
     // Put back even after a failed write: a half-edited prompt would spoil every later
     // condition of the variant.
-    own.overwrite_positions_from(&original)?;
+    prompt.write_part(own)?;
     made
 }
 
-/// Puts condition `c`'s starting cache into sequence `seq` of `lab`.
-pub(crate) fn load(
-    lab: &mut Lab<'_>,
-    seq: i32,
-    c: &PlannedCondition,
-    prompt_states: &mut [SeqState],
-) -> Result<(), EngineError> {
-    with_edit(c, prompt_states, |state| lab.set_state(seq, state))?
-}
-
-/// Loads every computed condition's starting cache into its sequence (conditions that run as
-/// one share it). `prompt_states` is edited in place and put back (see [`with_edit`]).
-pub(crate) fn load_all(
-    lab: &mut Lab<'_>,
-    plan: &Plan<'_>,
-    prompt_states: &mut [SeqState],
-) -> Result<(), EngineError> {
-    for c in plan.computed() {
-        load(lab, c.seq, c, prompt_states)?;
+/// Makes every computed condition's starting cache in its sequence (conditions that run as one
+/// share it), straight from the lab's prompt sequences: each variant's prompt state is read
+/// (once to gather [`EditInputs`], once to make its conditions), edited where its rows lie and
+/// written into each of its conditions' sequences. At most one prompt's state is in host memory
+/// at a time, and no condition's.
+pub(crate) fn load_all(lab: &mut Lab<'_>, plan: &Plan<'_>) -> Result<(), EngineError> {
+    let n_variants = plan.prompts.len();
+    let computed: Vec<&PlannedCondition> = plan.computed().collect();
+    let inputs = EditInputs::gather(&computed, n_variants, |v| lab.scanned_state(v as i32))?;
+    for v in 0..n_variants {
+        let mut mine: Vec<&PlannedCondition> = plan.computed().filter(|c| c.variant == v).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        // Removes change the prompt's bytes themselves: last, each but the last on a copy.
+        mine.sort_by_key(|c| matches!(c.edit, Edit::Remove));
+        let mut prompt = lab.scanned_state(v as i32)?;
+        let n_removes = mine.iter().filter(|c| c.edit == Edit::Remove).count();
+        let mut removes = 0;
+        for c in mine {
+            let load = |lab: &mut Lab<'_>, s: &StateBytes| lab.set_scanned_state(c.seq, s);
+            if c.edit == Edit::Remove {
+                removes += 1;
+                if removes < n_removes {
+                    let mut copy = prompt.clone();
+                    with_edit(c, &mut copy, &inputs, |s| load(lab, s))??;
+                    continue;
+                }
+            }
+            with_edit(c, &mut prompt, &inputs, |s| load(lab, s))??;
+        }
     }
     Ok(())
 }
@@ -768,11 +838,22 @@ mod tests {
         }
     }
 
-    /// What grids and sweeps rely on: the cache handed over by the in-place edit is the
-    /// copied-and-edited one byte for byte, for every edit, and the prompt states are exactly
+    /// [`EditInputs`] gathered from whole prompt states, as `load_all` gathers them from a lab.
+    fn inputs(conditions: &[&PlannedCondition], whole: &[SeqState]) -> EditInputs {
+        EditInputs::gather(conditions, whole.len(), |v| {
+            Ok(StateBytes::new(
+                whole[v].serialize(),
+                LayoutHints::default(),
+            )?)
+        })
+        .unwrap()
+    }
+
+    /// What grids rely on: the cache an edit made where the prompt's rows lie hands over is the
+    /// copied-and-edited one byte for byte, for every edit, and the prompt's bytes are exactly
     /// as they were afterwards (the next condition starts from the same prompt).
     #[test]
-    fn an_edit_made_in_place_hands_over_the_edited_copy_and_leaves_the_prompt_as_it_was() {
+    fn an_edit_made_where_the_rows_lie_is_the_edit_of_the_whole_state_and_leaves_the_prompt() {
         for v_trans in [false, true] {
             let whole = [state(v_trans), numeric_donor(v_trans)];
             let edits = [
@@ -794,12 +875,19 @@ mod tests {
                             ..planned(edit.clone(), &[0, 2], part)
                         };
                         let copied = edited_state(&c, &whole).unwrap().serialize();
-                        let mut states = whole.clone();
-                        let handed = with_edit(&c, &mut states, |s| s.serialize()).unwrap();
+                        let prompt = whole[0].serialize();
+                        let mut bytes =
+                            StateBytes::new(prompt.clone(), Default::default()).unwrap();
+                        let handed = with_edit(&c, &mut bytes, &inputs(&[&c], &whole), |s| {
+                            s.as_bytes().to_vec()
+                        })
+                        .unwrap();
                         let what =
                             format!("{edit:?}, heads {heads:?}, {part:?}, v_trans {v_trans}");
                         assert_eq!(handed, copied, "{what}");
-                        assert_eq!(states, whole, "{what}: prompt states changed");
+                        if edit != Edit::Remove {
+                            assert_eq!(bytes.as_bytes(), &prompt[..], "{what}: prompt changed");
+                        }
                     }
                 }
             }
@@ -807,17 +895,47 @@ mod tests {
     }
 
     #[test]
-    fn an_edit_that_cannot_be_made_in_place_fails_and_leaves_the_prompt_as_it_was() {
+    fn edits_read_only_the_edited_positions_and_the_noise_spread_of_the_whole_prompt() {
+        let whole = [state(false), numeric_donor(false)];
+        let noise = planned(
+            Edit::Noise {
+                scale: 1.0,
+                seed: 3,
+            },
+            &[1],
+            KvPart::Both,
+        );
+        let zero = PlannedCondition {
+            span: Span { start: 4, end: 5 },
+            ..planned(Edit::Zero, &[0], KvPart::K)
+        };
+        let got = inputs(&[&noise, &zero], &whole);
+        for (part, w) in got.parts.iter().zip(&whole) {
+            assert_eq!(part, &w.with_positions(|p| (1..3).contains(&p) || p == 4));
+        }
+        // σ summed in pieces over the whole prompt: the σ of the whole state.
+        let spread = &got.spreads[&0];
+        for half in [Half::K, Half::V] {
+            let mut sums = Sums::default();
+            sums.add(&whole[0], half, 1).unwrap();
+            assert_eq!(spread.sigma(1, half), Some(sums.sigma()));
+        }
+        assert!(!got.spreads.contains_key(&1));
+    }
+
+    #[test]
+    fn an_edit_that_cannot_be_made_where_the_rows_lie_fails_and_leaves_the_prompt() {
         let whole = [state(false), {
             let mut d = state(false);
             d.retain_positions(|p| p != 2);
             d
         }];
         let c = planned(Edit::Transplant { donor: 1 }, &[0], KvPart::Both);
-        let mut states = whole.clone();
+        let prompt = whole[0].serialize();
+        let mut bytes = StateBytes::new(prompt.clone(), Default::default()).unwrap();
         let mut called = false;
-        assert!(with_edit(&c, &mut states, |_| called = true).is_err());
+        assert!(with_edit(&c, &mut bytes, &inputs(&[&c], &whole), |_| called = true).is_err());
         assert!(!called);
-        assert_eq!(states, whole);
+        assert_eq!(bytes.as_bytes(), &prompt[..]);
     }
 }

@@ -5,7 +5,7 @@
 use super::values::{element_size, ggml_type_name};
 use super::{
     CellMeta, KvStateError, LayoutHints, RowBlock, SEQ_STATE_MAGIC, SeqState, Stream, SwaPart,
-    TransposedBlock, VBlock,
+    SwaSplit, TransposedBlock, VBlock,
 };
 
 struct Reader<'a> {
@@ -66,32 +66,18 @@ impl SeqState {
     /// Refuses (never panics on) anything else: other magic, truncation, implausible counts,
     /// unknown types and trailing bytes from memory modules kvlab does not know.
     pub fn parse(bytes: &[u8], hints: LayoutHints) -> Result<SeqState, KvStateError> {
-        let mut r = Reader { bytes, offset: 0 };
-        let magic = r.u32()?;
-        if magic != SEQ_STATE_MAGIC {
-            return Err(KvStateError::BadMagic { found: magic });
-        }
-        let seq_id = r.i32()?;
-        let streams = parse_cache(&mut r, &hints)?;
-        let swa = match hints.swa.clone() {
-            Some(split) => {
-                let part = SwaPart {
-                    streams: parse_cache(&mut r, &hints)?,
-                    split,
-                };
-                check_layer_counts(&streams, &part)?;
-                Some(part)
-            }
-            None => None,
-        };
-        if r.remaining() != 0 {
-            return Err(KvStateError::TrailingBytes(r.remaining()));
-        }
-        Ok(SeqState {
-            seq_id,
-            streams,
-            swa,
-        })
+        Ok(Layout::scan(bytes, &hints)?.state(bytes, |_| true))
+    }
+
+    /// [`parse`](Self::parse) then [`with_positions`](Self::with_positions), copying only the
+    /// kept cells' rows out of `bytes` (a needle's cells are kilobytes of a 2k-token Llama 3.1
+    /// 8B state's 254 MiB, and the whole state is never parsed).
+    pub fn parse_positions(
+        bytes: &[u8],
+        hints: LayoutHints,
+        keep: impl Fn(i32) -> bool,
+    ) -> Result<SeqState, KvStateError> {
+        Ok(Layout::scan(bytes, &hints)?.state(bytes, keep))
     }
 
     /// Writes the state back in llama.cpp's layout. `parse(serialize(s)) == s`, and for bytes
@@ -129,35 +115,21 @@ impl SeqState {
     }
 }
 
-/// One cache's part of a state: its stream count, then each stream.
-fn parse_cache(
-    r: &mut Reader<'_>,
-    hints: &LayoutHints,
-) -> Result<Vec<Option<Stream>>, KvStateError> {
-    let n_stream = r.count("n_stream", 4)?;
-    let mut streams = Vec::with_capacity(n_stream);
-    for _ in 0..n_stream {
-        let cell_count = r.count("cell_count", 8)?;
-        if cell_count == 0 {
-            streams.push(None);
-            continue;
-        }
-        streams.push(Some(parse_stream(r, cell_count, hints)?));
-    }
-    Ok(streams)
-}
-
 /// An iSWA state's caches must hold as many layers as the split gives each (a wrong split
 /// would edit the wrong layers).
-fn check_layer_counts(base: &[Option<Stream>], swa: &SwaPart) -> Result<(), KvStateError> {
-    let count = |streams: &[Option<Stream>]| streams.iter().flatten().map(|s| s.k.len()).next();
+fn check_layer_counts(
+    base: &[StreamAt],
+    swa: &[StreamAt],
+    split: &SwaSplit,
+) -> Result<(), KvStateError> {
+    let count = |streams: &[StreamAt]| {
+        (streams.iter())
+            .find(|s| !s.cells.is_empty())
+            .map(|s| s.k.len())
+    };
     for (what, streams, expected) in [
-        ("full-attention", base, swa.split.base_layers().len()),
-        (
-            "sliding-window",
-            &swa.streams[..],
-            swa.split.swa_layers().len(),
-        ),
+        ("full-attention", base, split.base_layers().len()),
+        ("sliding-window", swa, split.swa_layers().len()),
     ] {
         if let Some(n) = count(streams)
             && n != expected
@@ -230,44 +202,6 @@ fn check_type(t: i32) -> Result<(), KvStateError> {
     Ok(())
 }
 
-fn parse_stream(
-    r: &mut Reader<'_>,
-    cell_count: usize,
-    hints: &LayoutHints,
-) -> Result<Stream, KvStateError> {
-    let cells = (0..cell_count)
-        .map(|_| parse_cell(r, hints))
-        .collect::<Result<Vec<_>, _>>()?;
-    let v_trans = match r.u32()? {
-        0 => false,
-        1 => true,
-        other => return Err(KvStateError::Malformed(format!("v_trans = {other}"))),
-    };
-    let n_layer = r.count("n_layer", 12)?;
-    let n_rot_k = r.u32()?;
-    let n_rot_v = r.u32()?;
-    let k = (0..n_layer)
-        .map(|_| parse_rows(r, "K", cell_count))
-        .collect::<Result<Vec<_>, _>>()?;
-    let v = (0..n_layer)
-        .map(|_| {
-            if v_trans {
-                parse_transposed(r, cell_count).map(VBlock::Transposed)
-            } else {
-                parse_rows(r, "V", cell_count).map(VBlock::Rows)
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Stream {
-        cells,
-        v_trans,
-        n_rot_k,
-        n_rot_v,
-        k,
-        v,
-    })
-}
-
 /// One cell's metadata: position, sequence count, the M-RoPE extension if any, sequence ids.
 fn parse_cell(r: &mut Reader<'_>, hints: &LayoutHints) -> Result<CellMeta, KvStateError> {
     let pos = r.i32()?;
@@ -284,7 +218,8 @@ fn parse_cell(r: &mut Reader<'_>, hints: &LayoutHints) -> Result<CellMeta, KvSta
 }
 
 /// One layer's row-per-cell block (K, or V when not transposed): type, row size, rows.
-fn parse_rows(r: &mut Reader<'_>, what: &str, cell_count: usize) -> Result<RowBlock, KvStateError> {
+fn scan_rows(r: &mut Reader<'_>, what: &str, cell_count: usize) -> Result<BlockAt, KvStateError> {
+    let header_at = r.offset;
     let ggml_type = r.i32()?;
     check_type(ggml_type)?;
     let row_size = usize::try_from(r.u64()?)
@@ -295,19 +230,19 @@ fn parse_rows(r: &mut Reader<'_>, what: &str, cell_count: usize) -> Result<RowBl
     let len = row_size
         .checked_mul(cell_count)
         .ok_or_else(|| KvStateError::Malformed(format!("{what} block size overflows")))?;
-    let data = r.take(len)?.to_vec();
-    Ok(RowBlock {
+    let data_at = r.offset;
+    r.take(len)?;
+    Ok(BlockAt {
+        header_at,
+        data_at,
         ggml_type,
-        row_size,
-        data,
+        shape: BlockShape::Rows { row_size },
     })
 }
 
 /// One layer's transposed V block: type, element size, channels, then element-major values.
-fn parse_transposed(
-    r: &mut Reader<'_>,
-    cell_count: usize,
-) -> Result<TransposedBlock, KvStateError> {
+fn scan_transposed(r: &mut Reader<'_>, cell_count: usize) -> Result<BlockAt, KvStateError> {
+    let header_at = r.offset;
     let ggml_type = r.i32()?;
     check_type(ggml_type)?;
     let el_size = r.u32()? as usize;
@@ -327,11 +262,239 @@ fn parse_transposed(
         .checked_mul(n_embd)
         .and_then(|x| x.checked_mul(cell_count))
         .ok_or_else(|| KvStateError::Malformed("V block size overflows".into()))?;
-    let data = r.take(len)?.to_vec();
-    Ok(TransposedBlock {
+    let data_at = r.offset;
+    r.take(len)?;
+    Ok(BlockAt {
+        header_at,
+        data_at,
         ggml_type,
-        el_size,
-        n_embd,
-        data,
+        shape: BlockShape::Transposed { el_size, n_embd },
     })
+}
+
+/// Where each part of a state lies in its bytes: what [`SeqState::parse`] reads, found and
+/// checked exactly as it checks it, without copying any row. [`StateBytes`](super::StateBytes)
+/// edits rows where they lie through it.
+#[derive(Debug, Clone)]
+pub(super) struct Layout {
+    pub seq_id: i32,
+    /// The plain (or iSWA base) cache, then an iSWA state's sliding-window cache.
+    pub caches: Vec<CacheAt>,
+    /// Which layers slide, for an iSWA state.
+    pub split: Option<SwaSplit>,
+}
+
+/// One cache of a [`Layout`].
+#[derive(Debug, Clone)]
+pub(super) struct CacheAt {
+    /// Offset of its stream count.
+    pub at: usize,
+    pub streams: Vec<StreamAt>,
+}
+
+/// One stream of a [`Layout`]; an empty stream (cell count 0) has no cells and no blocks.
+#[derive(Debug, Clone)]
+pub(super) struct StreamAt {
+    /// Its last byte's offset plus one.
+    pub end: usize,
+    /// Each cell's metadata and the byte range it was read from.
+    pub cells: Vec<(CellMeta, std::ops::Range<usize>)>,
+    /// Offset of the data header (v_trans, layer count, n_rot_k, n_rot_v: 16 bytes).
+    pub header_at: usize,
+    pub v_trans: bool,
+    pub n_rot_k: u32,
+    pub n_rot_v: u32,
+    /// K per layer.
+    pub k: Vec<BlockAt>,
+    /// V per layer.
+    pub v: Vec<BlockAt>,
+}
+
+/// One layer's block of a [`StreamAt`]: its header's offset and its data's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BlockAt {
+    pub header_at: usize,
+    pub data_at: usize,
+    pub ggml_type: i32,
+    pub shape: BlockShape,
+}
+
+/// How a block holds one cell's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BlockShape {
+    /// One row of `row_size` bytes per cell.
+    Rows { row_size: usize },
+    /// Element-major: element j of cell i at `(j * cell_count + i) * el_size`.
+    Transposed { el_size: usize, n_embd: usize },
+}
+
+/// The length of a data header: v_trans, layer count, n_rot_k, n_rot_v.
+pub(super) const DATA_HEADER_LEN: usize = 16;
+/// The length of a block's header (type then a u64 row size, or a u32 element size and a
+/// u32 channel count).
+pub(super) const BLOCK_HEADER_LEN: usize = 12;
+
+impl Layout {
+    /// Finds every part of `bytes`, refusing what [`SeqState::parse`] refuses.
+    pub fn scan(bytes: &[u8], hints: &LayoutHints) -> Result<Layout, KvStateError> {
+        let mut r = Reader { bytes, offset: 0 };
+        let magic = r.u32()?;
+        if magic != SEQ_STATE_MAGIC {
+            return Err(KvStateError::BadMagic { found: magic });
+        }
+        let seq_id = r.i32()?;
+        let mut caches = vec![scan_cache(&mut r, hints)?];
+        if let Some(split) = &hints.swa {
+            caches.push(scan_cache(&mut r, hints)?);
+            check_layer_counts(&caches[0].streams, &caches[1].streams, split)?;
+        }
+        if r.remaining() != 0 {
+            return Err(KvStateError::TrailingBytes(r.remaining()));
+        }
+        Ok(Layout {
+            seq_id,
+            caches,
+            split: hints.swa.clone(),
+        })
+    }
+
+    /// The state of the cells `keep` accepts (all: the whole state), rows copied out of
+    /// `bytes` (the bytes this layout was scanned from).
+    pub fn state(&self, bytes: &[u8], keep: impl Fn(i32) -> bool) -> SeqState {
+        let streams = |all: &[StreamAt]| -> Vec<Option<Stream>> {
+            all.iter().map(|s| s.stream(bytes, &keep)).collect()
+        };
+        SeqState {
+            seq_id: self.seq_id,
+            streams: streams(&self.caches[0].streams),
+            swa: (self.split.as_ref()).map(|split| SwaPart {
+                streams: streams(&self.caches[1].streams),
+                split: split.clone(),
+            }),
+        }
+    }
+}
+
+impl StreamAt {
+    /// The stream of the cells `keep` accepts, `None` when it keeps none (llama.cpp writes an
+    /// empty stream as its cell count alone).
+    fn stream(&self, bytes: &[u8], keep: impl Fn(i32) -> bool) -> Option<Stream> {
+        let n = self.cells.len();
+        let kept: Vec<usize> = (0..n).filter(|&i| keep(self.cells[i].0.pos)).collect();
+        if kept.is_empty() {
+            return None;
+        }
+        let all = kept.len() == n;
+        let data = |b: &BlockAt, per_cell: usize| -> Vec<u8> {
+            if all {
+                return bytes[b.data_at..b.data_at + n * per_cell].to_vec();
+            }
+            let mut out = Vec::with_capacity(kept.len() * per_cell);
+            match b.shape {
+                BlockShape::Rows { row_size } => {
+                    for &i in &kept {
+                        let at = b.data_at + i * row_size;
+                        out.extend_from_slice(&bytes[at..at + row_size]);
+                    }
+                }
+                BlockShape::Transposed { el_size, n_embd } => {
+                    for j in 0..n_embd {
+                        for &i in &kept {
+                            let at = b.data_at + (j * n + i) * el_size;
+                            out.extend_from_slice(&bytes[at..at + el_size]);
+                        }
+                    }
+                }
+            }
+            out
+        };
+        let block = |b: &BlockAt| match b.shape {
+            BlockShape::Rows { row_size } => VBlock::Rows(RowBlock {
+                ggml_type: b.ggml_type,
+                row_size,
+                data: data(b, row_size),
+            }),
+            BlockShape::Transposed { el_size, n_embd } => VBlock::Transposed(TransposedBlock {
+                ggml_type: b.ggml_type,
+                el_size,
+                n_embd,
+                data: data(b, el_size * n_embd),
+            }),
+        };
+        let k = (self.k.iter())
+            .map(|b| match block(b) {
+                VBlock::Rows(rows) => rows,
+                VBlock::Transposed(_) => unreachable!("K blocks are scanned as rows"),
+            })
+            .collect();
+        Some(Stream {
+            cells: kept.iter().map(|&i| self.cells[i].0.clone()).collect(),
+            v_trans: self.v_trans,
+            n_rot_k: self.n_rot_k,
+            n_rot_v: self.n_rot_v,
+            k,
+            v: self.v.iter().map(block).collect(),
+        })
+    }
+}
+
+/// One cache's part of a state: its stream count, then each stream.
+fn scan_cache(r: &mut Reader<'_>, hints: &LayoutHints) -> Result<CacheAt, KvStateError> {
+    let at = r.offset;
+    let n_stream = r.count("n_stream", 4)?;
+    let mut streams = Vec::with_capacity(n_stream);
+    for _ in 0..n_stream {
+        let cell_count = r.count("cell_count", 8)?;
+        if cell_count == 0 {
+            streams.push(StreamAt {
+                end: r.offset,
+                cells: Vec::new(),
+                header_at: r.offset,
+                v_trans: false,
+                n_rot_k: 0,
+                n_rot_v: 0,
+                k: Vec::new(),
+                v: Vec::new(),
+            });
+            continue;
+        }
+        let cells = (0..cell_count)
+            .map(|_| {
+                let at = r.offset;
+                parse_cell(r, hints).map(|c| (c, at..r.offset))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let header_at = r.offset;
+        let v_trans = match r.u32()? {
+            0 => false,
+            1 => true,
+            other => return Err(KvStateError::Malformed(format!("v_trans = {other}"))),
+        };
+        let n_layer = r.count("n_layer", 12)?;
+        let n_rot_k = r.u32()?;
+        let n_rot_v = r.u32()?;
+        let k = (0..n_layer)
+            .map(|_| scan_rows(r, "K", cell_count))
+            .collect::<Result<Vec<_>, _>>()?;
+        let v = (0..n_layer)
+            .map(|_| {
+                if v_trans {
+                    scan_transposed(r, cell_count)
+                } else {
+                    scan_rows(r, "V", cell_count)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        streams.push(StreamAt {
+            end: r.offset,
+            cells,
+            header_at,
+            v_trans,
+            n_rot_k,
+            n_rot_v,
+            k,
+            v,
+        });
+    }
+    Ok(CacheAt { at, streams })
 }

@@ -9,9 +9,11 @@
 //! This module is pure Rust (no llama.cpp calls) so it can be tested on synthetic bytes.
 //!
 //! - `codec`: parsing and serializing the bytes (strict, never panics on bad input).
+//! - `bytes`: a state kept as its bytes, its rows edited where they lie.
 //! - `cells`: finding cells by position and reading, zeroing and copying their rows.
 //! - `values`: ggml type names and the float types whose values kvlab can read.
 
+mod bytes;
 mod cells;
 mod codec;
 #[cfg(test)]
@@ -20,6 +22,7 @@ mod synthetic;
 mod tests;
 mod values;
 
+pub use bytes::StateBytes;
 #[cfg(test)]
 pub(crate) use synthetic::synthetic;
 pub use values::ggml_type_name;

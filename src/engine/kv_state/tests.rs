@@ -330,3 +330,92 @@ fn a_part_of_another_shape_is_refused_rather_than_written_anywhere() {
     ));
     assert_eq!(&whole, st);
 }
+
+/// Bytes of every layout, with the hints that parse them.
+fn every_layout_bytes() -> Vec<(Vec<u8>, LayoutHints)> {
+    let mut all: Vec<(Vec<u8>, LayoutHints)> = [false, true]
+        .iter()
+        .map(|&t| (synthetic(&[0, 1, 2, 3, 4], 3, 4, t), LayoutHints::default()))
+        .collect();
+    all.push((iswa_bytes(), iswa_hints(vec![true, false, true])));
+    all
+}
+
+#[test]
+fn state_bytes_read_parts_as_the_parsed_state_does() {
+    for (bytes, hints) in every_layout_bytes() {
+        let st = SeqState::parse(&bytes, hints.clone()).unwrap();
+        let raw = StateBytes::new(bytes.clone(), hints.clone()).unwrap();
+        assert_eq!(raw.to_state(), st);
+        assert_eq!(raw.positions(), st.positions());
+        assert_eq!(raw.as_bytes(), &bytes[..]);
+        for keep in [|p: i32| p == 0, |p: i32| (1..3).contains(&p), |_| false] {
+            assert_eq!(raw.part(keep), st.with_positions(keep));
+            assert_eq!(
+                SeqState::parse_positions(&bytes, hints.clone(), keep).unwrap(),
+                st.with_positions(keep)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_part_written_into_state_bytes_changes_what_the_parsed_write_changes() {
+    for (bytes, hints) in every_layout_bytes() {
+        let st = SeqState::parse(&bytes, hints.clone()).unwrap();
+        for span in [1..3, 2..3, 0..5] {
+            let original = st.with_positions(|p| span.contains(&p));
+            let mut edited = original.clone();
+            for (cell, _) in original.cells() {
+                for layer in 0..st.n_layer() {
+                    edited.zero_cell(layer, cell, KvPart::Both).unwrap();
+                }
+            }
+            let mut whole = st.clone();
+            whole.overwrite_positions_from(&edited).unwrap();
+            let mut raw = StateBytes::new(bytes.clone(), hints.clone()).unwrap();
+            raw.write_part(&edited).unwrap();
+            assert_eq!(raw.as_bytes(), &whole.serialize()[..], "span {span:?}");
+            assert_ne!(raw.as_bytes(), &bytes[..]);
+            raw.write_part(&original).unwrap();
+            assert_eq!(raw.as_bytes(), &bytes[..]);
+        }
+    }
+}
+
+#[test]
+fn state_bytes_refuse_a_part_of_another_shape_and_keep_every_byte() {
+    let bytes = synthetic(&[0, 1, 2, 3, 4], 3, 4, false);
+    let mut raw = StateBytes::new(bytes.clone(), LayoutHints::default()).unwrap();
+    for other in [
+        synthetic(&[2], 2, 4, false),
+        synthetic(&[9], 3, 4, false),
+        synthetic(&[2], 3, 4, true),
+        synthetic(&[2], 3, 8, false),
+    ] {
+        let part = SeqState::parse(&other, LayoutHints::default()).unwrap();
+        assert!(matches!(
+            raw.write_part(&part),
+            Err(KvStateError::Mismatch(_))
+        ));
+        assert_eq!(raw.as_bytes(), &bytes[..]);
+    }
+    let iswa = SeqState::parse(&iswa_bytes(), iswa_hints(vec![true, false, true])).unwrap();
+    assert!(raw.write_part(&iswa.with_positions(|p| p == 1)).is_err());
+    assert_eq!(raw.as_bytes(), &bytes[..]);
+}
+
+#[test]
+fn removing_positions_from_state_bytes_gives_the_bytes_of_the_parsed_removal() {
+    for (bytes, hints) in every_layout_bytes() {
+        let st = SeqState::parse(&bytes, hints.clone()).unwrap();
+        for (p0, p1) in [(1, 3), (0, 1), (4, 5), (0, 5), (7, 9), (2, 2)] {
+            let mut removed = st.clone();
+            removed.remove_positions(p0, p1);
+            let mut raw = StateBytes::new(bytes.clone(), hints.clone()).unwrap();
+            raw.remove_positions(p0, p1).unwrap();
+            assert_eq!(raw.as_bytes(), &removed.serialize()[..], "{p0}..{p1}");
+            assert_eq!(raw.to_state(), removed);
+        }
+    }
+}

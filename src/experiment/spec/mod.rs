@@ -257,6 +257,34 @@ impl ExperimentSpec {
         self.variants.len() + distinct_runs(&self.conditions)
     }
 
+    /// Cells a sequence needs after its prompt: its generation, or an expected answer being
+    /// scored teacher-forced, whichever is longer (an answer has at most one token per byte,
+    /// plus one). A dataset's answers are its templates filled with its longest field, an upper
+    /// bound. The run's plan and the memory estimate both size the cache with this.
+    pub fn continuation_cells(&self) -> usize {
+        let answer = match &self.dataset {
+            Some(d) => {
+                let field = (d.needles.iter())
+                    .flat_map(|n| n.fields.values().chain([&n.needle, &n.name]))
+                    .map(String::len)
+                    .max()
+                    .unwrap_or(0);
+                (d.expected.iter())
+                    .map(|t| {
+                        let holes = t.matches('{').count();
+                        t.len().saturating_add(holes.saturating_mul(field))
+                    })
+                    .max()
+            }
+            None => (self.variants.iter())
+                .flat_map(|v| &v.expected)
+                .map(String::len)
+                .max(),
+        };
+        let answer = answer.map_or(0, |a| a.saturating_add(1));
+        self.generation.max_tokens.max(answer)
+    }
+
     /// Checks what can be checked without a model.
     pub fn validate(&self) -> Result<(), SpecError> {
         if let Some(data) = &self.dataset {
